@@ -1,0 +1,144 @@
+"""Turning compositions and structures into model inputs, cached on disk.
+
+A featurized input is: the atomic numbers of its elements and their fractions
+(padded to ``max_elements``) and, when known, its space-group number (0 = unknown:
+experimental compositions come without a structure). Symmetry analysis is the slow
+part for structures, so bulk results are cached under the user cache, keyed by a
+hash of the inputs and the featurizer settings: a second run skips the work."""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from pymatgen.core import Composition, Structure
+
+from ..errors import DataError
+from ..io import atomic_write, cache_dir, sha256_of
+from .validate import check_structure, parse_composition
+
+FEATURIZER_VERSION = "1"
+CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
+
+
+def symmetry_of(structure: Structure, symprec: float = 0.1) -> tuple[int, str]:
+    """(space-group number, crystal system) of a structure; (0, "unknown") if spglib
+    finds none even at a looser tolerance."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    for prec in (symprec, symprec * 10):
+        try:
+            sga = SpacegroupAnalyzer(structure, symprec=prec)
+            return int(sga.get_space_group_number()), sga.get_crystal_system()
+        except Exception:  # spglib can fail on odd cells; try a looser tolerance
+            continue
+    return 0, "unknown"
+
+
+@dataclass
+class Features:
+    z: np.ndarray  # (n, max_elements) int64 atomic numbers, 0 = padding
+    frac: np.ndarray  # (n, max_elements) float32 element fractions, rows sum to 1
+    spg: np.ndarray  # (n,) int64 space-group number, 0 = unknown
+
+    def __len__(self) -> int:
+        return len(self.spg)
+
+    def subset(self, idx) -> "Features":
+        return Features(self.z[idx], self.frac[idx], self.spg[idx])
+
+
+@dataclass(frozen=True)
+class Featurizer:
+    max_elements: int = 10
+    symprec: float = 0.1
+    cache: bool = True
+    min_cached_rows: int = 512  # tiny batches (predict) are faster to redo than to hash
+
+    def settings(self) -> dict:
+        d = asdict(self)
+        d.pop("cache"), d.pop("min_cached_rows")
+        return {"version": FEATURIZER_VERSION, **d}
+
+    def __call__(self, inputs: Sequence, spg: Iterable[int] | None = None, where: str = "input") -> Features:
+        items = list(inputs)
+        if not items:
+            raise DataError(f"{where}: nothing to featurize (empty input)")
+        spg_given = None if spg is None else np.asarray(list(spg), dtype=np.int64)
+        if spg_given is not None and len(spg_given) != len(items):
+            raise DataError(f"{where}: {len(spg_given)} space groups for {len(items)} inputs")
+        keys = [_content_key(x) for x in items]
+        path = None
+        if self.cache and len(items) >= self.min_cached_rows:
+            digest = sha256_of(json.dumps(self.settings(), sort_keys=True), "\n".join(keys),
+                               b"" if spg_given is None else spg_given.tobytes())
+            path = cache_dir() / "features" / f"{digest}.npz"
+            hit = _load(path)
+            if hit is not None:
+                return hit
+        feats = self._compute(items, spg_given, where)
+        if path is not None:
+            _save(path, feats)
+        return feats
+
+    def _compute(self, items: list, spg_given, where: str) -> Features:
+        n, e = len(items), self.max_elements
+        z = np.zeros((n, e), dtype=np.int64)
+        frac = np.zeros((n, e), dtype=np.float32)
+        spg = np.zeros(n, dtype=np.int64)
+        for i, x in enumerate(items):
+            label = f"{where} {i}" if n > 1 else where
+            if isinstance(x, Structure) or type(x).__name__ == "Molecule":
+                s = check_structure(x, label)
+                comp = s.composition
+                spg[i] = symmetry_of(s, self.symprec)[0]
+            else:
+                comp = parse_composition(x, label)
+            els = comp.fractional_composition.get_el_amt_dict()
+            if len(els) > e:
+                raise DataError(f"{label}: {comp.formula!r} has {len(els)} elements; this featurizer takes at most {e}")
+            # sorted by atomic number so the same composition always gives the same row
+            pairs = sorted((_z(el), amt) for el, amt in els.items())
+            z[i, : len(pairs)] = [p[0] for p in pairs]
+            frac[i, : len(pairs)] = [p[1] for p in pairs]
+        if spg_given is not None:
+            spg = np.where(spg_given > 0, spg_given, spg)
+        if np.any((spg < 0) | (spg > 230)):
+            raise DataError(f"{where}: space-group numbers must be in 1..230 (0 = unknown)")
+        return Features(z, frac, spg)
+
+
+def _z(symbol: str) -> int:
+    from pymatgen.core import Element
+
+    return Element(symbol).Z
+
+
+def _content_key(x) -> str:
+    if isinstance(x, Structure):
+        return "S:" + json.dumps(x.as_dict(), sort_keys=True)
+    if isinstance(x, Composition):
+        return "C:" + x.formula
+    return "F:" + str(x)
+
+
+def _load(path: Path) -> Features | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:  # never unpickle cache files
+            return Features(f["z"], f["frac"], f["spg"])
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged cache entry is recomputed, not trusted
+
+
+def _save(path: Path, feats: Features) -> None:
+    def write(tmp: Path) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, z=feats.z, frac=feats.frac, spg=feats.spg)
+        tmp.write_bytes(buf.getvalue())
+
+    atomic_write(path, write)
