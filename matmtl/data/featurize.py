@@ -27,12 +27,16 @@ CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "tri
 def symmetry_of(structure: Structure, symprec: float = 0.1) -> tuple[int, str]:
     """(space-group number, crystal system) of a structure; (0, "unknown") if spglib
     finds none even at a looser tolerance."""
+    import warnings
+
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     for prec in (symprec, symprec * 10):
         try:
-            sga = SpacegroupAnalyzer(structure, symprec=prec)
-            return int(sga.get_space_group_number()), sga.get_crystal_system()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # spglib's error-handling notice
+                sga = SpacegroupAnalyzer(structure, symprec=prec)
+                return int(sga.get_space_group_number()), sga.get_crystal_system()
         except Exception:  # spglib can fail on odd cells; try a looser tolerance
             continue
     return 0, "unknown"

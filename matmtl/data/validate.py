@@ -14,10 +14,6 @@ from pymatgen.core import Composition, Element, Structure
 
 from ..errors import DataError
 
-# pymatgen warns once per noble gas when it sorts a formula by electronegativity;
-# that is noise for a formula parser, not a problem with the user's data.
-warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
-
 
 class DataWarning(UserWarning):
     """Bad rows were left out of a table."""
@@ -29,7 +25,11 @@ def _check_formula(text: str) -> tuple[str | None, str | None, str]:
     if not text.strip():
         return None, "empty formula", ""
     try:
-        comp = Composition(text)
+        with warnings.catch_warnings():
+            # pymatgen warns when it sorts noble gases by electronegativity: noise here
+            warnings.filterwarnings("ignore", message="No Pauling electronegativity")
+            comp = Composition(text)
+            canonical = comp.formula
     except Exception as exc:  # pymatgen raises ValueError/KeyError/etc. for garbage
         return None, "unparsable formula", str(exc)
     bad = [str(el) for el in comp.elements if not isinstance(el, Element)]
@@ -37,7 +37,7 @@ def _check_formula(text: str) -> tuple[str | None, str | None, str]:
         return None, "unknown element", ", ".join(bad)
     if comp.num_atoms <= 0:
         return None, "composition has no atoms", ""
-    return comp.formula, None, ""
+    return canonical, None, ""
 
 
 def parse_composition(value, where: str = "input") -> Composition:
@@ -132,7 +132,7 @@ def clean_table(
     formulas = frame[formula_col].to_numpy()
     canonical = np.empty(len(frame), dtype=object)
     values = {col: pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float) for col in targets}
-    seen: set[str] = set()
+    repeated = pd.Series(ids).duplicated().to_numpy()  # later occurrences of an id
 
     for i in range(len(frame)):
         where = f"row {i} (id {ids[i]})"
@@ -151,7 +151,7 @@ def clean_table(
         for col, nonneg in targets.items():
             v = values[col][i]
             if not math.isfinite(v):
-                report.add(f"missing or non-finite {col}", f"{where}: {frame[col].iloc[i]!r}")
+                report.add(f"missing or non-finite {col}", f"{where}: {frame[col].iloc[i]}")
                 keep[i] = False
                 break
             if nonneg and v < 0:
@@ -160,11 +160,9 @@ def clean_table(
                 break
         if not keep[i]:
             continue
-        if ids[i] in seen:
+        if repeated[i]:
             report.add("duplicated id", where)
             keep[i] = False
-            continue
-        seen.add(ids[i])
 
     out = frame.loc[keep].copy()
     out[formula_col] = canonical[keep]

@@ -1,0 +1,22 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from matmtl.data.sources import mirror_dirs
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own matmtl cache, so no test sees another's files or the user's."""
+    monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path_factory.mktemp("matmtl-cache")))
+    monkeypatch.delenv("MATMTL_DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    """The offline dataset mirror (../shared/data); tests that need it fail loudly without it."""
+    dirs = mirror_dirs()
+    if not dirs:
+        pytest.fail("offline dataset mirror ../shared/data not found beside the repository")
+    return dirs[0]
