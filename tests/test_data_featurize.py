@@ -63,3 +63,11 @@ def test_mp_space_groups_come_from_the_table():
     ds = load_dataset("mp").subset(np.arange(600))
     f = ds.features()
     assert np.array_equal(f.spg, ds.frame["spg_num"].to_numpy())
+
+
+def test_cif_structures_featurize_with_symmetry():
+    ds = load_dataset("mp_cgcnn").subset(np.arange(3))
+    f = ds.features()
+    assert (f.spg > 0).all() and (f.z[:, 0] > 0).all()
+    with pytest.raises(DataError, match="unreadable CIF"):
+        Featurizer()(["data_x\n_cell_length_a 1\nnonsense"])

@@ -70,12 +70,8 @@ class Dataset:
         table where it has them; CIF structures are parsed and analysed."""
         featurizer = featurizer or Featurizer()
         spg = self.frame["spg_num"].to_numpy() if "spg_num" in self.frame else None
-        if "cif" in self.frame:
-            from pymatgen.core import Structure
-
-            items = [Structure.from_str(t, fmt="cif") for t in self.frame["cif"]]
-        else:
-            items = self.formulas
+        # CIF texts are parsed (and symmetry-analysed) only on a cache miss
+        items = self.frame["cif"].tolist() if "cif" in self.frame else self.formulas
         return featurizer(items, spg=spg, where=self.name)
 
     def summary(self) -> dict:

@@ -1,6 +1,6 @@
 """Turning compositions and structures into model inputs, cached on disk.
 
-A featurized input is: the atomic numbers of its elements and their fractions
+Inputs are formula strings, Compositions, Structures or CIF texts. A featurized input is: the atomic numbers of its elements and their fractions
 (padded to ``max_elements``) and, when known, its space-group number (0 = unknown:
 experimental compositions come without a structure). Symmetry analysis is the slow
 part for structures, so bulk results are cached under the user cache, keyed by a
@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from pymatgen.core import Composition, Structure
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..io import atomic_write, cache_dir, sha256_of
@@ -93,8 +94,16 @@ class Featurizer:
         z = np.zeros((n, e), dtype=np.int64)
         frac = np.zeros((n, e), dtype=np.float32)
         spg = np.zeros(n, dtype=np.int64)
-        for i, x in enumerate(items):
+        # a bar only where it helps: big batches on a terminal (tqdm hides it elsewhere)
+        rows = tqdm(enumerate(items), total=n, desc=f"featurizing {where}", unit="row",
+                    disable=None if n >= 20000 or _has_structures(items) else True, leave=False)
+        for i, x in rows:
             label = f"{where} {i}" if n > 1 else where
+            if _is_cif(x):
+                try:
+                    x = Structure.from_str(x, fmt="cif")
+                except Exception as exc:
+                    raise DataError(f"{label}: unreadable CIF ({exc})") from exc
             if isinstance(x, Structure) or type(x).__name__ == "Molecule":
                 s = check_structure(x, label)
                 comp = s.composition
@@ -115,6 +124,15 @@ class Featurizer:
         return Features(z, frac, spg)
 
 
+def _is_cif(x) -> bool:
+    # CIF text is taken as a structure; no formula contains a cell-length tag
+    return isinstance(x, str) and "_cell_length_a" in x
+
+
+def _has_structures(items: list) -> bool:
+    return any(isinstance(x, Structure) or _is_cif(x) for x in items[:1] + items[-1:])
+
+
 def _z(symbol: str) -> int:
     from pymatgen.core import Element
 
@@ -126,7 +144,7 @@ def _content_key(x) -> str:
         return "S:" + json.dumps(x.as_dict(), sort_keys=True)
     if isinstance(x, Composition):
         return "C:" + x.formula
-    return "F:" + str(x)
+    return ("CIF:" if _is_cif(x) else "F:") + str(x)
 
 
 def _load(path: Path) -> Features | None:
