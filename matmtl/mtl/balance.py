@@ -1,0 +1,122 @@
+"""Loss balancing: how much each task's loss counts in a step.
+
+* ``static``: fixed weights (default 1 each).
+* ``uncertainty``: Kendall, Gal & Cipolla (2018). Each task has a learnable log variance
+  s_t; the objective is sum_t exp(-s_t) L_t + s_t, so a noisy or large-unit task is
+  down-weighted automatically. The s_t are parameters: give ``parameters()`` to the optimizer.
+* ``gradnorm``: Chen et al. (2018). Weights w_t are tuned so that the norms of the
+  weighted task gradients w_t·||g_t|| move towards a common value, scaled by each
+  task's relative training rate (L_t/L_t(0))^alpha. This puts tasks with different
+  units (eV vs eV/atom) on equal terms. We use the full shared-parameter gradients
+  (which the step computes anyway) rather than the last shared layer.
+
+Static weights given with ``uncertainty`` or ``gradnorm`` act as a fixed prior that
+multiplies the learned weights (e.g. ``--aux-weight 0.3`` keeps the anchor lighter).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Balancer:
+    name = "base"
+    needs_grads = False  # True: wants the (T, d) per-task gradients of the shared parameters
+
+    def __init__(self, tasks: list[str], prior: dict[str, float] | None = None):
+        self.tasks = list(tasks)
+        prior = prior or {}
+        unknown = set(prior) - set(tasks)
+        if unknown:
+            raise ValueError(f"weights given for unknown task(s) {sorted(unknown)}; tasks: {tasks}")
+        self.prior = torch.tensor([float(prior.get(t, 1.0)) for t in tasks], dtype=torch.float64)
+
+    def weights(self, losses: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
+        """(T,) detached weights for this step (prior × learned), from the (T,) scalar losses."""
+        return (self.prior * self._learned(losses, grads).double().cpu()).to(losses.device, losses.dtype)
+
+    def _learned(self, losses: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
+        return torch.ones(len(self.tasks), dtype=torch.float64)
+
+    def backward_own(self, losses: torch.Tensor) -> None:
+        """Accumulate gradients into the balancer's own parameters (if any)."""
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def state(self) -> dict:
+        return {"name": self.name, "weights": dict(zip(self.tasks, self.current().tolist()))}
+
+    def current(self) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Static(Balancer):
+    name = "static"
+
+    def current(self):
+        return self.prior.float()
+
+
+class Uncertainty(Balancer):
+    name = "uncertainty"
+
+    def __init__(self, tasks: list[str], prior: dict[str, float] | None = None):
+        super().__init__(tasks, prior)
+        self.log_var = torch.nn.Parameter(torch.zeros(len(tasks)))
+
+    def _learned(self, losses, grads):
+        return torch.exp(-self.log_var.detach())
+
+    def backward_own(self, losses):
+        s = self.log_var
+        (torch.exp(-s) * losses.detach().to(s.device, s.dtype) + s).sum().backward()
+
+    def parameters(self):
+        return [self.log_var]
+
+    def current(self):
+        return self.prior.float() * torch.exp(-self.log_var.detach())
+
+
+class GradNorm(Balancer):
+    name = "gradnorm"
+    needs_grads = True
+
+    def __init__(self, tasks: list[str], prior: dict[str, float] | None = None, alpha: float = 1.5, lr: float = 0.1):
+        super().__init__(tasks, prior)
+        self.alpha, self.lr = float(alpha), float(lr)
+        self.w = torch.ones(len(tasks), dtype=torch.float64)
+        self.initial: torch.Tensor | None = None
+
+    def _learned(self, losses, grads):
+        if grads is None:
+            raise ValueError("GradNorm needs the per-task gradients of the shared parameters")
+        w_used = self.w.clone()
+        loss = losses.detach().double().cpu()
+        if self.initial is None:
+            self.initial = loss.clamp_min(1e-12)
+        norms = grads.detach().double().norm(dim=1).cpu() * self.prior
+        weighted = self.w * norms
+        ratio = loss / self.initial
+        rate = ratio / ratio.mean().clamp_min(1e-12)
+        target = weighted.mean() * rate.pow(self.alpha)
+        # GradNorm's loss sum_t |w_t ||g_t|| - target_t| (target held constant) has
+        # gradient sign(.)·||g_t|| in w_t; we take that step in log w with a fixed
+        # size (as Adam would), so the rule does not depend on the gradients' units.
+        log_w = self.w.log() - self.lr * torch.sign(weighted - target)
+        w = log_w.exp()
+        self.w = w * len(self.tasks) / w.sum()  # weights keep summing to T
+        return w_used
+
+    def current(self):
+        return (self.prior * self.w).float()
+
+
+BALANCERS = {"static": Static, "uncertainty": Uncertainty, "gradnorm": GradNorm}
+
+
+def make_balancer(name: str, tasks: list[str], weights: dict[str, float] | None = None) -> Balancer:
+    """A balancer by name; ``weights`` are the static weights (a prior for the learned ones)."""
+    if name not in BALANCERS:
+        raise ValueError(f"unknown balancing {name!r}; choose from {sorted(BALANCERS)}")
+    return BALANCERS[name](tasks, weights)

@@ -1,0 +1,134 @@
+"""One call in place of ``loss.backward()`` for a multi-task model."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .balance import Balancer, make_balancer
+from .gradients import microbatch_losses, shared_grads, task_losses
+from .monitor import GeometryMonitor
+from .surgery import SURGERIES, combine
+
+
+class MTLBackward:
+    """Balancing, gradient surgery, soft sharing and geometry monitoring for any
+    PyTorch multi-task model whose task heads read one shared representation.
+
+    >>> mtl = MTLBackward(model.parameters(), shared=model.encoder.parameters(),
+    ...                   tasks=["gap", "e_form"], balance="gradnorm", surgery="pcgrad")
+    >>> optimizer = torch.optim.AdamW([*model.parameters(), *mtl.parameters()])
+    >>> z = model.encoder(x)                                   # shared representation
+    >>> losses = {"gap": mae(model.gap(z), y1), "e_form": mae(model.ef(z), y2)}
+    >>> info = mtl.backward(losses, z)                         # instead of loss.backward()
+    >>> optimizer.step()
+
+    ``losses`` are scalars or per-sample 1-D tensors (needed for the monitor's
+    micro-batches). ``features`` is the shared representation all heads read; with it
+    the per-task gradients cost one batched backward through the encoder (see
+    :mod:`matmtl.mtl.gradients`). The fast path (static weights, no surgery, no
+    monitor step) is a plain ``backward()`` of the weighted sum.
+
+    ``soft_share`` > 0 adds the L2-SP penalty (lambda/2)·||theta - theta_0||^2 on the shared
+    parameters, theta_0 being their values when this object was made (the pretrained weights).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        shared: Iterable[torch.nn.Parameter],
+        tasks: list[str],
+        *,
+        balance: str | Balancer = "static",
+        weights: dict[str, float] | None = None,
+        surgery: str = "none",
+        main_task: str | None = None,
+        soft_share: float = 0.0,
+        monitor: GeometryMonitor | None = None,
+        seed: int = 0,
+    ):
+        self.shared = [p for p in shared if p.requires_grad]
+        ids = {id(p) for p in self.shared}
+        self.others = [p for p in params if p.requires_grad and id(p) not in ids]
+        if not self.shared:
+            raise ValueError("no trainable shared parameters given")
+        self.tasks = list(tasks)
+        self.balancer = balance if isinstance(balance, Balancer) else make_balancer(balance, self.tasks, weights)
+        if surgery not in SURGERIES:
+            raise ValueError(f"unknown surgery {surgery!r}; choose from {list(SURGERIES)}")
+        self.surgery = surgery
+        main_task = main_task or self.tasks[0]
+        if main_task not in self.tasks:
+            raise ValueError(f"main task {main_task!r} is not one of {self.tasks}")
+        self.main = self.tasks.index(main_task)
+        if soft_share < 0:
+            raise ValueError(f"soft_share must be >= 0, got {soft_share}")
+        self.soft_share = float(soft_share)
+        self.anchor = [p.detach().clone() for p in self.shared] if soft_share > 0 else None
+        self.monitor = monitor
+        self.seed = int(seed)
+        self.step = 0
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The balancer's own learnable parameters (uncertainty weighting); add them to the optimizer."""
+        return self.balancer.parameters()
+
+    def backward(self, losses: dict[str, torch.Tensor], features: torch.Tensor | None = None) -> dict:
+        missing = [t for t in self.tasks if t not in losses]
+        if missing:
+            raise ValueError(f"losses missing for task(s) {missing}")
+        per_sample = {t: losses[t] for t in self.tasks}
+        scalars = task_losses(per_sample)
+        stacked = torch.stack([scalars[t] for t in self.tasks])
+        if not torch.isfinite(stacked).all():
+            bad = [t for t in self.tasks if not torch.isfinite(scalars[t])]
+            raise FloatingPointError(f"non-finite loss for task(s) {bad} at step {self.step}")
+        monitoring = self.monitor is not None and self.monitor.due(self.step)
+        if monitoring:
+            self._monitor(per_sample, features)
+
+        need_grads = self.surgery != "none" or self.balancer.needs_grads
+        grads = self._task_grads([scalars[t] for t in self.tasks], features) if need_grads else None
+        w = self.balancer.weights(stacked.detach(), grads)
+        total = (w.to(stacked.dtype) * stacked).sum()
+        if grads is None:
+            total.backward(inputs=self.shared + self.others)
+        else:
+            if self.others:
+                total.backward(inputs=self.others, retain_graph=False)
+            update = combine(self.surgery, grads, w, main=self.main, seed=self.seed + self.step)
+            self._add_to_shared(update)
+        self.balancer.backward_own(stacked)
+        if self.anchor is not None:
+            for p, p0 in zip(self.shared, self.anchor):
+                penalty = self.soft_share * (p.detach() - p0)
+                p.grad = penalty if p.grad is None else p.grad + penalty
+        self.step += 1
+        return {"total": float(total.detach()), **{f"w_{t}": float(x) for t, x in zip(self.tasks, w)}}
+
+    def _task_grads(self, scalars: list[torch.Tensor], features: torch.Tensor | None) -> torch.Tensor:
+        if features is not None:
+            return shared_grads(scalars, features, self.shared)
+        rows = []  # without the shared representation: one backward pass per task
+        for loss in scalars:
+            gs = torch.autograd.grad(loss, self.shared, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, self.shared)]))
+        return torch.stack(rows)
+
+    def _add_to_shared(self, update: torch.Tensor) -> None:
+        offset = 0
+        for p in self.shared:
+            g = update[offset: offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+            p.grad = g.clone() if p.grad is None else p.grad + g
+
+    def _monitor(self, per_sample: dict[str, torch.Tensor], features: torch.Tensor | None) -> None:
+        k = self.monitor.k
+        chunks = microbatch_losses(per_sample, k)
+        flat = [c for t in self.tasks for c in chunks[t]]
+        g = self._task_grads(flat, features)  # (T*k, d)
+        self.monitor.submit(self.step, self.tasks, g.detach().view(len(self.tasks), k, -1))
+
+    def close(self) -> list[dict]:
+        """Finish the monitor's pending work; returns its records (empty without a monitor)."""
+        return self.monitor.close() if self.monitor is not None else []
