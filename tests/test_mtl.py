@@ -49,7 +49,7 @@ def test_fast_path_equals_weighted_sum_backward(balance):
     mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balance=balance,
                       weights={"a": 2.0, "b": 0.5})
     z, out = model(x)
-    mtl.backward({"a": (out["a"] - ya) ** 2, "b": (out["b"] - yb) ** 2}, z)
+    mtl.backward({"a": ((out["a"] - ya) ** 2).mean(), "b": ((out["b"] - yb) ** 2).mean()}, z)
     assert torch.allclose(_flat_grad(model.parameters()), _flat_grad(ref.parameters()), atol=1e-6)
 
 
@@ -62,7 +62,7 @@ def test_uncertainty_weighting_downweights_the_noisy_task():
     for _ in range(200):
         opt.zero_grad()
         z, out = model(x)
-        mtl.backward({"a": (out["a"] - ya) ** 2, "b": (out["b"] - noisy) ** 2}, z)
+        mtl.backward({"a": ((out["a"] - ya) ** 2).mean(), "b": ((out["b"] - noisy) ** 2).mean()}, z)
         opt.step()
     w = mtl.balancer.current()
     assert w[0] > 5 * w[1]
@@ -124,3 +124,125 @@ def test_bad_arguments():
         mtl.backward({"a": out["a"].mean()}, z)
     with pytest.raises(FloatingPointError, match=r"task\(s\) \['b'\]"):
         mtl.backward({"a": out["a"].mean(), "b": out["b"].mean() * float("nan")}, z)
+
+
+def _losses(model, x, ya, yb):
+    z, out = model(x)
+    return z, {"a": ((out["a"] - ya) ** 2).mean(), "b": ((out["b"] - yb) ** 2).mean()}
+
+
+def _chunked(model, x, ya, yb, k):
+    """The encoder on k micro-batches, as a monitored step needs it."""
+    feats, losses = [], {"a": [], "b": []}
+    for xs, a, b in zip(torch.tensor_split(x, k), torch.tensor_split(ya, k), torch.tensor_split(yb, k)):
+        z = model.encoder(xs)
+        feats.append(z)
+        losses["a"].append(((model.heads["a"](z).squeeze(-1) - a) ** 2).mean())
+        losses["b"].append(((model.heads["b"](z).squeeze(-1) - b) ** 2).mean())
+    return feats, losses
+
+
+def _step(model, mtl, x, ya, yb, k):
+    if mtl.monitor_due():
+        feats, losses = _chunked(model, x, ya, yb, k)
+        return mtl.backward(losses, feats)
+    z, losses = _losses(model, x, ya, yb)
+    return mtl.backward(losses, z)
+
+
+def test_monitored_step_gives_the_same_update_as_a_plain_step():
+    x, ya, yb = _data(64)
+    plain, monitored = TwoHead(), TwoHead()
+    z, losses = _losses(plain, x, ya, yb)
+    MTLBackward(plain.parameters(), plain.encoder.parameters(), ["a", "b"]).backward(losses, z)
+    mtl = MTLBackward(monitored.parameters(), monitored.encoder.parameters(), ["a", "b"], monitor=GeometryMonitor(1, 4))
+    _step(monitored, mtl, x, ya, yb, 4)
+    assert torch.allclose(_flat_grad(monitored.parameters()), _flat_grad(plain.parameters()), atol=1e-6)
+    (rec,) = mtl.close()
+    assert np.array(rec["angles"]).shape == (2, 2, 4)
+
+
+def test_identical_tasks_angles_zero_and_surgery_has_no_effect():
+    x, ya, _ = _data(64)
+    grads = {}
+    records = None
+    for surgery in ("none", "pcgrad", "halfspace"):
+        model = TwoHead()
+        with torch.no_grad():  # two identical heads on one target: identical tasks
+            model.heads["b"].load_state_dict(model.heads["a"].state_dict())
+        mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery=surgery,
+                          monitor=GeometryMonitor(every=1, k=4))
+        _step(model, mtl, x, ya, ya, 4)
+        grads[surgery] = _flat_grad(model.encoder.parameters())
+        records = mtl.close()
+    assert torch.allclose(grads["pcgrad"], grads["none"], atol=1e-6)
+    assert torch.allclose(grads["halfspace"], grads["none"], atol=1e-6)
+    (rec,) = records
+    angles = np.array(rec["angles"])
+    assert angles.shape == (2, 2, 4) and np.allclose(angles[0, 1], 0.0, atol=1e-3)
+    assert np.isclose(rec["mean_cosine"][0][1], 1.0, atol=1e-5)
+
+
+def test_opposed_tasks_pcgrad_removes_the_conflict():
+    x, ya, _ = _data(64)
+    model = TwoHead()
+    with torch.no_grad():  # head b = -head a, same target: the tasks pull the encoder apart
+        for pb, pa in zip(model.heads["b"].parameters(), model.heads["a"].parameters()):
+            pb.copy_(-pa)
+    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery="pcgrad", seed=3,
+                      monitor=GeometryMonitor(every=1, k=2))
+    z, losses = _losses(model, x, ya, 0.3 * ya)
+    params = list(model.encoder.parameters())
+    g = shared_grads([losses["a"], losses["b"]], z, params)
+    assert float(g[0] @ g[1]) < 0  # a real conflict
+    _step(model, mtl, x, ya, 0.3 * ya, 2)
+    update = _flat_grad(params)
+    from matmtl import geometry
+
+    ref = geometry.pcgrad(g.detach(), seed=3)
+    for i in range(2):  # neither projected gradient conflicts with the other task
+        assert float(ref.projected[i] @ g[1 - i]) >= -1e-6
+    assert torch.allclose(update, ref.total, atol=1e-5)
+    assert mtl.close()[0]["mean_cosine"][0][1] < 0
+
+
+def test_halfspace_update_does_not_increase_the_anchor_loss():
+    x, ya, yb = _data(64)
+    model = TwoHead()
+    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery="halfspace",
+                      main_task="a", weights={"b": 0.1})
+    z, losses = _losses(model, x, ya, yb)
+    params = list(model.encoder.parameters())
+    g_anchor = shared_grads([losses["b"]], z, params)[0]
+    mtl.backward(losses, z)
+    assert float(_flat_grad(params) @ g_anchor) >= -1e-7
+
+
+def test_monitor_runs_in_the_background_and_records_every_n_steps():
+    model = TwoHead()
+    x, ya, yb = _data(64)
+    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], monitor=GeometryMonitor(every=3, k=4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(7):
+        opt.zero_grad()
+        _step(model, mtl, x, ya, yb, 4)
+        opt.step()
+    records = mtl.close()
+    assert [r["step"] for r in records] == [0, 3, 6]
+    for r in records:
+        a = np.array(r["angles"])
+        assert a.shape == (2, 2, 4) and ((a >= 0) & (a <= np.pi / 2 + 1e-9)).all()
+        assert np.allclose(a, a.transpose(1, 0, 2))
+
+
+def test_monitored_step_needs_micro_batches():
+    model = TwoHead()
+    x, ya, yb = _data(64)
+    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], monitor=GeometryMonitor(1, 4))
+    z, losses = _losses(model, x, ya, yb)
+    with pytest.raises(ValueError, match="feeds the gradient monitor"):
+        mtl.backward(losses, z)
+    feats, chunks = _chunked(model, x, ya, yb, 4)
+    chunks["b"] = chunks["b"][:3]
+    with pytest.raises(ValueError, match="3 micro-batch losses for 4"):
+        mtl.backward(chunks, feats)

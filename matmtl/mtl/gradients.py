@@ -6,9 +6,15 @@ output). Rather than one full backward pass per task (and per micro-batch), we
    that task's small head only — and
 2. push all of them through the encoder in ONE batched vector-Jacobian product
    (``torch.autograd.grad(..., is_grads_batched=True)``, which vmaps the backward).
-For T tasks and k micro-batches that is T·k cheap head passes plus one batched
-encoder pass instead of T·k full backward passes. Where an operation in the encoder
-does not support the batched backward, we fall back to one encoder pass per row.
+Where an operation in the encoder does not support the batched backward, we fall
+back to one encoder pass per task.
+
+The gradient-geometry monitor needs each task's gradient on k micro-batches. The
+encoder is then run on the k micro-batches separately (the same total work as one
+forward pass), and for each micro-batch the T task signals go through that
+micro-batch's part of the graph only: k small batched passes that add up to T
+backward passes of the whole batch, not T·k. Summed over micro-batches they give
+the tasks' full gradients, so a monitored step needs no further backward pass.
 """
 from __future__ import annotations
 
@@ -53,20 +59,16 @@ def shared_grads(
         return torch.cat(out)
 
 
-def task_losses(losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Scalar loss per task: per-sample (1-D) losses are averaged."""
-    return {k: (v.mean() if v.dim() > 0 else v) for k, v in losses.items()}
-
-
-def microbatch_losses(losses: dict[str, torch.Tensor], k: int) -> dict[str, list[torch.Tensor]]:
-    """k scalar losses per task from its per-sample losses (k contiguous chunks), the
-    samples for a task's gradient subspace. Tasks need at least k samples."""
-    out = {}
-    for name, v in losses.items():
-        if v.dim() != 1 or v.numel() < k:
-            raise ValueError(
-                f"task {name!r}: the gradient monitor needs per-sample losses (1-D, reduction='none') "
-                f"with at least k={k} samples, got shape {tuple(v.shape)}"
-            )
-        out[name] = [c.mean() for c in torch.tensor_split(v, k)]
-    return out
+def chunked_shared_grads(
+    losses: dict[str, Sequence[torch.Tensor]], chunks: Sequence[torch.Tensor], params: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """(T, k, d): the gradient of task t's loss on micro-batch c (``losses[t][c]``,
+    a scalar computed from ``chunks[c]``, the shared representation of micro-batch c)
+    with respect to the shared parameters."""
+    k = len(chunks)
+    tasks = list(losses)
+    for t in tasks:
+        if len(losses[t]) != k:
+            raise ValueError(f"task {t!r}: {len(losses[t])} micro-batch losses for {k} micro-batches")
+    per_chunk = [shared_grads([losses[t][c] for t in tasks], chunks[c], params) for c in range(k)]  # k x (T, d)
+    return torch.stack(per_chunk, dim=1)

@@ -69,7 +69,7 @@ def _angles(step: int, tasks: list[str], host: torch.Tensor, done) -> dict:
     if done is not None:
         done.synchronize()  # the non-blocking device-to-host copy has landed
     mats = [np.ascontiguousarray(host[t].numpy().T) for t in range(host.shape[0])]  # each (d, k)
-    res = geometry.principal_angles(mats)
+    res = geometry.subspace_geometry(mats)
     return {
         "step": step,
         "tasks": tasks,

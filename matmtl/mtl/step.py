@@ -6,7 +6,7 @@ from typing import Iterable
 import torch
 
 from .balance import Balancer, make_balancer
-from .gradients import microbatch_losses, shared_grads, task_losses
+from .gradients import chunked_shared_grads, shared_grads
 from .monitor import GeometryMonitor
 from .surgery import SURGERIES, combine
 
@@ -23,11 +23,16 @@ class MTLBackward:
     >>> info = mtl.backward(losses, z)                         # instead of loss.backward()
     >>> optimizer.step()
 
-    ``losses`` are scalars or per-sample 1-D tensors (needed for the monitor's
-    micro-batches). ``features`` is the shared representation all heads read; with it
-    the per-task gradients cost one batched backward through the encoder (see
-    :mod:`matmtl.mtl.gradients`). The fast path (static weights, no surgery, no
+    ``losses`` are scalar tensors. ``features`` is the shared representation all heads
+    read; with it the per-task gradients cost one batched backward through the encoder
+    (see :mod:`matmtl.mtl.gradients`). The fast path (static weights, no surgery, no
     monitor step) is a plain ``backward()`` of the weighted sum.
+
+    On steps where :meth:`monitor_due` is true, run the encoder on k micro-batches
+    (``k = monitor.k``; each task's rows split into k parts) and pass ``features`` as
+    the list of the k outputs and each ``losses[t]`` as the list of task t's k
+    micro-batch losses; the task loss is their mean. That step then costs T backward
+    passes in all, and the monitor gets the (T, k, d) gradients.
 
     ``soft_share`` > 0 adds the L2-SP penalty (lambda/2)·||theta - theta_0||^2 on the shared
     parameters, theta_0 being their values when this object was made (the pretrained weights).
@@ -73,29 +78,48 @@ class MTLBackward:
         """The balancer's own learnable parameters (uncertainty weighting); add them to the optimizer."""
         return self.balancer.parameters()
 
-    def backward(self, losses: dict[str, torch.Tensor], features: torch.Tensor | None = None) -> dict:
+    def monitor_due(self) -> bool:
+        """Whether this step feeds the monitor (then pass k micro-batches, see above)."""
+        return self.monitor is not None and len(self.tasks) > 1 and self.monitor.due(self.step)
+
+    def backward(self, losses: dict, features: torch.Tensor | list[torch.Tensor] | None = None) -> dict:
         missing = [t for t in self.tasks if t not in losses]
         if missing:
             raise ValueError(f"losses missing for task(s) {missing}")
-        per_sample = {t: losses[t] for t in self.tasks}
-        scalars = task_losses(per_sample)
+        chunked = isinstance(features, (list, tuple))
+        if chunked:
+            parts = {t: list(losses[t]) for t in self.tasks}
+            scalars = {t: torch.stack(parts[t]).mean() for t in self.tasks}
+        else:
+            if any(not torch.is_tensor(losses[t]) or losses[t].dim() != 0 for t in self.tasks):
+                raise ValueError("losses must be scalar tensors (lists of micro-batch losses only with chunked features)")
+            scalars = {t: losses[t] for t in self.tasks}
         stacked = torch.stack([scalars[t] for t in self.tasks])
         if not torch.isfinite(stacked).all():
             bad = [t for t in self.tasks if not torch.isfinite(scalars[t])]
             raise FloatingPointError(f"non-finite loss for task(s) {bad} at step {self.step}")
-        monitoring = self.monitor is not None and self.monitor.due(self.step)
-        if monitoring:
-            self._monitor(per_sample, features)
 
-        need_grads = self.surgery != "none" or self.balancer.needs_grads
-        grads = self._task_grads([scalars[t] for t in self.tasks], features) if need_grads else None
+        grads = None
+        if chunked:
+            per_chunk = chunked_shared_grads(parts, features, self.shared)  # (T, k, d)
+            grads = per_chunk.mean(dim=1)
+            if self.monitor_due():
+                self.monitor.submit(self.step, self.tasks, per_chunk.detach())
+        elif self.monitor_due():
+            raise ValueError(
+                f"step {self.step} feeds the gradient monitor: pass features as a list of k={self.monitor.k} "
+                "micro-batch outputs and per-task lists of micro-batch losses (see MTLBackward.monitor_due)"
+            )
+        elif self.surgery != "none" or self.balancer.needs_grads:
+            grads = self._task_grads([scalars[t] for t in self.tasks], features)
+
         w = self.balancer.weights(stacked.detach(), grads)
         total = (w.to(stacked.dtype) * stacked).sum()
         if grads is None:
             total.backward(inputs=self.shared + self.others)
         else:
             if self.others:
-                total.backward(inputs=self.others, retain_graph=False)
+                total.backward(inputs=self.others)
             update = combine(self.surgery, grads, w, main=self.main, seed=self.seed + self.step)
             self._add_to_shared(update)
         self.balancer.backward_own(stacked)
@@ -121,13 +145,6 @@ class MTLBackward:
             g = update[offset: offset + p.numel()].view_as(p).to(p.dtype)
             offset += p.numel()
             p.grad = g.clone() if p.grad is None else p.grad + g
-
-    def _monitor(self, per_sample: dict[str, torch.Tensor], features: torch.Tensor | None) -> None:
-        k = self.monitor.k
-        chunks = microbatch_losses(per_sample, k)
-        flat = [c for t in self.tasks for c in chunks[t]]
-        g = self._task_grads(flat, features)  # (T*k, d)
-        self.monitor.submit(self.step, self.tasks, g.detach().view(len(self.tasks), k, -1))
 
     def close(self) -> list[dict]:
         """Finish the monitor's pending work; returns its records (empty without a monitor)."""

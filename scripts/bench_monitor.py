@@ -1,0 +1,133 @@
+"""What the gradient-geometry monitor adds to a training step.
+
+Runs, in one process on the same model and batches:
+  off        : MTLBackward with no monitor (the baseline step);
+  rust_bg    : the monitor every N steps, angles by the Rust core in a background thread;
+  torch_sync : the same angles computed synchronously with torch (QR + SVD) every N steps.
+Prints the median step time of each and the overhead relative to `off`; --json writes them.
+
+    python scripts/bench_monitor.py --every 10 --k 4 [--device cuda] [--json results/bench_monitor.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from matmtl import geometry
+from matmtl.mtl import GeometryMonitor, MTLBackward
+
+
+class Net(torch.nn.Module):
+    """A shared MLP encoder with two heads, about the size of matmtl's own encoder."""
+
+    def __init__(self, d_in: int, width: int, depth: int):
+        super().__init__()
+        layers, d = [], d_in
+        for _ in range(depth):
+            layers += [torch.nn.Linear(d, width), torch.nn.SiLU()]
+            d = width
+        self.encoder = torch.nn.Sequential(*layers)
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(width, 1) for _ in range(2)])
+
+
+class SyncTorchMonitor(GeometryMonitor):
+    """Reference: the same angles, synchronously, with torch on the gradients' device."""
+
+    def __init__(self, every, k):
+        super().__init__(every, k, background=False)
+
+    def submit(self, step, tasks, grads):  # grads: (T, k, d)
+        mats = [grads[t].T for t in range(grads.shape[0])]  # (d, k) views on the device
+        res = geometry.subspace_geometry(mats, backend="torch")
+        if grads.is_cuda:
+            torch.cuda.synchronize()
+        self.records.append({"step": step, "angles": np.asarray(res.angles).tolist()})
+
+
+def run(mode: str, args, device: str) -> list[float]:
+    torch.manual_seed(0)
+    net = Net(args.d_in, args.width, args.depth).to(device)
+    monitor = None
+    if mode == "rust_bg":
+        monitor = GeometryMonitor(args.every, args.k)
+    elif mode == "torch_sync":
+        monitor = SyncTorchMonitor(args.every, args.k)
+    mtl = MTLBackward(net.parameters(), net.encoder.parameters(), ["gap", "e_form"], monitor=monitor)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(args.batch, args.d_in, generator=g).to(device)
+    y = torch.randn(2, args.batch, generator=g).to(device)
+    times = []
+    for step in range(args.steps + args.warmup):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        if mtl.monitor_due():  # the encoder on k micro-batches (same total work as one pass)
+            feats = [net.encoder(xc) for xc in torch.tensor_split(x, args.k)]
+            ys = [torch.tensor_split(y[i], args.k) for i in range(2)]
+            losses = {t: [(h(zc).squeeze(-1) - ys[i][c]).abs().mean() for c, zc in enumerate(feats)]
+                      for i, (t, h) in enumerate(zip(["gap", "e_form"], net.heads))}
+            mtl.backward(losses, feats)
+        else:
+            z = net.encoder(x)
+            losses = {t: (h(z).squeeze(-1) - y[i]).abs().mean() for i, (t, h) in enumerate(zip(["gap", "e_form"], net.heads))}
+            mtl.backward(losses, z)
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    mtl.close()
+    return times
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--every", type=int, default=10)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--d-in", type=int, default=256)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    n_shared = sum(p.numel() for p in Net(args.d_in, args.width, args.depth).encoder.parameters())
+    results = {}
+    # interleave the modes over rounds so machine noise hits all of them alike
+    per_mode: dict[str, list[float]] = {m: [] for m in ("off", "rust_bg", "torch_sync")}
+    for _ in range(3):
+        for mode in per_mode:
+            per_mode[mode] += run(mode, args, args.device)
+    base = statistics.mean(per_mode["off"])
+    print(f"shared parameters d={n_shared:,}, k={args.k}, T=2, monitor every {args.every} steps, "
+          f"batch {args.batch}, device {args.device}, torch threads {torch.get_num_threads()}")
+    print(f"{'mode':<12}{'mean step (ms)':>16}{'median (ms)':>14}{'overhead':>10}")
+    for mode, ts in per_mode.items():
+        mean = statistics.mean(ts)
+        results[mode] = {"mean_s": mean, "median_s": statistics.median(ts), "overhead_vs_off": mean / base - 1}
+        print(f"{mode:<12}{1e3 * mean:>16.3f}{1e3 * statistics.median(ts):>14.3f}{100 * (mean / base - 1):>9.1f}%")
+    if args.json:
+        from matmtl.io import atomic_write_json
+
+        atomic_write_json(args.json, {
+            "results": results, "d_shared": n_shared, "args": vars(args),
+            "command": "python " + " ".join(["scripts/bench_monitor.py", *(argv or sys.argv[1:])]),
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None},
+        })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
