@@ -75,7 +75,7 @@ def run(mode: str, args, device: str) -> list[float]:
             ys = [torch.tensor_split(y[i], args.k) for i in range(2)]
             losses = {t: [(h(zc).squeeze(-1) - ys[i][c]).abs().mean() for c, zc in enumerate(feats)]
                       for i, (t, h) in enumerate(zip(["gap", "e_form"], net.heads))}
-            mtl.backward(losses, feats)
+            mtl.backward_microbatches(losses, feats)
         else:
             z = net.encoder(x)
             losses = {t: (h(z).squeeze(-1) - y[i]).abs().mean() for i, (t, h) in enumerate(zip(["gap", "e_form"], net.heads))}

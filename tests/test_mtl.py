@@ -122,6 +122,8 @@ def test_bad_arguments():
     z, out = model(x)
     with pytest.raises(ValueError, match="losses missing"):
         mtl.backward({"a": out["a"].mean()}, z)
+    with pytest.raises(ValueError, match="must be a scalar tensor"):
+        mtl.backward({"a": out["a"], "b": out["b"].mean()}, z)
     with pytest.raises(FloatingPointError, match=r"task\(s\) \['b'\]"):
         mtl.backward({"a": out["a"].mean(), "b": out["b"].mean() * float("nan")}, z)
 
@@ -145,7 +147,7 @@ def _chunked(model, x, ya, yb, k):
 def _step(model, mtl, x, ya, yb, k):
     if mtl.monitor_due():
         feats, losses = _chunked(model, x, ya, yb, k)
-        return mtl.backward(losses, feats)
+        return mtl.backward_microbatches(losses, feats)
     z, losses = _losses(model, x, ya, yb)
     return mtl.backward(losses, z)
 
@@ -244,5 +246,20 @@ def test_monitored_step_needs_micro_batches():
         mtl.backward(losses, z)
     feats, chunks = _chunked(model, x, ya, yb, 4)
     chunks["b"] = chunks["b"][:3]
-    with pytest.raises(ValueError, match="3 micro-batch losses for 4"):
-        mtl.backward(chunks, feats)
+    with pytest.raises(ValueError, match=r"loss of task\(s\) \['b'\] must be a list of 4"):
+        mtl.backward_microbatches(chunks, feats)
+
+
+def test_heads_reading_two_batches_through_one_encoder():
+    # fine-tuning batch for task a, a replayed batch for task b: features is a tuple
+    model = TwoHead()
+    x1, ya, _ = _data(32, seed=1)
+    x2, _, yb = _data(48, seed=2)
+    z1, z2 = model.encoder(x1), model.encoder(x2)
+    la = ((model.heads["a"](z1).squeeze(-1) - ya) ** 2).mean()
+    lb = ((model.heads["b"](z2).squeeze(-1) - yb) ** 2).mean()
+    params = list(model.encoder.parameters())
+    g = shared_grads([la, lb], (z1, z2), params)
+    for row, loss in zip(g, (la, lb)):
+        ref = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params, retain_graph=True)])
+        assert torch.allclose(row, ref, atol=1e-6)

@@ -30,41 +30,45 @@ def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor], 
     return torch.cat(cols, dim=1)
 
 
-def feature_grads(losses: Sequence[torch.Tensor], features: torch.Tensor) -> torch.Tensor:
-    """(R, *features.shape): d loss_r / d features for each scalar loss (graph kept)."""
-    rows = []
-    for loss in losses:
-        (g,) = torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True)
-        rows.append(torch.zeros_like(features) if g is None else g)
-    return torch.stack(rows)
+def _as_tuple(features) -> tuple[torch.Tensor, ...]:
+    return tuple(features) if isinstance(features, (tuple, list)) else (features,)
 
 
-def shared_grads(
-    losses: Sequence[torch.Tensor], features: torch.Tensor, params: Sequence[torch.Tensor]
-) -> torch.Tensor:
+def shared_grads(losses: Sequence[torch.Tensor], features, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """(R, d) matrix: the gradient of each scalar loss with respect to the shared
-    parameters ``params`` (flattened and concatenated), via ``features``."""
+    parameters ``params`` (flattened and concatenated), via ``features``: the shared
+    representation, or a tuple of them when the heads read several batches (e.g. the
+    fine-tuning batch and a replayed DFT batch, each through the same encoder)."""
     params = list(params)
-    dz = feature_grads(losses, features)
-    r = dz.shape[0]
+    feats = _as_tuple(features)
+    r = len(losses)
+    # 1. each loss's gradient w.r.t. the representation: a pass through its head only
+    dz = [[] for _ in feats]
+    for loss in losses:
+        gs = torch.autograd.grad(loss, feats, retain_graph=True, allow_unused=True)
+        for j, (g, f) in enumerate(zip(gs, feats)):
+            dz[j].append(torch.zeros_like(f) if g is None else g)
+    stacked = [torch.stack(rows) for rows in dz]  # per feature tensor: (R, *shape)
+    # 2. all R signals through the encoder in one batched backward
     try:
-        grads = torch.autograd.grad(features, params, grad_outputs=dz, is_grads_batched=True,
+        grads = torch.autograd.grad(feats, params, grad_outputs=stacked, is_grads_batched=True,
                                     retain_graph=True, allow_unused=True)
         return _flat(grads, params, r)
-    except RuntimeError:  # an op without a batching rule: one encoder pass per row
+    except RuntimeError:  # an op without a batching rule: one encoder pass per loss
         out = []
         for i in range(r):
-            gi = torch.autograd.grad(features, params, grad_outputs=dz[i], retain_graph=True, allow_unused=True)
+            gi = torch.autograd.grad(feats, params, grad_outputs=[s[i] for s in stacked],
+                                     retain_graph=True, allow_unused=True)
             out.append(_flat([None if g is None else g.unsqueeze(0) for g in gi], params, 1))
         return torch.cat(out)
 
 
 def chunked_shared_grads(
-    losses: dict[str, Sequence[torch.Tensor]], chunks: Sequence[torch.Tensor], params: Sequence[torch.Tensor]
+    losses: dict[str, Sequence[torch.Tensor]], chunks: Sequence, params: Sequence[torch.Tensor]
 ) -> torch.Tensor:
     """(T, k, d): the gradient of task t's loss on micro-batch c (``losses[t][c]``,
-    a scalar computed from ``chunks[c]``, the shared representation of micro-batch c)
-    with respect to the shared parameters."""
+    a scalar computed from ``chunks[c]``, micro-batch c's shared representation, a
+    tensor or tuple of tensors) with respect to the shared parameters."""
     k = len(chunks)
     tasks = list(losses)
     for t in tasks:

@@ -29,10 +29,9 @@ class MTLBackward:
     monitor step) is a plain ``backward()`` of the weighted sum.
 
     On steps where :meth:`monitor_due` is true, run the encoder on k micro-batches
-    (``k = monitor.k``; each task's rows split into k parts) and pass ``features`` as
-    the list of the k outputs and each ``losses[t]`` as the list of task t's k
-    micro-batch losses; the task loss is their mean. That step then costs T backward
-    passes in all, and the monitor gets the (T, k, d) gradients.
+    (``k = monitor.k``; each task's rows split into k parts) and call
+    :meth:`backward_microbatches`. That step costs T backward passes in all, and the
+    monitor gets the (T, k, d) gradients.
 
     ``soft_share`` > 0 adds the L2-SP penalty (lambda/2)·||theta - theta_0||^2 on the shared
     parameters, theta_0 being their values when this object was made (the pretrained weights).
@@ -82,37 +81,52 @@ class MTLBackward:
         """Whether this step feeds the monitor (then pass k micro-batches, see above)."""
         return self.monitor is not None and len(self.tasks) > 1 and self.monitor.due(self.step)
 
-    def backward(self, losses: dict, features: torch.Tensor | list[torch.Tensor] | None = None) -> dict:
+    def backward(self, losses: dict[str, torch.Tensor], features=None) -> dict:
+        """One step's backward pass from the T scalar task losses. ``features``: the
+        shared representation the heads read (a tensor, or a tuple of tensors when the
+        heads read several batches); without it per-task gradients need one backward
+        pass per task."""
+        if self.monitor_due():
+            raise ValueError(
+                f"step {self.step} feeds the gradient monitor: call backward_microbatches with the encoder "
+                f"run on k={self.monitor.k} micro-batches (see MTLBackward.monitor_due)"
+            )
+        scalars = self._check(losses, lambda v: torch.is_tensor(v) and v.dim() == 0, "a scalar tensor")
+        grads = None
+        if self.surgery != "none" or self.balancer.needs_grads:
+            grads = self._task_grads(scalars, features)
+        return self._finish(scalars, grads)
+
+    def backward_microbatches(self, losses: dict[str, list[torch.Tensor]], features: list) -> dict:
+        """A step over k micro-batches: ``features[c]`` is micro-batch c's shared
+        representation (tensor or tuple), ``losses[t][c]`` task t's loss on it; the task
+        loss is the mean over micro-batches. The per-task gradients cost T backward
+        passes in all; on a monitor step the (T, k, d) gradients go to the monitor."""
+        k = len(features)
+        scalars = self._check(losses, lambda v: isinstance(v, (list, tuple)) and len(v) == k,
+                              f"a list of {k} micro-batch losses")
+        parts = {t: list(losses[t]) for t in self.tasks}
+        per_chunk = chunked_shared_grads(parts, features, self.shared)  # (T, k, d)
+        if self.monitor_due():
+            self.monitor.submit(self.step, self.tasks, per_chunk.detach())
+        return self._finish({t: torch.stack(parts[t]).mean() for t in self.tasks}, per_chunk.mean(dim=1))
+
+    def _check(self, losses: dict, ok, what: str) -> list:
         missing = [t for t in self.tasks if t not in losses]
         if missing:
             raise ValueError(f"losses missing for task(s) {missing}")
-        chunked = isinstance(features, (list, tuple))
-        if chunked:
-            parts = {t: list(losses[t]) for t in self.tasks}
-            scalars = {t: torch.stack(parts[t]).mean() for t in self.tasks}
-        else:
-            if any(not torch.is_tensor(losses[t]) or losses[t].dim() != 0 for t in self.tasks):
-                raise ValueError("losses must be scalar tensors (lists of micro-batch losses only with chunked features)")
-            scalars = {t: losses[t] for t in self.tasks}
-        stacked = torch.stack([scalars[t] for t in self.tasks])
+        wrong = [t for t in self.tasks if not ok(losses[t])]
+        if wrong:
+            raise ValueError(f"loss of task(s) {wrong} must be {what}")
+        return [losses[t] for t in self.tasks]
+
+    def _finish(self, scalars, grads: torch.Tensor | None) -> dict:
+        if isinstance(scalars, dict):
+            scalars = [scalars[t] for t in self.tasks]
+        stacked = torch.stack(list(scalars))
         if not torch.isfinite(stacked).all():
-            bad = [t for t in self.tasks if not torch.isfinite(scalars[t])]
+            bad = [t for t, v in zip(self.tasks, stacked) if not torch.isfinite(v)]
             raise FloatingPointError(f"non-finite loss for task(s) {bad} at step {self.step}")
-
-        grads = None
-        if chunked:
-            per_chunk = chunked_shared_grads(parts, features, self.shared)  # (T, k, d)
-            grads = per_chunk.mean(dim=1)
-            if self.monitor_due():
-                self.monitor.submit(self.step, self.tasks, per_chunk.detach())
-        elif self.monitor_due():
-            raise ValueError(
-                f"step {self.step} feeds the gradient monitor: pass features as a list of k={self.monitor.k} "
-                "micro-batch outputs and per-task lists of micro-batch losses (see MTLBackward.monitor_due)"
-            )
-        elif self.surgery != "none" or self.balancer.needs_grads:
-            grads = self._task_grads([scalars[t] for t in self.tasks], features)
-
         w = self.balancer.weights(stacked.detach(), grads)
         total = (w.to(stacked.dtype) * stacked).sum()
         if grads is None:
@@ -130,7 +144,7 @@ class MTLBackward:
         self.step += 1
         return {"total": float(total.detach()), **{f"w_{t}": float(x) for t, x in zip(self.tasks, w)}}
 
-    def _task_grads(self, scalars: list[torch.Tensor], features: torch.Tensor | None) -> torch.Tensor:
+    def _task_grads(self, scalars: list[torch.Tensor], features) -> torch.Tensor:
         if features is not None:
             return shared_grads(scalars, features, self.shared)
         rows = []  # without the shared representation: one backward pass per task
