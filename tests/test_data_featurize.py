@@ -65,6 +65,7 @@ def test_mp_space_groups_come_from_the_table():
     assert np.array_equal(f.spg, ds.frame["spg_num"].to_numpy())
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pymatgen's notes on the CIFs it reads
 def test_cif_structures_featurize_with_symmetry():
     ds = load_dataset("mp_cgcnn").subset(np.arange(3))
     f = ds.features()

@@ -58,8 +58,8 @@ def test_uncertainty_weighting_downweights_the_noisy_task():
     x, ya, _ = _data(256)
     noisy = ya + 3.0 * torch.randn(256, generator=torch.Generator().manual_seed(5))
     mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balance="uncertainty")
-    opt = torch.optim.Adam([*model.parameters(), *mtl.parameters()], lr=0.05)
-    for _ in range(200):
+    opt = torch.optim.Adam([*model.parameters(), *mtl.parameters()], lr=0.1)
+    for _ in range(60):
         opt.zero_grad()
         z, out = model(x)
         mtl.backward({"a": ((out["a"] - ya) ** 2).mean(), "b": ((out["b"] - noisy) ** 2).mean()}, z)
