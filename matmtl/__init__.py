@@ -11,4 +11,14 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+local"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "predict", "load_model"]
+
+
+def __getattr__(name):  # lazy: `import matmtl` stays fast (no torch/pymatgen until needed)
+    if name in ("predict", "load_model"):
+        import importlib
+
+        value = getattr(importlib.import_module("matmtl.inference"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'matmtl' has no attribute {name!r}")

@@ -100,6 +100,151 @@ def data_manifest(
         print(json.dumps(manifest(), indent=2))
 
 
+# -- training and prediction ---------------------------------------------------------
+
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu or cuda.")
+SeedOpt = typer.Option(0, "--seed", help="Random seed. Seeded CPU runs with the same --threads repeat exactly.")
+ThreadsOpt = typer.Option(2, "--threads", help="CPU threads for torch (fixed, so seeded runs repeat; 0 = torch's default).")
+OutOpt = typer.Option(None, "--out", help="Run folder to create (must not exist or be empty). Default: <user cache>/runs/<kind>-<timestamp>.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue an unfinished run (the one named by --out, else the latest unfinished one) "
+                         "from its last saved epoch; its stored settings are used and the other options ignored.")
+BalancingOpt = typer.Option("static", "--balancing", help="How per-task losses are combined: static (fixed weights). "
+                            "The hook for uncertainty weighting / GradNorm / PCGrad.")
+MonitorOpt = typer.Option("none", "--monitor", help="Gradient-geometry monitor: none or cosine (records pairwise cosines of "
+                          "task gradients on the shared encoder; plotted in the run folder).")
+HoldoutOpt = typer.Option("0", "--holdout-fold", help="Matbench fold (0-4) whose official test rows are held out and scored; "
+                          "'none' trains on every row.")
+
+
+def _warn_lines(caught) -> None:
+    for w in caught:
+        err_console.print(f"[yellow]warning:[/] {w.message}")
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    dataset: str = typer.Option("mp", "--dataset", help="DFT dataset of the main task: mp (matbench mp_e_form, 132,752 rows)."),
+    tasks: str = typer.Option("e_form", "--tasks", help="Comma-separated DFT tasks: e_form (main, always) and gap_pbe "
+                              "(PBE band gap from mp_gap; the two row sets are united, each row trains only its own head)."),
+    out: Optional[Path] = OutOpt,
+    holdout_fold: str = HoldoutOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the training rows (default 25 on CPU, 100 with --size large)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default 256; 1024 with --size large)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW, warm-up then cosine decay; default 1.5e-3)."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Width of the shared encoder (default 192; 256 with --size large)."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Self-attention layers over the elements (default 3; 4 with --size large)."),
+    members: int = typer.Option(4, "--members", help="Ensemble members per task head (their spread is the uncertainty)."),
+    sym_dropout: float = typer.Option(0.25, "--sym-dropout", help="Share of rows trained with the 'unknown symmetry' token, so "
+                                      "compositions without a structure are handled."),
+    size: str = typer.Option("auto", "--size", help="Preset: small (CPU, default), large (GPU) or auto (large on CUDA)."),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="Use at most this many training rows per dataset (quick tries)."),
+    seed: int = SeedOpt, threads: int = ThreadsOpt, device: str = DeviceOpt, resume: bool = ResumeOpt,
+    balancing: str = BalancingOpt, monitor: str = MonitorOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Pretrain the multi-task model on DFT data (formation energy, optionally the PBE gap).
+
+    Writes a run folder with model.safetensors + model.json (the checkpoint), metrics.json,
+    config.json, history.json and PNG plots; saves a resumable state after every epoch."""
+    from .models import ModelConfig
+    from .train.engine import TrainConfig, pick_device
+    from .train.pretrain import pretrain
+
+    dev = pick_device(device)
+    large = size == "large" or (size == "auto" and dev == "cuda")
+    if size not in ("auto", "small", "large"):
+        raise typer.BadParameter("--size must be auto, small or large")
+    mcfg = ModelConfig(dim=dim or (256 if large else 192), layers=layers or (4 if large else 3), members=members)
+    tcfg = TrainConfig(epochs=epochs or (100 if large else 25), batch_size=batch_size or (1024 if large else 256),
+                       lr=lr or (2e-3 if large else 1.5e-3), seed=seed, threads=threads, device=dev, sym_dropout=sym_dropout)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pretrain(tasks.split(","), dataset=dataset, out=out, holdout_fold=holdout_fold, max_rows=max_rows,
+                       model=mcfg, train=tcfg, balancing=balancing, monitor=monitor, resume=resume,
+                       data_dir=str(data_dir) if data_dir else None)
+    _warn_lines([w for w in caught if "DataWarning" in type(w.message).__name__])
+    console.print(f"[green]pretrain finished:[/] {res.run_dir}")
+
+
+@app.command("finetune")
+def finetune_cmd(
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Pretrained run folder. Default: the latest finished "
+                                              "pretrain run in the user cache."),
+    dataset: str = typer.Option("expt_gap", "--dataset", help="expt_gap (matbench, 4,604 experimental gaps) or a CSV/JSON path with "
+                                "a formula column and a band-gap column (bad rows are reported and left out)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target column of a user file (default: its only/'gap' column)."),
+    aux: str = typer.Option("dft_energy", "--aux", help="Auxiliary DFT anchor task(s), comma-separated: dft_energy, dft_gap, or none."),
+    aux_source: str = typer.Option("replay", "--aux-source", help="replay: mini-batches of the original DFT rows with true labels; "
+                                   "distill: the pretrained model's own DFT predictions on the fine-tuning compositions."),
+    aux_weight: float = typer.Option(0.5, "--aux-weight", help="Static weight of each auxiliary loss (main loss weight 1)."),
+    holdout_fold: str = HoldoutOpt,
+    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="Use at most this many fine-tuning rows (learning curves, quick tries)."),
+    replay_max_rows: Optional[int] = typer.Option(None, "--replay-max-rows", help="Use at most this many DFT rows for replay."),
+    epochs: int = typer.Option(60, "--epochs", help="Passes over the fine-tuning rows."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Rows per step (replay batches have the same size)."),
+    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (warm-up then cosine decay)."),
+    out: Optional[Path] = OutOpt, seed: int = SeedOpt, threads: int = ThreadsOpt, device: str = DeviceOpt,
+    resume: bool = ResumeOpt, balancing: str = BalancingOpt, monitor: str = MonitorOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Fine-tune a pretrained model on experimental band gaps, with DFT task(s) as an auxiliary anchor loss."""
+    from .train.engine import TrainConfig, pick_device
+    from .train.finetune import FINETUNE_DEFAULTS, finetune
+
+    tcfg = TrainConfig(**{**FINETUNE_DEFAULTS, "epochs": epochs, "batch_size": batch_size, "lr": lr}, seed=seed,
+                       threads=threads, device=pick_device(device))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = finetune(checkpoint=checkpoint, dataset=dataset, target=target, aux=aux, aux_source=aux_source,
+                       aux_weight=aux_weight, holdout_fold=holdout_fold, max_train_rows=max_train_rows,
+                       replay_max_rows=replay_max_rows, out=out, train=tcfg, balancing=balancing, monitor=monitor,
+                       resume=resume, data_dir=str(data_dir) if data_dir else None)
+    _warn_lines([w for w in caught if type(w.message).__name__ == "DataWarning"])
+    console.print(f"[green]finetune finished:[/] {res.run_dir}")
+
+
+@app.command("predict")
+def predict_cmd(
+    files: Optional[list[Path]] = typer.Argument(None, help="CIF/POSCAR structure files and/or CSV files with a formula column."),
+    formula: Optional[list[str]] = typer.Option(None, "--formula", "-f", help="A formula to predict (repeatable)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (run folder). Default: the latest fine-tuned run in the user cache."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions to this CSV (default: print a table, or CSV with --csv)."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV to stdout instead of a table."),
+    on_bad: str = typer.Option("nan", "--on-bad", help="nan: keep unusable inputs as NaN rows with the reason in 'note'; raise: stop at the first."),
+) -> None:
+    """Predict the experimental band gap (eV) and DFT formation energy (eV/atom), with ensemble uncertainties."""
+    from .io import atomic_write
+    from .inference import load_model, read_inputs
+
+    items, labels = ([], [])
+    if files:
+        items, labels = read_inputs(files)
+    for f in formula or []:
+        items.append(f), labels.append(f)
+    if not items:
+        raise MatmtlError("predict: nothing to predict; give CIF/POSCAR/CSV files or --formula")
+    m = load_model(model)
+    df = m.predict_frame(items, labels, on_bad=on_bad)
+    if out:
+        atomic_write(out, lambda p: df.to_csv(p, index=False, float_format="%.4f"))
+        console.print(f"wrote {len(df)} predictions to {out} (model: {m.path})")
+    elif as_csv:
+        sys.stdout.write(df.to_csv(index=False, float_format="%.4f"))
+    else:
+        table = Table(title=f"predictions ({m.path.name})")
+        for col in ("input", "formula", "spg", "gap_expt (eV)", "± std", "p_metal", "e_form (eV/atom)", "± std", "note"):
+            table.add_column(col)
+        from rich.markup import escape
+
+        for r in df.itertuples():
+            table.add_row(escape(str(r.input)), r.formula, str(r.spg_num), f"{r.gap_expt:.3f}", f"{r.gap_expt_std:.3f}",
+                          f"{r.p_metal:.2f}", f"{r.e_form:.3f}", f"{r.e_form_std:.3f}", escape(r.note))
+        console.print(table)
+    n_bad = int((df["note"] != "").sum())
+    if n_bad:
+        err_console.print(f"[yellow]warning:[/] {n_bad} input(s) with a note (see the note column)")
+
+
 def main() -> None:
     """Entry point: matmtl's own input errors print one clear line, not a traceback."""
     try:

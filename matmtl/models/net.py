@@ -1,0 +1,218 @@
+"""The multi-task model: a shared set encoder over a composition's elements (and its
+symmetry when a structure is known) with one head per task (hard parameter sharing).
+
+Inputs per material: atomic numbers ``z`` (B, E; 0 = padding), fractions ``frac``
+(B, E) and a space-group number ``spg`` (B,; 0 = unknown). Elements are embedded from
+matscholar's 200-d vectors (fixed) plus a small learned per-element correction, a
+fraction encoding is added, a few self-attention layers let the elements see each other
+(Roost/CrabNet-like, small), and a fraction-weighted pool gives the composition vector.
+Space group and crystal system are learned tokens; during training a share of rows get
+the "unknown" token (symmetry dropout) so compositions without a structure are a
+first-class case.
+
+Each task head is an ensemble of ``members`` small MLPs on the shared vector; their
+spread is the reported uncertainty. Heads:
+
+* ``regression``: one value per member, on the task's normalised scale.
+* ``hurdle`` (band gaps, >= 0 with many exact zeros): per member a metal logit and a
+  positive gap ``softplus(raw)``; the point prediction is 0 when the metal probability
+  is over 0.5, else the positive gap (MAE-friendly).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .elements import MAX_Z, crystal_system_of_spg, element_table
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 192
+    layers: int = 3
+    heads: int = 4
+    ff_mult: int = 2
+    dropout: float = 0.0
+    spg_dim: int = 32
+    head_hidden: int = 128
+    members: int = 4  # ensemble members per task head (uncertainty)
+    embedding: str = "matscholar_els"
+    n_fourier: int = 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class TaskSpec:
+    """One prediction target. ``mean``/``std`` normalise regression targets."""
+
+    name: str
+    kind: str = "regression"  # or "hurdle"
+    unit: str = ""
+    mean: float = 0.0
+    std: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FractionEncoding(nn.Module):
+    def __init__(self, dim: int, n_fourier: int):
+        super().__init__()
+        self.register_buffer("freqs", torch.arange(1, n_fourier + 1, dtype=torch.float32) * math.pi, persistent=False)
+        self.proj = nn.Linear(2 + 2 * n_fourier, dim)
+
+    def forward(self, frac: torch.Tensor) -> torch.Tensor:
+        f = frac.unsqueeze(-1)
+        ang = f * self.freqs
+        feats = torch.cat([f, torch.log(f.clamp_min(1e-4)) / 4, torch.sin(ang), torch.cos(ang)], dim=-1)
+        return self.proj(feats)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        table = torch.from_numpy(element_table(cfg.embedding))
+        self.register_buffer("element_vectors", table)  # fixed, saved with the weights
+        self.elem_proj = nn.Linear(table.shape[1], cfg.dim)
+        self.elem_resid = nn.Embedding(MAX_Z + 1, cfg.dim, padding_idx=0)
+        nn.init.zeros_(self.elem_resid.weight)
+        self.frac_enc = FractionEncoding(cfg.dim, cfg.n_fourier)
+        self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.ff_mult, cfg.dropout) for _ in range(cfg.layers)])
+        self.spg_emb = nn.Embedding(231, cfg.spg_dim)
+        self.cs_emb = nn.Embedding(len(_CS), cfg.spg_dim)
+        self.mix = nn.Sequential(
+            nn.Linear(2 * cfg.dim + cfg.spg_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim), nn.SiLU(),
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.register_buffer("spg_to_cs", torch.from_numpy(crystal_system_of_spg(np.arange(231))), persistent=False)
+
+    def forward(self, z: torch.Tensor, frac: torch.Tensor, spg: torch.Tensor) -> torch.Tensor:
+        width = int((z > 0).sum(1).max().clamp_min(1))  # trim padding columns shared by the batch
+        z, frac = z[:, :width], frac[:, :width]
+        pad = z == 0
+        x = self.elem_proj(self.element_vectors[z]) + self.elem_resid(z) + self.frac_enc(frac)
+        bias = torch.zeros(pad.shape, dtype=x.dtype, device=x.device).masked_fill(pad, -1e9)[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, bias)
+        x = self.norm(x)
+        w = frac.masked_fill(pad, 0.0).unsqueeze(-1)
+        pooled = (x * w).sum(1) / w.sum(1).clamp_min(1e-8)
+        xmax = x.masked_fill(pad.unsqueeze(-1), -1e4).amax(1)
+        sym = self.spg_emb(spg) + self.cs_emb(self.spg_to_cs[spg])
+        return self.mix(torch.cat([pooled, xmax, sym], dim=-1))
+
+
+class Block(nn.Module):
+    """Pre-norm self-attention block written out by hand: for sets of 2-10 elements
+    plain einsum attention is faster on CPU than the fused kernels, and deterministic."""
+
+    def __init__(self, dim: int, heads: int, ff_mult: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.n1(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
+        att = torch.einsum("bqhc,bkhc->bhqk", q, k) * (d // self.heads) ** -0.5 + bias
+        y = torch.einsum("bhqk,bkhc->bqhc", att.softmax(-1), v).reshape(b, n, d)
+        x = x + self.drop(self.out(y))
+        return x + self.drop(self.ff(self.n2(x)))
+
+
+_CS = ("unknown", "triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
+
+
+class Head(nn.Module):
+    """``members`` independent MLPs, run together as grouped linear layers."""
+
+    def __init__(self, dim: int, hidden: int, members: int, out: int):
+        super().__init__()
+        self.members, self.out = members, out
+        self.w1 = nn.Parameter(torch.empty(members, dim, hidden))
+        self.b1 = nn.Parameter(torch.zeros(members, hidden))
+        self.w2 = nn.Parameter(torch.empty(members, hidden, out))
+        self.b2 = nn.Parameter(torch.zeros(members, out))
+        for w, fan_in in ((self.w1, dim), (self.w2, hidden)):
+            nn.init.uniform_(w, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, members, out)
+        a = F.silu(torch.einsum("bd,mdh->bmh", h, self.w1) + self.b1)
+        return torch.einsum("bmh,mho->bmo", a, self.w2) + self.b2
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, tasks: list[TaskSpec]):
+        super().__init__()
+        self.cfg = cfg
+        self.tasks = {t.name: t for t in tasks}
+        self.encoder = Encoder(cfg)
+        self.heads = nn.ModuleDict({t.name: self._make_head(t) for t in tasks})
+
+    def _make_head(self, task: TaskSpec) -> Head:
+        return Head(self.cfg.dim, self.cfg.head_hidden, self.cfg.members, 2 if task.kind == "hurdle" else 1)
+
+    def add_task(self, task: TaskSpec) -> None:
+        if task.name in self.tasks:
+            raise ValueError(f"the model already has a task {task.name!r}")
+        self.tasks[task.name] = task
+        self.heads[task.name] = self._make_head(task)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def forward(self, z, frac, spg, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Raw head outputs per task: (B, members, 1) regression, (B, members, 2) hurdle."""
+        h = self.encoder(z, frac, spg)
+        return {name: self.heads[name](h) for name in (tasks or list(self.heads))}
+
+    @staticmethod
+    def point(task: TaskSpec, raw: torch.Tensor) -> torch.Tensor:
+        """(B, members) predictions in the task's units."""
+        if task.kind == "hurdle":
+            gap = F.softplus(raw[..., 1])
+            return torch.where(torch.sigmoid(raw[..., 0]) > 0.5, torch.zeros_like(gap), gap)
+        return raw[..., 0] * task.std + task.mean
+
+    @torch.no_grad()
+    def predict_arrays(self, z: np.ndarray, frac: np.ndarray, spg: np.ndarray, tasks: list[str] | None = None,
+                       batch_size: int = 2048) -> dict[str, np.ndarray]:
+        """(n, members) predictions per task in the task's units, plus ``<task>_p_metal`` for hurdle heads."""
+        was = self.training
+        self.eval()
+        names = tasks or list(self.heads)
+        out: dict[str, list[np.ndarray]] = {}
+        device = next(self.parameters()).device
+        # rows grouped by element count: a batch is only as wide as its widest row
+        order = np.argsort((np.asarray(z) > 0).sum(1), kind="stable")
+        for s in range(0, len(z), batch_size):
+            rows = order[s:s + batch_size]
+            zb = torch.as_tensor(z[rows], device=device)
+            fb = torch.as_tensor(frac[rows], device=device)
+            sb = torch.as_tensor(spg[rows], device=device)
+            raw = self.forward(zb, fb, sb, names)
+            for name in names:
+                task = self.tasks[name]
+                out.setdefault(name, []).append(self.point(task, raw[name]).cpu().numpy())
+                if task.kind == "hurdle":
+                    out.setdefault(f"{name}_p_metal", []).append(torch.sigmoid(raw[name][..., 0]).cpu().numpy())
+        self.train(was)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return {k: np.concatenate(v)[inverse] for k, v in out.items()}

@@ -1,0 +1,96 @@
+"""From matmtl.data datasets to training arrays (TaskData) with matbench folds."""
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+
+import numpy as np
+
+from ..data import DataWarning, Featurizer, load_dataset
+from ..errors import MatmtlError
+from .engine import TaskData
+
+# DFT tasks: name -> (dataset, target column)
+DFT_TASKS = {"e_form": ("mp", "e_form"), "gap_pbe": ("mp_gap", "gap_pbe")}
+AUX_ALIASES = {"dft_energy": "e_form", "dft_gap": "gap_pbe", "e_form": "e_form", "gap_pbe": "gap_pbe"}
+TASK_KIND = {"e_form": "regression", "gap_pbe": "hurdle", "gap_expt": "hurdle"}
+TASK_UNIT = {"e_form": "eV/atom", "gap_pbe": "eV", "gap_expt": "eV"}
+
+
+@lru_cache(maxsize=8)
+def _load(name: str, data_dir: str | None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        return load_dataset(name, data_dir)
+
+
+def parse_fold(value) -> int | None:
+    """'0'..'4' -> int; 'none'/'all'/None/-1 -> None (train on every row)."""
+    if value is None:
+        return None
+    s = str(value).strip().lower()
+    if s in ("none", "all", "-1", ""):
+        return None
+    try:
+        k = int(s)
+    except ValueError:
+        raise MatmtlError(f"--holdout-fold must be 0..4 or 'none', got {value!r}") from None
+    if not 0 <= k <= 4:
+        raise MatmtlError(f"--holdout-fold must be 0..4 or 'none', got {value!r}")
+    return k
+
+
+def split_rows(ds, holdout_fold: int | None, max_rows: int | None, seed: int,
+               shrink_test: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(train positions, held-out positions) into ``ds.frame``; matbench's official fold
+    when ``holdout_fold`` is given. ``max_rows`` subsamples the training rows (and the
+    held-out rows to a quarter of it, unless ``shrink_test`` is False) for quick runs."""
+    n = len(ds)
+    if holdout_fold is None:
+        train, test = np.arange(n), np.arange(0)
+    else:
+        train, test = ds.folds()[holdout_fold]
+    if max_rows is not None and max_rows < len(train):
+        rng = np.random.default_rng([seed, 17])
+        train = np.sort(rng.choice(train, max_rows, replace=False))
+        if shrink_test and len(test) > max(64, max_rows // 4):
+            test = np.sort(rng.choice(test, max(64, max_rows // 4), replace=False))
+    return np.asarray(train), np.asarray(test)
+
+
+def to_taskdata(ds, pos: np.ndarray, columns: dict[str, str], featurizer: Featurizer | None = None) -> TaskData:
+    """Featurize rows ``pos`` of ``ds``; ``columns`` maps task name -> target column."""
+    if len(pos) == 0:
+        return TaskData(np.zeros((0, 10), np.int64), np.zeros((0, 10), np.float32), np.zeros(0, np.int64),
+                        {t: np.zeros(0, np.float32) for t in columns})
+    sub = ds.subset(pos)
+    f = sub.features(featurizer or Featurizer())
+    return TaskData(f.z, f.frac, f.spg, {t: sub.target(c).astype(np.float32) for t, c in columns.items()})
+
+
+def concat(parts: list[TaskData], tasks: list[str]) -> TaskData:
+    """Union of row sets; a task a part lacks is NaN (masked in the loss)."""
+    parts = [p for p in parts if len(p)]
+    return TaskData(
+        np.concatenate([p.z for p in parts]), np.concatenate([p.frac for p in parts]),
+        np.concatenate([p.spg for p in parts]),
+        {t: np.concatenate([p.targets.get(t, np.full(len(p), np.nan, np.float32)) for p in parts]) for t in tasks},
+    )
+
+
+def dft_split(tasks: list[str], holdout_fold: int | None, max_rows: int | None, seed: int,
+              data_dir: str | None = None) -> tuple[TaskData, TaskData, dict]:
+    """Training and held-out rows for DFT tasks: the union of each task's dataset (masked
+    losses: a row carries only its own dataset's label). Each dataset is split by its
+    own official matbench fold."""
+    trains, tests, info = [], [], {}
+    for t in tasks:
+        if t not in DFT_TASKS:
+            raise MatmtlError(f"unknown pretraining task {t!r}; available: {sorted(DFT_TASKS)}")
+        name, col = DFT_TASKS[t]
+        ds = _load(name, data_dir)
+        tr, te = split_rows(ds, holdout_fold, max_rows, seed)
+        trains.append(to_taskdata(ds, tr, {t: col}))
+        tests.append(to_taskdata(ds, te, {t: col}))
+        info[t] = {"dataset": ds.name, "source": ds.source, "train_rows": int(len(tr)), "holdout_rows": int(len(te))}
+    return concat(trains, tasks), concat(tests, tasks), info

@@ -1,0 +1,307 @@
+"""The training engine shared by pretraining and fine-tuning.
+
+Determinism: every epoch re-seeds torch and numpy from ``(seed, epoch)``, so a run
+resumed from the state saved after epoch k draws exactly the batches, symmetry
+dropout masks and bootstrap draws an uninterrupted run would; with the same thread
+count on CPU a seeded run repeats bit for bit. The learning rate is a pure function
+of the step (linear warm-up, cosine decay), so no scheduler state is needed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..checkpoints import (CheckpointError, load_tensors, optimizer_tensors, read_json, restore_optimizer,
+                           save_tensors)
+from ..io import atomic_write_json, sha256_of
+from ..models import MultiTaskModel, TaskSpec
+from .balancing import LossCombiner
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 25
+    batch_size: int = 256
+    lr: float = 1.5e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.05  # fraction of steps
+    seed: int = 0
+    threads: int = 2
+    device: str = "cpu"
+    sym_dropout: float = 0.25  # share of rows trained with the "unknown symmetry" token
+    grad_clip: float = 1.0
+    val_rows: int = 4096  # held-out rows scored after every epoch (all of them at the end)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TaskData:
+    """Featurized rows with one target column per task (NaN = no label) and fixed
+    per-row bootstrap weights for the ensemble members (online bootstrap)."""
+
+    z: np.ndarray
+    frac: np.ndarray
+    spg: np.ndarray
+    targets: dict[str, np.ndarray]
+    boot: np.ndarray | None = None  # (n, members)
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def subset(self, idx) -> "TaskData":
+        return TaskData(self.z[idx], self.frac[idx], self.spg[idx], {k: v[idx] for k, v in self.targets.items()},
+                        None if self.boot is None else self.boot[idx])
+
+    def with_bootstrap(self, members: int, seed: int) -> "TaskData":
+        rng = np.random.default_rng([seed, 7919])
+        boot = rng.poisson(1.0, size=(len(self), members)).astype(np.float32)
+        if members == 1:
+            boot[:] = 1.0
+        return TaskData(self.z, self.frac, self.spg, self.targets, boot)
+
+    def digest(self) -> str:
+        parts = [self.z.tobytes(), self.frac.tobytes(), self.spg.tobytes()]
+        parts += [k.encode() + np.asarray(v, dtype=np.float64).tobytes() for k, v in sorted(self.targets.items())]
+        return sha256_of(*parts)
+
+    def elements(self) -> list[int]:
+        return sorted(int(v) for v in np.unique(self.z) if v > 0)
+
+
+@dataclass
+class Source:
+    """A stream of batches: the main source sets the epoch length; auxiliary sources
+    (e.g. replayed DFT data) are cycled alongside it, one batch per main batch."""
+
+    data: TaskData
+    tasks: list[str]
+    batch_size: int
+    label: str = "main"
+
+
+def set_determinism(seed: int, threads: int) -> None:
+    torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    except Exception:  # pragma: no cover - older torch
+        pass
+
+
+def pick_device(name: str) -> str:
+    from ..errors import MatmtlError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MatmtlError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise MatmtlError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return name
+
+
+def lr_at(step: int, total: int, base: float, warmup: float) -> float:
+    warm = max(1, int(warmup * total))
+    if step < warm:
+        return base * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def epoch_batches(data: TaskData, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches grouped by element count (less padding = faster steps)."""
+    width = (data.z > 0).sum(1)
+    order = np.lexsort((rng.random(len(data)), width))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def task_loss(task: TaskSpec, raw: torch.Tensor, y: torch.Tensor, boot: torch.Tensor) -> torch.Tensor | None:
+    """Bootstrap-weighted loss of one head; rows without a label (NaN) are masked.
+    regression: L1 on the normalised scale. hurdle: BCE(metal) + L1 of the positive gap
+    (eV) on the non-metal rows."""
+    mask = torch.isfinite(y)
+    if not bool(mask.any()):
+        return None
+    raw, y, w = raw[mask], y[mask], boot[mask]  # (b, m, o), (b,), (b, m)
+    denom = w.sum().clamp_min(1.0)
+    if task.kind == "hurdle":
+        metal = (y <= 0).float().unsqueeze(1).expand_as(w)
+        bce = F.binary_cross_entropy_with_logits(raw[..., 0], metal, reduction="none")
+        pos = (y > 0).float().unsqueeze(1) * w
+        l1 = (F.softplus(raw[..., 1]) - y.unsqueeze(1)).abs()
+        return (bce * w).sum() / denom + (l1 * pos).sum() / pos.sum().clamp_min(1.0)
+    yn = ((y - task.mean) / task.std).unsqueeze(1)
+    return ((raw[..., 0] - yn).abs() * w).sum() / denom
+
+
+class Trainer:
+    """Runs epochs over a main source (+ auxiliary sources), saving a resumable state
+    (``state/``) atomically after every epoch."""
+
+    def __init__(self, model: MultiTaskModel, cfg: TrainConfig, combiner: LossCombiner, sources: list[Source],
+                 state_dir: Path, evaluate: Callable[[MultiTaskModel, bool], dict] | None = None,
+                 progress: bool = True, label: str = "train"):
+        self.model, self.cfg, self.combiner, self.sources = model, cfg, combiner, sources
+        self.state_dir = Path(state_dir)
+        self.evaluate = evaluate
+        self.progress = progress
+        self.label = label
+        self.device = torch.device(cfg.device)
+        self.model.to(self.device)
+        params = [p for p in model.parameters() if p.requires_grad] + combiner.parameters()
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = math.ceil(len(sources[0].data) / sources[0].batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict] = []
+        self._tensors = [self._to_tensors(s.data) for s in sources]
+
+    def _to_tensors(self, d: TaskData) -> dict:
+        dev = self.device
+        out = {"z": torch.as_tensor(d.z, device=dev), "frac": torch.as_tensor(d.frac, device=dev),
+               "spg": torch.as_tensor(d.spg, device=dev),
+               "boot": torch.as_tensor(d.boot if d.boot is not None else np.ones((len(d), self.model.cfg.members), np.float32), device=dev)}
+        out["y"] = {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=dev) for k, v in d.targets.items()}
+        return out
+
+    # -- state -----------------------------------------------------------------
+    def save_state(self) -> None:
+        opt_t, opt_meta = optimizer_tensors(self.opt)
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"opt.{k}": v for k, v in opt_t.items()})
+        save_tensors(self.state_dir / "state.safetensors", tensors)
+        atomic_write_json(self.state_dir / "state.json", {
+            "epoch": self.epoch, "step": self.step, "history": self.history, "optimizer": opt_meta,
+            "combiner": {"step": self.combiner.step}, "tensors_sha256": _tensor_digest(tensors),
+        })
+
+    def load_state(self) -> bool:
+        js = self.state_dir / "state.json"
+        if not js.exists():
+            return False
+        meta = read_json(js)
+        tensors = load_tensors(self.state_dir / "state.safetensors")
+        if _tensor_digest(tensors) != meta.get("tensors_sha256"):
+            raise CheckpointError(f"{self.state_dir / 'state.safetensors'}: does not match {js} (interrupted write?)")
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_sd, strict=True)
+        restore_optimizer(self.opt, {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("opt.")},
+                          meta["optimizer"])
+        self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+        self.combiner.step = meta.get("combiner", {}).get("step", 0)
+        return True
+
+    # -- training ----------------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> list[dict]:
+        """Train up to ``cfg.epochs`` (from the loaded state, if any). ``stop_after``
+        stops after that many epochs of this call (used to test resuming)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        done_here = 0
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+        with Progress(*columns, disable=not self.progress, transient=False) as bar:
+            overall = bar.add_task(f"{self.label}", total=self.total_steps, completed=self.step, info="")
+            while self.epoch < self.cfg.epochs:
+                if stop_after is not None and done_here >= stop_after:
+                    break
+                t0 = time.time()
+                logs = self._run_epoch(bar, overall)
+                self.epoch += 1
+                done_here += 1
+                row = {"epoch": self.epoch, "seconds": round(time.time() - t0, 2), **logs}
+                if self.evaluate is not None:
+                    row.update(self.evaluate(self.model, False))
+                self.history.append(row)
+                self.save_state()
+                info = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "seconds") and isinstance(v, float))
+                if self.progress:
+                    bar.console.print(f"[dim]{self.label} epoch {self.epoch}/{self.cfg.epochs} ({row['seconds']:.0f}s): {info}[/]")
+        return self.history
+
+    def _run_epoch(self, bar, overall) -> dict:
+        cfg, model = self.cfg, self.model
+        seed = (cfg.seed * 1_000_003 + self.epoch) % (2**63)
+        torch.manual_seed(seed)
+        plans = [epoch_batches(s.data, s.batch_size, np.random.default_rng([cfg.seed, self.epoch, i]))
+                 for i, s in enumerate(self.sources)]
+        model.train()
+        shared = model.shared_parameters()
+        sums: dict[str, float] = {}
+        n = 0
+        for b, idx in enumerate(plans[0]):
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(self.step, self.total_steps, cfg.lr, cfg.warmup)
+            losses: dict[str, torch.Tensor] = {}
+            for si, (src, tens) in enumerate(zip(self.sources, self._tensors)):
+                bidx = idx if si == 0 else plans[si][b % len(plans[si])]
+                self._source_losses(src, tens, torch.as_tensor(bidx, device=self.device), losses)
+            if not losses:
+                continue
+            self.opt.zero_grad(set_to_none=True)
+            logged = self.combiner.backward(losses, shared)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.step += 1
+            n += 1
+            for k, v in losses.items():
+                sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + logged["total"]
+            if self.progress and (b % 10 == 0):
+                bar.update(overall, completed=self.step, info=f"ep {self.epoch + 1} loss {sums['loss'] / n:.4f}")
+        bar.update(overall, completed=self.step)
+        return {k: v / max(1, n) for k, v in sums.items()}
+
+    def _source_losses(self, src: Source, tens: dict, idx: torch.Tensor, losses: dict) -> None:
+        z, frac, spg = tens["z"][idx], tens["frac"][idx], tens["spg"][idx]
+        if self.cfg.sym_dropout > 0:
+            drop = torch.rand(spg.shape, device=spg.device) < self.cfg.sym_dropout
+            spg = spg.masked_fill(drop, 0)
+        raw = self.model(z, frac, spg, src.tasks)
+        for name in src.tasks:
+            loss = task_loss(self.model.tasks[name], raw[name], tens["y"][name][idx], tens["boot"][idx])
+            if loss is not None:
+                key = name if name not in losses else f"{name}@{src.label}"
+                losses[key] = loss
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = [f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in sorted(tensors.items())]
+    # a cheap content check: sums of every tensor (exact bytes of small ones would cost a copy)
+    sums = [repr(float(v.double().sum())) for _, v in sorted(tensors.items())]
+    return sha256_of(json.dumps(h), json.dumps(sums))
+
+
+def evaluate_rows(model: MultiTaskModel, data: TaskData, tasks: list[str], limit: int | None = None) -> dict:
+    """MAE (ensemble mean) per task on rows that carry its label; hurdle tasks also
+    get the metal-classification accuracy."""
+    if limit is not None and len(data) > limit:
+        data = data.subset(np.arange(limit))
+    preds = model.predict_arrays(data.z, data.frac, data.spg, tasks)
+    out = {}
+    for t in tasks:
+        y = np.asarray(data.targets[t], dtype=np.float64)
+        m = np.isfinite(y)
+        if not m.any():
+            continue
+        p = preds[t].mean(1)
+        out[f"mae_{t}"] = float(np.abs(p[m] - y[m]).mean())
+        if f"{t}_p_metal" in preds:
+            pm = preds[f"{t}_p_metal"].mean(1)
+            out[f"metal_acc_{t}"] = float(((pm > 0.5) == (y <= 0))[m].mean())
+    return out

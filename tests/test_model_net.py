@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+
+from matmtl.models import MAX_Z, MultiTaskModel, TaskSpec, crystal_system_of_spg, element_table
+
+from _tiny import tiny_model
+
+
+def test_element_table_covers_h_to_lr():
+    t = element_table()
+    assert t.shape == (MAX_Z + 1, 200)
+    assert np.all(t[0] == 0) and np.all(np.abs(t[1:]).sum(1) > 0)
+
+
+@pytest.mark.parametrize("spg,cs", [(0, 0), (1, 1), (2, 1), (3, 2), (15, 2), (16, 3), (74, 3), (75, 4), (142, 4),
+                                    (143, 5), (167, 5), (168, 6), (194, 6), (195, 7), (230, 7)])
+def test_crystal_system_of_spg(spg, cs):
+    assert crystal_system_of_spg(np.array([spg]))[0] == cs
+
+
+def _batch():
+    z = torch.tensor([[14, 0, 0], [11, 17, 0], [31, 33, 0]])
+    frac = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0.5, 0.5, 0]])
+    spg = torch.tensor([227, 225, 0])
+    return z, frac, spg
+
+
+def test_forward_shapes_and_padding_invariance():
+    torch.manual_seed(0)
+    m = MultiTaskModel(tiny_model(), [TaskSpec("e_form"), TaskSpec("gap_pbe", "hurdle")]).eval()
+    z, frac, spg = _batch()
+    out = m(z, frac, spg)
+    assert out["e_form"].shape == (3, 2, 1) and out["gap_pbe"].shape == (3, 2, 2)
+    # extra padding columns change nothing
+    z2 = torch.cat([z, torch.zeros(3, 7, dtype=torch.long)], 1)
+    f2 = torch.cat([frac, torch.zeros(3, 7)], 1)
+    assert torch.allclose(m(z2, f2, spg)["e_form"], out["e_form"], atol=1e-6)
+
+
+def test_hurdle_point_is_zero_when_metal_likely_and_nonnegative():
+    task = TaskSpec("gap", "hurdle")
+    raw = torch.tensor([[[3.0, 1.0]], [[-3.0, 1.0]], [[-3.0, -20.0]]])  # (B, members=1, 2)
+    p = MultiTaskModel.point(task, raw)
+    assert p[0, 0] == 0 and p[1, 0] > 1.0 and p[2, 0] >= 0
+
+
+def test_regression_point_denormalises():
+    task = TaskSpec("e_form", mean=-1.0, std=2.0)
+    assert MultiTaskModel.point(task, torch.tensor([[[0.5]]])).item() == pytest.approx(0.0)
+
+
+def test_unknown_symmetry_token_changes_prediction_but_runs():
+    torch.manual_seed(0)
+    m = MultiTaskModel(tiny_model(), [TaskSpec("e_form")]).eval()
+    z, frac, spg = _batch()
+    a = m.predict_arrays(z.numpy(), frac.numpy(), spg.numpy())["e_form"]
+    b = m.predict_arrays(z.numpy(), frac.numpy(), np.zeros(3, dtype=np.int64))["e_form"]
+    assert np.all(np.isfinite(b)) and not np.allclose(a[:2], b[:2])
