@@ -108,10 +108,16 @@ ThreadsOpt = typer.Option(2, "--threads", help="CPU threads for torch (fixed, so
 OutOpt = typer.Option(None, "--out", help="Run folder to create (must not exist or be empty). Default: <user cache>/runs/<kind>-<timestamp>.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue an unfinished run (the one named by --out, else the latest unfinished one) "
                          "from its last saved epoch; its stored settings are used and the other options ignored.")
-BalancingOpt = typer.Option("static", "--balancing", help="How per-task losses are combined: static (fixed weights). "
-                            "The hook for uncertainty weighting / GradNorm / PCGrad.")
-MonitorOpt = typer.Option("none", "--monitor", help="Gradient-geometry monitor: none or cosine (records pairwise cosines of "
-                          "task gradients on the shared encoder; plotted in the run folder).")
+BalanceOpt = typer.Option("static", "--balance", help="Loss balancing: static (fixed weights), uncertainty (Kendall et al. "
+                          "2018, learned task variances) or gradnorm (Chen et al. 2018, equalises the tasks' gradient norms, "
+                          "so eV and eV/atom tasks talk on equal terms). Static weights act as a prior for the other two.")
+SurgeryOpt = typer.Option("none", "--surgery", help="Gradient surgery on the shared encoder: none, pcgrad (Yu et al. 2020: "
+                          "project away conflicting task gradients) or halfspace (the update nearest to the main task's "
+                          "gradient that does not increase the auxiliary losses to first order).")
+MonitorEveryOpt = typer.Option(0, "--monitor-every", help="Every N steps, record the principal angles between the tasks' "
+                               "gradient subspaces and the cosine of their mean gradients (metrics.json, "
+                               "gradient_geometry.png). 0 = off.")
+MonitorKOpt = typer.Option(4, "--monitor-k", help="Micro-batches per task gradient subspace for the monitor (k >= 2).")
 HoldoutOpt = typer.Option("0", "--holdout-fold", help="Matbench fold (0-4) whose official test rows are held out and scored; "
                           "'none' trains on every row.")
 
@@ -139,7 +145,8 @@ def pretrain_cmd(
     size: str = typer.Option("auto", "--size", help="Preset: small (CPU, default), large (GPU) or auto (large on CUDA)."),
     max_rows: Optional[int] = typer.Option(None, "--max-rows", help="Use at most this many training rows per dataset (quick tries)."),
     seed: int = SeedOpt, threads: int = ThreadsOpt, device: str = DeviceOpt, resume: bool = ResumeOpt,
-    balancing: str = BalancingOpt, monitor: str = MonitorOpt,
+    balance: str = BalanceOpt, surgery: str = SurgeryOpt,
+    monitor_every: int = MonitorEveryOpt, monitor_k: int = MonitorKOpt,
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Pretrain the multi-task model on DFT data (formation energy, optionally the PBE gap).
@@ -160,7 +167,8 @@ def pretrain_cmd(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = pretrain(tasks.split(","), dataset=dataset, out=out, holdout_fold=holdout_fold, max_rows=max_rows,
-                       model=mcfg, train=tcfg, balancing=balancing, monitor=monitor, resume=resume,
+                       model=mcfg, train=tcfg, balancing=balance, surgery=surgery, monitor_every=monitor_every,
+                       monitor_k=monitor_k, resume=resume,
                        data_dir=str(data_dir) if data_dir else None)
     _warn_lines([w for w in caught if "DataWarning" in type(w.message).__name__])
     console.print(f"[green]pretrain finished:[/] {res.run_dir}")
@@ -184,7 +192,10 @@ def finetune_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per step (replay batches have the same size)."),
     lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (warm-up then cosine decay)."),
     out: Optional[Path] = OutOpt, seed: int = SeedOpt, threads: int = ThreadsOpt, device: str = DeviceOpt,
-    resume: bool = ResumeOpt, balancing: str = BalancingOpt, monitor: str = MonitorOpt,
+    resume: bool = ResumeOpt, balance: str = BalanceOpt, surgery: str = SurgeryOpt,
+    soft_share: float = typer.Option(0.0, "--soft-share", help="L2-SP soft sharing: lambda of the penalty "
+                                     "(lambda/2)·||theta - theta_pretrained||^2 on the shared encoder. 0 = off."),
+    monitor_every: int = MonitorEveryOpt, monitor_k: int = MonitorKOpt,
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Fine-tune a pretrained model on experimental band gaps, with DFT task(s) as an auxiliary anchor loss."""
@@ -197,7 +208,8 @@ def finetune_cmd(
         warnings.simplefilter("always")
         res = finetune(checkpoint=checkpoint, dataset=dataset, target=target, aux=aux, aux_source=aux_source,
                        aux_weight=aux_weight, holdout_fold=holdout_fold, max_train_rows=max_train_rows,
-                       replay_max_rows=replay_max_rows, out=out, train=tcfg, balancing=balancing, monitor=monitor,
+                       replay_max_rows=replay_max_rows, out=out, train=tcfg, balancing=balance, surgery=surgery,
+                       soft_share=soft_share, monitor_every=monitor_every, monitor_k=monitor_k,
                        resume=resume, data_dir=str(data_dir) if data_dir else None)
     _warn_lines([w for w in caught if type(w.message).__name__ == "DataWarning"])
     console.print(f"[green]finetune finished:[/] {res.run_dir}")

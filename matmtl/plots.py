@@ -1,5 +1,5 @@
 """PNG plots for run folders: loss curves, parity plots and (when recorded) gradient
-cosine traces. Uses matplotlib's Agg backend (no display needed)."""
+gradient-geometry traces. Uses matplotlib's Agg backend (no display needed)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,17 +50,27 @@ def parity(y: np.ndarray, p: np.ndarray, path: Path, name: str, unit: str, std: 
     return path
 
 
-def cosine_traces(trace: list[dict], path: Path) -> Path | None:
-    """Hook for the gradient-geometry monitor: pairwise gradient cosines vs step."""
-    if not trace:
+def geometry_traces(records: list[dict], path: Path) -> Path | None:
+    """The gradient-geometry monitor over training: for each task pair, the smallest
+    and largest principal angle between the tasks' gradient subspaces (degrees) and
+    the cosine of their mean gradients, against the step."""
+    if not records:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [r["step"] for r in trace]
-    for k in sorted({k for r in trace for k in r if k != "step"}):
-        ax.plot(steps, [r.get(k, np.nan) for r in trace], label=k)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xlabel("step"), ax.set_ylabel("cosine of task gradients"), ax.legend(fontsize=8)
+    fig, (ax_a, ax_c) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [r["step"] for r in records]
+    tasks = records[0]["tasks"]
+    for i in range(len(tasks)):
+        for j in range(i + 1, len(tasks)):
+            label = f"{tasks[i]} | {tasks[j]}"
+            ang = np.degrees(np.array([r["angles"][i][j] for r in records]))  # (steps, k)
+            line, = ax_a.plot(steps, ang[:, 0], label=f"{label}: smallest")
+            ax_a.plot(steps, ang[:, -1], ls="--", color=line.get_color(), label=f"{label}: largest")
+            ax_c.plot(steps, [r["mean_cosine"][i][j] for r in records], color=line.get_color(), label=label)
+    ax_a.set_ylim(0, 90), ax_a.set_xlabel("step"), ax_a.set_ylabel("principal angle (deg)")
+    ax_a.set_title("task gradient subspaces"), ax_a.legend(fontsize=7)
+    ax_c.axhline(0, color="k", lw=0.5)
+    ax_c.set_ylim(-1, 1), ax_c.set_xlabel("step"), ax_c.set_ylabel("cosine of mean task gradients"), ax_c.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

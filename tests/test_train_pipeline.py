@@ -126,19 +126,53 @@ def test_aux_dft_gap_needs_a_gap_head(tmp_path):
         finetune(checkpoint=pre.run_dir, aux="dft_gap", out=tmp_path / "f", progress=False)
 
 
-def test_static_combiner_and_cosine_monitor():
-    import torch
+@pytest.mark.parametrize("opts", [
+    dict(balancing="uncertainty"),
+    dict(balancing="gradnorm", surgery="pcgrad"),
+    dict(surgery="halfspace", soft_share=0.1),
+    dict(aux_source="distill", surgery="pcgrad", monitor_every=2, monitor_k=2),
+])
+def test_finetune_with_each_mtl_option(pretrained, tmp_path, opts):
+    opts = {"aux_source": "replay", **opts}
+    res = finetune(checkpoint=pretrained.run_dir, aux="dft_energy", max_train_rows=96, replay_max_rows=128,
+                   train=tiny_ft(epochs=2), out=tmp_path / "ft", progress=False, **opts)
+    assert np.isfinite(res.metrics["holdout"]["gap_expt"]["mae"])
+    stored = _read(res.run_dir / "config.json")["mtl"]  # the run records its multi-task settings
+    assert stored["balance"] == opts.get("balancing", "static") and stored["surgery"] == opts.get("surgery", "none")
+    assert stored["soft_share"] == opts.get("soft_share", 0.0) and res.metrics["aux_source"] == opts["aux_source"]
+    if opts.get("monitor_every"):
+        geo = res.metrics["gradient_geometry"]
+        assert len(geo) >= 2 and geo[0]["tasks"] == ["gap_expt", "e_form"]
+        angles = np.array(geo[0]["angles"])
+        assert angles.shape == (2, 2, 2) and ((angles >= 0) & (angles <= np.pi / 2 + 1e-9)).all()
+        assert (res.run_dir / "gradient_geometry.png").is_file()
 
-    from matmtl.train.balancing import make_combiner
 
-    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
-    comb = make_combiner("static", {"a": 2.0, "b": 0.5}, monitor="cosine", monitor_every=1)
-    out = comb.backward({"a": (w ** 2).sum(), "b": (w[0] - w[1])}, [w])
-    assert out["total"] == pytest.approx(2 * 5 + 0.5 * -1)
-    assert torch.allclose(w.grad, torch.tensor([2 * 2 + 0.5, 2 * 4 - 0.5]))
-    assert len(comb.monitor.trace) == 1 and -1 <= comb.monitor.trace[0]["a|b"] <= 1
-    with pytest.raises(MatmtlError):
-        make_combiner("gradnorm-not-yet", {})
+def test_monitored_gradnorm_run_resumes_exactly(pretrained, tmp_path):
+    cfg = dict(checkpoint=pretrained.run_dir, aux="dft_energy", max_train_rows=96, replay_max_rows=128,
+               train=tiny_ft(epochs=2), progress=False, balancing="gradnorm", monitor_every=3, monitor_k=2)
+    full = finetune(out=tmp_path / "full", **cfg)
+    finetune(out=tmp_path / "part", stop_after=1, **cfg)
+    resumed = finetune(resume=tmp_path / "part", progress=False)
+    wa, wb = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert full.metrics["gradient_geometry"] == resumed.metrics["gradient_geometry"]
+
+
+def test_bad_mtl_options(pretrained, tmp_path):
+    with pytest.raises(MatmtlError, match="--surgery"):
+        finetune(checkpoint=pretrained.run_dir, surgery="magic", out=tmp_path / "a", progress=False)
+    with pytest.raises(MatmtlError, match="--balance"):
+        finetune(checkpoint=pretrained.run_dir, balancing="magic", out=tmp_path / "b", progress=False)
+    with pytest.raises(MatmtlError, match="soft-share"):
+        pretrain(["e_form"], soft_share=1.0, out=tmp_path / "c", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _read(path):
+    import json
+
+    return json.loads(path.read_text())
 
 
 def test_finetune_resume_matches_uninterrupted(pretrained, tmp_path):

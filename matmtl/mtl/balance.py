@@ -46,6 +46,13 @@ class Balancer:
     def state(self) -> dict:
         return {"name": self.name, "weights": dict(zip(self.tasks, self.current().tolist()))}
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs (JSON-ready)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def current(self) -> torch.Tensor:
         raise NotImplementedError
 
@@ -73,6 +80,13 @@ class Uncertainty(Balancer):
 
     def parameters(self):
         return [self.log_var]
+
+    def state_dict(self):
+        return {"log_var": self.log_var.detach().cpu().tolist()}
+
+    def load_state_dict(self, state):
+        with torch.no_grad():
+            self.log_var.copy_(torch.tensor(state["log_var"], dtype=self.log_var.dtype))
 
     def current(self):
         return self.prior.float() * torch.exp(-self.log_var.detach())
@@ -110,6 +124,13 @@ class GradNorm(Balancer):
 
     def current(self):
         return (self.prior * self.w).float()
+
+    def state_dict(self):
+        return {"w": self.w.tolist(), "initial": None if self.initial is None else self.initial.tolist()}
+
+    def load_state_dict(self, state):
+        self.w = torch.tensor(state["w"], dtype=torch.float64)
+        self.initial = None if state["initial"] is None else torch.tensor(state["initial"], dtype=torch.float64)
 
 
 BALANCERS = {"static": Static, "uncertainty": Uncertainty, "gradnorm": GradNorm}

@@ -45,7 +45,10 @@ def shared_grads(losses: Sequence[torch.Tensor], features, params: Sequence[torc
     # 1. each loss's gradient w.r.t. the representation: a pass through its head only
     dz = [[] for _ in feats]
     for loss in losses:
-        gs = torch.autograd.grad(loss, feats, retain_graph=True, allow_unused=True)
+        if not loss.requires_grad:  # a task without rows in this batch: no gradient
+            gs = (None,) * len(feats)
+        else:
+            gs = torch.autograd.grad(loss, feats, retain_graph=True, allow_unused=True)
         for j, (g, f) in enumerate(zip(gs, feats)):
             dz[j].append(torch.zeros_like(f) if g is None else g)
     stacked = [torch.stack(rows) for rows in dz]  # per feature tensor: (R, *shape)

@@ -34,7 +34,11 @@ class MTLBackward:
     monitor gets the (T, k, d) gradients.
 
     ``soft_share`` > 0 adds the L2-SP penalty (lambda/2)·||theta - theta_0||^2 on the shared
-    parameters, theta_0 being their values when this object was made (the pretrained weights).
+    parameters; theta_0 is ``reference`` (e.g. the pretrained weights), by default the
+    shared parameters' values when this object was made.
+
+    A task with no loss this step (no labelled rows in the batch) may be given a
+    zero tensor that does not require grad; it then contributes nothing.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class MTLBackward:
         soft_share: float = 0.0,
         monitor: GeometryMonitor | None = None,
         seed: int = 0,
+        reference: Iterable[torch.Tensor] | None = None,
     ):
         self.shared = [p for p in shared if p.requires_grad]
         ids = {id(p) for p in self.shared}
@@ -68,7 +73,12 @@ class MTLBackward:
         if soft_share < 0:
             raise ValueError(f"soft_share must be >= 0, got {soft_share}")
         self.soft_share = float(soft_share)
-        self.anchor = [p.detach().clone() for p in self.shared] if soft_share > 0 else None
+        self.anchor = None
+        if soft_share > 0:
+            ref = list(reference) if reference is not None else [p.detach() for p in self.shared]
+            if [tuple(r.shape) for r in ref] != [tuple(p.shape) for p in self.shared]:
+                raise ValueError("soft-sharing reference weights do not match the shared parameters' shapes")
+            self.anchor = [r.detach().to(p.device, p.dtype).clone() for r, p in zip(ref, self.shared)]
         self.monitor = monitor
         self.seed = int(seed)
         self.step = 0
@@ -129,11 +139,13 @@ class MTLBackward:
             raise FloatingPointError(f"non-finite loss for task(s) {bad} at step {self.step}")
         w = self.balancer.weights(stacked.detach(), grads)
         total = (w.to(stacked.dtype) * stacked).sum()
-        if grads is None:
-            total.backward(inputs=self.shared + self.others)
-        else:
-            if self.others:
-                total.backward(inputs=self.others)
+        if total.requires_grad:  # (not: no task had labelled rows this step)
+            # without per-task gradients one ordinary backward pass does everything;
+            # with them, it only serves the task-specific parameters (heads)
+            inputs = self.shared + self.others if grads is None else self.others
+            if inputs:
+                total.backward(inputs=inputs)
+        if grads is not None:
             update = combine(self.surgery, grads, w, main=self.main, seed=self.seed + self.step)
             self._add_to_shared(update)
         self.balancer.backward_own(stacked)
@@ -149,7 +161,10 @@ class MTLBackward:
             return shared_grads(scalars, features, self.shared)
         rows = []  # without the shared representation: one backward pass per task
         for loss in scalars:
-            gs = torch.autograd.grad(loss, self.shared, retain_graph=True, allow_unused=True)
+            if not loss.requires_grad:
+                gs = [None] * len(self.shared)
+            else:
+                gs = torch.autograd.grad(loss, self.shared, retain_graph=True, allow_unused=True)
             rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, self.shared)]))
         return torch.stack(rows)
 

@@ -1,9 +1,9 @@
 """Training: pretraining on DFT data, fine-tuning with an auxiliary DFT anchor."""
-from .balancing import COMBINERS, CosineMonitor, LossCombiner, StaticWeights, make_combiner, per_task_grads
+from .balancing import MTLCombiner, MTLSettings, make_combiner
 from .engine import Source, TaskData, TrainConfig, Trainer
 
-__all__ = ["COMBINERS", "CosineMonitor", "LossCombiner", "StaticWeights", "make_combiner", "per_task_grads",
-           "Source", "TaskData", "TrainConfig", "Trainer", "pretrain", "finetune"]
+__all__ = ["MTLCombiner", "MTLSettings", "make_combiner", "Source", "TaskData", "TrainConfig", "Trainer",
+           "pretrain", "finetune"]
 
 
 def __getattr__(name):

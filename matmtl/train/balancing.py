@@ -1,112 +1,105 @@
-"""How per-task losses become one parameter update.
-
-Every training step calls :meth:`LossCombiner.backward` with the per-task losses of
-that step (a dict ``task -> scalar tensor``) and the shared parameters. The combiner
-owns the backward pass, so a later loss-balancing scheme (uncertainty weighting,
-GradNorm), gradient surgery (PCGrad) or a gradient-geometry monitor plugs in here
-without touching the training loop:
-
-* ``StaticWeights`` (the one implemented): ``sum_t w_t * L_t`` then ``backward()``.
-* a balancer subclass may change the weights per step (it gets the losses, and may
-  own learnable parameters it exposes through :meth:`parameters`);
-* a surgery subclass may take per-task gradients of the shared parameters
-  (:func:`per_task_grads`), combine them and write ``p.grad`` itself;
-* a ``monitor`` (any callable) gets the per-task gradients of the shared parameters
-  every ``monitor_every`` steps, e.g. to record pairwise cosines/angles
-  (:class:`CosineMonitor`; the Rust subspace-angle kernels will plug in the same way).
-"""
+"""How the trainer turns per-task losses into one parameter update: a thin adapter
+over :mod:`matmtl.mtl` (loss balancing, gradient surgery, L2-SP soft sharing and the
+gradient-geometry monitor), with the state a resumed run needs."""
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from dataclasses import asdict, dataclass
 
 import torch
 
-
-class GradientMonitor(Protocol):
-    def __call__(self, step: int, grads: dict[str, torch.Tensor]) -> None: ...
-
-
-def per_task_grads(losses: dict[str, torch.Tensor], shared: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """Flattened gradient of each task's loss w.r.t. the shared parameters (graph kept)."""
-    out = {}
-    for name, loss in losses.items():
-        gs = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
-        out[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, shared)])
-    return out
+from ..errors import MatmtlError
+from ..mtl import BALANCERS, SURGERIES, GeometryMonitor, MTLBackward, make_balancer
 
 
-class LossCombiner:
-    """Base class: turns per-task losses into gradients on the parameters."""
+@dataclass
+class MTLSettings:
+    balance: str = "static"  # static | uncertainty | gradnorm
+    surgery: str = "none"  # none | pcgrad | halfspace
+    soft_share: float = 0.0  # L2-SP strength towards the pretrained encoder (fine-tuning)
+    monitor_every: int = 0  # 0 = no gradient-geometry monitor
+    monitor_k: int = 4  # micro-batches per task gradient subspace
 
-    name = "base"
+    def __post_init__(self) -> None:
+        if self.balance not in BALANCERS:
+            raise MatmtlError(f"--balance: unknown {self.balance!r}; choose from {', '.join(BALANCERS)}")
+        if self.surgery not in SURGERIES:
+            raise MatmtlError(f"--surgery: unknown {self.surgery!r}; choose from {', '.join(SURGERIES)}")
+        if self.soft_share < 0:
+            raise MatmtlError(f"--soft-share must be >= 0, got {self.soft_share}")
+        if self.monitor_every < 0 or self.monitor_k < 2:
+            raise MatmtlError(f"--monitor-every must be >= 0 and --monitor-k >= 2 (got {self.monitor_every}, {self.monitor_k})")
 
-    def __init__(self, weights: dict[str, float] | None = None, monitor: GradientMonitor | None = None,
-                 monitor_every: int = 50):
-        self.weights = dict(weights or {})
-        self.monitor = monitor
-        self.monitor_every = max(1, int(monitor_every))
-        self.step = 0
+    def to_dict(self) -> dict:
+        return asdict(self)
 
-    def weight(self, task: str) -> float:
-        return float(self.weights.get(task, 1.0))
+
+class MTLCombiner:
+    """Per-task losses -> gradients, for the tasks in ``tasks`` (the first is the main task)."""
+
+    def __init__(self, tasks: list[str], weights: dict[str, float], settings: MTLSettings,
+                 reference: list[torch.Tensor] | None = None, seed: int = 0):
+        self.tasks = list(tasks)
+        self.settings = settings
+        self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        self.balancer = make_balancer(settings.balance, self.tasks, self.weights)
+        self.reference = reference
+        self.seed = seed
+        self.mtl: MTLBackward | None = None
+        self.records: list[dict] = []  # gradient-geometry records, kept across resumes
+
+    def bind(self, model) -> None:
+        """Attach to the model (after it has been moved to its device)."""
+        s = self.settings
+        monitor = GeometryMonitor(s.monitor_every, s.monitor_k) if s.monitor_every and len(self.tasks) > 1 else None
+        self.mtl = MTLBackward(model.parameters(), model.shared_parameters(), self.tasks, balance=self.balancer,
+                               surgery=s.surgery, main_task=self.tasks[0], soft_share=s.soft_share,
+                               monitor=monitor, seed=self.seed, reference=self.reference)
+
+    @property
+    def monitor_k(self) -> int:
+        return self.settings.monitor_k
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        """Learnable parameters of the combiner itself (none for static weights)."""
-        return []
+        return self.balancer.parameters()
 
-    def backward(self, losses: dict[str, torch.Tensor], shared: list[torch.nn.Parameter]) -> dict[str, float]:
-        """Do the backward pass for one step; returns numbers to log (at least ``total``)."""
-        if self.monitor is not None and len(losses) > 1 and self.step % self.monitor_every == 0:
-            self.monitor(self.step, {k: g.detach() for k, g in per_task_grads(losses, shared).items()})
-        total = self.combine(losses)
-        total.backward()
-        self.step += 1
-        return {"total": float(total.detach())}
+    def monitor_due(self) -> bool:
+        return self.mtl.monitor_due()
 
-    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+    def backward(self, losses: dict[str, torch.Tensor], features) -> dict:
+        return self.mtl.backward(losses, features)
+
+    def backward_microbatches(self, losses: dict[str, list[torch.Tensor]], features: list) -> dict:
+        return self.mtl.backward_microbatches(losses, features)
+
+    @property
+    def trace(self) -> list[dict]:
+        """Every gradient-geometry record so far (finishing pending ones)."""
+        if self.mtl is not None and self.mtl.monitor is not None:
+            self.mtl.monitor.poll()
+            self.records.extend(self.mtl.monitor.records)
+            self.mtl.monitor.records = []
+        return self.records
+
+    def close(self) -> list[dict]:
+        if self.mtl is not None and self.mtl.monitor is not None:
+            self.records.extend(self.mtl.monitor.close())
+            self.mtl.monitor.records = []
+        return self.records
+
+    # -- resumable state (small: JSON) ---------------------------------------------------
+    def state(self) -> dict:
+        return {"step": self.mtl.step, "balancer": self.balancer.state_dict(), "records": self.trace}
+
+    def load_state(self, state: dict) -> None:
+        self.mtl.step = int(state.get("step", 0))
+        if "balancer" in state:
+            self.balancer.load_state_dict(state["balancer"])
+        self.records = list(state.get("records", []))
 
     def config(self) -> dict:
-        return {"name": self.name, "weights": self.weights}
+        return {"tasks": self.tasks, "weights": self.weights, **self.settings.to_dict()}
 
 
-class StaticWeights(LossCombiner):
-    """``sum_t w_t L_t`` with fixed weights (missing tasks weigh 1)."""
-
-    name = "static"
-
-    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(self.weight(k) * v for k, v in losses.items())
-
-
-class CosineMonitor:
-    """Records the pairwise cosine between per-task gradients of the shared parameters."""
-
-    def __init__(self) -> None:
-        self.trace: list[dict] = []
-
-    def __call__(self, step: int, grads: dict[str, torch.Tensor]) -> None:
-        names = sorted(grads)
-        row: dict = {"step": step}
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                ga, gb = grads[a], grads[b]
-                row[f"{a}|{b}"] = float(ga @ gb / (ga.norm() * gb.norm()).clamp_min(1e-12))
-        self.trace.append(row)
-
-
-COMBINERS: dict[str, Callable[..., LossCombiner]] = {"static": StaticWeights}
-MONITORS: dict[str, Callable[[], GradientMonitor]] = {"cosine": CosineMonitor}
-
-
-def make_combiner(name: str, weights: dict[str, float], monitor: str | None = None, monitor_every: int = 50) -> LossCombiner:
-    from ..errors import MatmtlError
-
-    if name not in COMBINERS:
-        raise MatmtlError(f"unknown loss balancing {name!r}; available: {sorted(COMBINERS)}")
-    mon = None
-    if monitor and monitor != "none":
-        if monitor not in MONITORS:
-            raise MatmtlError(f"unknown gradient monitor {monitor!r}; available: {sorted(MONITORS)} or 'none'")
-        mon = MONITORS[monitor]()
-    return COMBINERS[name](weights, monitor=mon, monitor_every=monitor_every)
+def make_combiner(tasks: list[str], weights: dict[str, float] | None = None, settings: MTLSettings | None = None,
+                  reference: list[torch.Tensor] | None = None, seed: int = 0) -> MTLCombiner:
+    return MTLCombiner(tasks, weights or {}, settings or MTLSettings(), reference, seed)

@@ -23,7 +23,7 @@ from ..checkpoints import (CheckpointError, load_tensors, optimizer_tensors, rea
                            save_tensors)
 from ..io import atomic_write_json, sha256_of
 from ..models import MultiTaskModel, TaskSpec
-from .balancing import LossCombiner
+from .balancing import MTLCombiner
 
 
 @dataclass
@@ -151,7 +151,7 @@ class Trainer:
     """Runs epochs over a main source (+ auxiliary sources), saving a resumable state
     (``state/``) atomically after every epoch."""
 
-    def __init__(self, model: MultiTaskModel, cfg: TrainConfig, combiner: LossCombiner, sources: list[Source],
+    def __init__(self, model: MultiTaskModel, cfg: TrainConfig, combiner: MTLCombiner, sources: list[Source],
                  state_dir: Path, evaluate: Callable[[MultiTaskModel, bool], dict] | None = None,
                  progress: bool = True, label: str = "train"):
         self.model, self.cfg, self.combiner, self.sources = model, cfg, combiner, sources
@@ -161,6 +161,7 @@ class Trainer:
         self.label = label
         self.device = torch.device(cfg.device)
         self.model.to(self.device)
+        combiner.bind(self.model)
         params = [p for p in model.parameters() if p.requires_grad] + combiner.parameters()
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(sources[0].data) / sources[0].batch_size)
@@ -169,6 +170,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self._tensors = [self._to_tensors(s.data) for s in sources]
+        self._zero = torch.zeros((), device=self.device)  # the loss of a task without rows in a batch
 
     def _to_tensors(self, d: TaskData) -> dict:
         dev = self.device
@@ -186,7 +188,7 @@ class Trainer:
         save_tensors(self.state_dir / "state.safetensors", tensors)
         atomic_write_json(self.state_dir / "state.json", {
             "epoch": self.epoch, "step": self.step, "history": self.history, "optimizer": opt_meta,
-            "combiner": {"step": self.combiner.step}, "tensors_sha256": _tensor_digest(tensors),
+            "combiner": self.combiner.state(), "tensors_sha256": _tensor_digest(tensors),
         })
 
     def load_state(self) -> bool:
@@ -202,7 +204,7 @@ class Trainer:
         restore_optimizer(self.opt, {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("opt.")},
                           meta["optimizer"])
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
-        self.combiner.step = meta.get("combiner", {}).get("step", 0)
+        self.combiner.load_state(meta.get("combiner", {}))
         return True
 
     # -- training ----------------------------------------------------------------
@@ -240,44 +242,76 @@ class Trainer:
         plans = [epoch_batches(s.data, s.batch_size, np.random.default_rng([cfg.seed, self.epoch, i]))
                  for i, s in enumerate(self.sources)]
         model.train()
-        shared = model.shared_parameters()
         sums: dict[str, float] = {}
         n = 0
         for b, idx in enumerate(plans[0]):
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(self.step, self.total_steps, cfg.lr, cfg.warmup)
-            losses: dict[str, torch.Tensor] = {}
-            for si, (src, tens) in enumerate(zip(self.sources, self._tensors)):
-                bidx = idx if si == 0 else plans[si][b % len(plans[si])]
-                self._source_losses(src, tens, torch.as_tensor(bidx, device=self.device), losses)
-            if not losses:
-                continue
+            rows = [idx if si == 0 else plans[si][b % len(plans[si])] for si in range(len(self.sources))]
             self.opt.zero_grad(set_to_none=True)
-            logged = self.combiner.backward(losses, shared)
+            if self.combiner.monitor_due():
+                # the encoder on k micro-batches (each source's rows split k ways): the
+                # monitor's per-task gradient subspaces cost T backward passes in all
+                k = self.combiner.monitor_k
+                parts = [np.array_split(r, k) for r in rows]
+                feats, per_chunk = [], {t: [] for t in self.combiner.tasks}
+                for c in range(k):
+                    f, l = self._forward([p[c] for p in parts])
+                    feats.append(f)
+                    for t in per_chunk:
+                        per_chunk[t].append(l.get(t, self._zero))
+                losses = {t: torch.stack(v).mean() for t, v in per_chunk.items()}
+                logged = self.combiner.backward_microbatches(per_chunk, feats)
+            else:
+                feats, losses = self._forward(rows)
+                if not losses:
+                    continue
+                logged = self.combiner.backward({t: losses.get(t, self._zero) for t in self.combiner.tasks}, feats)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.opt.step()
             self.step += 1
             n += 1
-            for k, v in losses.items():
-                sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(v.detach())
+            for name, v in losses.items():
+                sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + float(v.detach())
             sums["loss"] = sums.get("loss", 0.0) + logged["total"]
             if self.progress and (b % 10 == 0):
                 bar.update(overall, completed=self.step, info=f"ep {self.epoch + 1} loss {sums['loss'] / n:.4f}")
         bar.update(overall, completed=self.step)
         return {k: v / max(1, n) for k, v in sums.items()}
 
-    def _source_losses(self, src: Source, tens: dict, idx: torch.Tensor, losses: dict) -> None:
-        z, frac, spg = tens["z"][idx], tens["frac"][idx], tens["spg"][idx]
-        if self.cfg.sym_dropout > 0:
-            drop = torch.rand(spg.shape, device=spg.device) < self.cfg.sym_dropout
-            spg = spg.masked_fill(drop, 0)
-        raw = self.model(z, frac, spg, src.tasks)
+    def _forward(self, rows: list[np.ndarray]) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+        """The shared representation of each source's rows and the per-task losses."""
+        feats, losses = [], {}
+        for src, tens, idx in zip(self.sources, self._tensors, rows):
+            if len(idx) == 0:  # a micro-batch of a short last batch
+                continue
+            idx = torch.as_tensor(idx, device=self.device)
+            z, frac, spg = tens["z"][idx], tens["frac"][idx], tens["spg"][idx]
+            if self.cfg.sym_dropout > 0:
+                drop = torch.rand(spg.shape, device=spg.device) < self.cfg.sym_dropout
+                spg = spg.masked_fill(drop, 0)
+            h = self.model.encoder(z, frac, spg)
+            feats.append(h)
+            for name in src.tasks:
+                loss = task_loss(self.model.tasks[name], self.model.heads[name](h), tens["y"][name][idx], tens["boot"][idx])
+                if loss is not None:
+                    losses[task_key(name, src, losses)] = loss
+        return tuple(feats), losses
+
+
+def task_key(name: str, src: Source, taken) -> str:
+    """A task's loss key: its name, or name@source when another source already has it."""
+    return name if name not in taken else f"{name}@{src.label}"
+
+
+def task_keys(sources: list[Source]) -> list[str]:
+    """The loss keys of all sources' tasks, in order (the first is the main task)."""
+    keys: list[str] = []
+    for src in sources:
         for name in src.tasks:
-            loss = task_loss(self.model.tasks[name], raw[name], tens["y"][name][idx], tens["boot"][idx])
-            if loss is not None:
-                key = name if name not in losses else f"{name}@{src.label}"
-                losses[key] = loss
+            keys.append(task_key(name, src, keys))
+    return keys
 
 
 def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:

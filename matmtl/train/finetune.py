@@ -7,8 +7,10 @@ auxiliary anchor loss.
   tasks on the fine-tuning compositions are the auxiliary targets (no DFT data needed).
 
 The loss of a step is ``L_gap_expt + aux_weight * sum(L_aux)`` (static weights),
-combined by a :class:`~matmtl.train.balancing.LossCombiner`, the single place where
-other balancing/surgery schemes plug in later (``balancing=``).
+combined by :class:`~matmtl.train.balancing.MTLCombiner` over :mod:`matmtl.mtl`:
+loss balancing (``balancing=``), gradient surgery (``surgery=``), L2-SP soft sharing
+towards the pretrained encoder (``soft_share=``) and the gradient-geometry monitor
+(``monitor_every=``, ``monitor_k=``).
 """
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ from ..data import DataWarning
 from ..errors import MatmtlError
 from ..io import atomic_write_json
 from ..models import TaskSpec
-from .balancing import make_combiner
+from .balancing import MTLSettings, make_combiner
 from .data import AUX_ALIASES, _load, dft_split, parse_fold, split_rows, to_taskdata
-from .engine import Source, TaskData, TrainConfig, Trainer, evaluate_rows, pick_device, set_determinism
+from .engine import Source, TaskData, TrainConfig, Trainer, evaluate_rows, pick_device, set_determinism, task_keys
 from .pretrain import RunResult, _featurizer_settings, _resume_dir
 from .report import finish_run
 from .runs import latest_run, new_run_dir, runs_root
@@ -78,7 +80,10 @@ def finetune(
     out: str | Path | None = None,
     train: TrainConfig | None = None,
     balancing: str = "static",
-    monitor: str | None = None,
+    surgery: str = "none",
+    soft_share: float = 0.0,
+    monitor_every: int = 0,
+    monitor_k: int = 4,
     resume: bool | str | Path = False,
     data_dir: str | None = None,
     progress: bool = True,
@@ -100,7 +105,8 @@ def finetune(
             "kind": "finetune", "checkpoint": str(Path(ckpt).resolve()), "dataset": dataset, "target": target,
             "aux": parse_aux(aux), "aux_source": aux_source, "aux_weight": float(aux_weight),
             "holdout_fold": parse_fold(holdout_fold), "max_train_rows": max_train_rows,
-            "replay_max_rows": replay_max_rows, "train": train.to_dict(), "balancing": balancing, "monitor": monitor,
+            "replay_max_rows": replay_max_rows, "train": train.to_dict(),
+            "mtl": MTLSettings(balancing, surgery, soft_share, monitor_every, monitor_k).to_dict(),
             "data_dir": data_dir, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         _check_aux(cfg["aux"], ckpt)
@@ -147,7 +153,9 @@ def finetune(
         sources.append(Source(rep.with_bootstrap(model.cfg.members, tcfg.seed + 1), aux_tasks, tcfg.batch_size, "replay"))
     weights = {MAIN_TASK: 1.0, **{t: cfg["aux_weight"] for t in aux_tasks},
                **{f"{t}@replay": cfg["aux_weight"] for t in aux_tasks}}
-    combiner = make_combiner(cfg["balancing"], weights, cfg.get("monitor"))
+    # soft sharing (L2-SP) pulls the encoder towards the pretrained one, also after a resume
+    reference = [p.detach().clone() for p in base.shared_parameters()]
+    combiner = make_combiner(task_keys(sources), weights, MTLSettings(**cfg.get("mtl", {})), reference, tcfg.seed)
 
     def evaluate(m, final: bool) -> dict:
         return {f"val_{k}": v for k, v in evaluate_rows(m, te, [MAIN_TASK]).items()} if len(te) else {}

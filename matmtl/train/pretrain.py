@@ -11,9 +11,9 @@ from ..checkpoints import read_json, save_checkpoint
 from ..errors import MatmtlError
 from ..io import atomic_write_json
 from ..models import ModelConfig, MultiTaskModel, TaskSpec
-from .balancing import make_combiner
+from .balancing import MTLSettings, make_combiner
 from .data import TASK_KIND, TASK_UNIT, dft_split, parse_fold
-from .engine import Source, TrainConfig, Trainer, evaluate_rows, pick_device, set_determinism
+from .engine import Source, TrainConfig, Trainer, evaluate_rows, pick_device, set_determinism, task_keys
 from .runs import latest_run, new_run_dir
 from .report import finish_run
 
@@ -36,8 +36,11 @@ def pretrain(
     model: ModelConfig | None = None,
     train: TrainConfig | None = None,
     balancing: str = "static",
+    surgery: str = "none",
+    soft_share: float = 0.0,
+    monitor_every: int = 0,
+    monitor_k: int = 4,
     task_weights: dict[str, float] | None = None,
-    monitor: str | None = None,
     resume: bool | str | Path = False,
     data_dir: str | None = None,
     progress: bool = True,
@@ -55,12 +58,15 @@ def pretrain(
         tasks = [t.strip() for t in tasks if t.strip()]
         if "e_form" not in tasks:
             raise MatmtlError("pretraining needs the main task e_form (e.g. --tasks e_form or --tasks e_form,gap_pbe)")
+        if soft_share:
+            raise MatmtlError("--soft-share pulls the encoder towards pretrained weights: use it with finetune, not pretrain")
         train = train or TrainConfig()
         model = model or ModelConfig()
         cfg = {
             "kind": "pretrain", "dataset": "mp", "tasks": list(tasks), "holdout_fold": parse_fold(holdout_fold),
-            "max_rows": max_rows, "model": model.to_dict(), "train": train.to_dict(), "balancing": balancing,
-            "task_weights": task_weights or {}, "monitor": monitor, "data_dir": data_dir,
+            "max_rows": max_rows, "model": model.to_dict(), "train": train.to_dict(),
+            "mtl": MTLSettings(balancing, surgery, soft_share, monitor_every, monitor_k).to_dict(),
+            "task_weights": task_weights or {}, "data_dir": data_dir,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         run_dir = new_run_dir("pretrain", out)
@@ -82,7 +88,8 @@ def pretrain(
             specs.append(TaskSpec(t, "hurdle", TASK_UNIT[t]))
     set_determinism(tcfg.seed, tcfg.threads)
     net = MultiTaskModel(mcfg, specs)
-    combiner = make_combiner(cfg["balancing"], cfg["task_weights"], cfg.get("monitor"))
+    sources = [Source(tr, tasks, tcfg.batch_size)]
+    combiner = make_combiner(task_keys(sources), cfg["task_weights"], MTLSettings(**cfg.get("mtl", {})), seed=tcfg.seed)
     # per-epoch score on a fixed random sample of the held-out rows (the source order is not random)
     val_idx = np.sort(np.random.default_rng([tcfg.seed, 99]).permutation(len(te))[:tcfg.val_rows])
     val_small = te.subset(val_idx) if len(te) else None
@@ -92,7 +99,7 @@ def pretrain(
             return {}
         return {f"val_{k}": v for k, v in evaluate_rows(m, val_small, tasks).items()}
 
-    trainer = Trainer(net, tcfg, combiner, [Source(tr, tasks, tcfg.batch_size)], run_dir / "state", evaluate,
+    trainer = Trainer(net, tcfg, combiner, sources, run_dir / "state", evaluate,
                       progress=progress, label="pretrain")
     trainer.load_state()
     t0 = time.time()

@@ -32,14 +32,15 @@ def finish_run(run_dir: Path, model, holdout, tasks: list[str], history: list[di
                 row["metal_accuracy"] = float(((preds[f"{t}_p_metal"].mean(1) > 0.5) == (y <= 0))[m].mean())
             out["holdout"][t] = row
             plots.parity(y[m], p[m], run_dir / f"parity_{t}.png", t, model.tasks[t].unit)
+    records = combiner.close() if combiner is not None else []
+    if records:
+        # the monitor's principal angles and mean-gradient cosines, in the metrics file too
+        out["gradient_geometry"] = records
+        plots.geometry_traces(records, run_dir / "gradient_geometry.png")
     metrics = {**metrics, **out}
     save_checkpoint(run_dir, model, {**meta, "metrics": metrics})
     atomic_write_json(run_dir / "history.json", history)
     plots.loss_curves(history, run_dir / "loss_curves.png", title=run_dir.name)
-    trace = getattr(getattr(combiner, "monitor", None), "trace", None)
-    if trace:
-        atomic_write_json(run_dir / "gradient_cosines.json", trace)
-        plots.cosine_traces(trace, run_dir / "gradient_cosines.png")
     atomic_write_json(run_dir / "metrics.json", metrics)
     if progress:
         print_summary(run_dir, metrics)
