@@ -1,0 +1,150 @@
+"""Evaluation harness on real data with tiny settings: the official folds, the seeded
+training-fold subsamples, the baseline, the results JSON shape, resuming finished
+cells, and one quick end-to-end run of the neural variants."""
+import json
+
+import numpy as np
+import pytest
+
+from matmtl.data import load_dataset, matbench_folds
+from matmtl.eval import EvalSettings, evaluate, protocol
+from matmtl.eval import runner as runner_mod
+from matmtl.eval.baseline import magpie_features, magpie_path
+from matmtl.eval.metrics import regression_metrics
+
+
+@pytest.fixture(scope="module")
+def expt():
+    return load_dataset("expt_gap")
+
+
+def test_folds_are_the_official_matbench_folds(expt, mirror):
+    check = protocol.check_official_folds(expt, "expt_gap")
+    assert check["checked"] and check["match"], check  # identical to matbench v0.1's official test ids
+    assert check["sizes"] == [921, 921, 921, 921, 920]
+    seen = np.zeros(len(expt), int)
+    for k, (tr, te) in enumerate(matbench_folds(len(expt))):
+        ptr, pte = protocol.fold_rows(expt, k)
+        assert np.array_equal(np.sort(ptr), np.sort(tr)) and np.array_equal(np.sort(pte), np.sort(te))
+        assert not set(ptr) & set(pte)
+        seen[pte] += 1
+    assert (seen == 1).all()  # every row is tested exactly once
+
+
+def test_training_subsets_are_seeded_and_inside_the_training_fold(expt):
+    from matmtl.train.data import split_rows
+
+    tr_full, te_full = protocol.fold_rows(expt, 1)
+    tr, te = protocol.train_test(expt, 1, 0.25, seed=0)
+    assert len(tr) == round(0.25 * len(tr_full)) and set(tr) <= set(tr_full)
+    assert np.array_equal(te, te_full)  # always the whole test fold
+    assert np.array_equal(tr, protocol.train_test(expt, 1, 0.25, seed=0)[0])  # seeded
+    assert not np.array_equal(tr, protocol.train_test(expt, 1, 0.25, seed=1)[0])
+    # the very rows fine-tuning draws for --max-train-rows N
+    assert np.array_equal(tr, split_rows(expt, 1, len(tr), 0, shrink_test=False)[0])
+    assert np.array_equal(protocol.train_test(expt, 1, 1.0)[0], tr_full)
+    itr, iva = protocol.inner_split(len(tr_full))
+    assert len(iva) == round(len(tr_full) / 5) and not set(itr) & set(iva)
+
+
+def _baseline_settings(tmp_path, **kw):
+    return EvalSettings(**{"variants": ("rf_magpie",), "folds": (0, 1), "fractions": (), "skip_mp": True, "quick": True,
+                           "out": str(tmp_path / "results"), "markdown": str(tmp_path / "docs" / "results.md"),
+                           "work_dir": str(tmp_path / "work"), "progress": False, "command": "test-baseline", **kw})
+
+
+def test_baseline_on_a_tiny_subset_and_the_json_shape(tmp_path, expt):
+    res = evaluate(_baseline_settings(tmp_path))
+    on_disk = json.loads((tmp_path / "results" / "expt_gap.json").read_text())
+    assert on_disk == json.loads(json.dumps(res["expt_gap"]))
+    assert on_disk["protocol"] == "matbench_v0.1" and on_disk["official_folds"]["match"] is True
+    for key in ("variants", "forgetting", "data_efficiency", "command", "hardware", "seconds", "relatedness"):
+        assert key in on_disk
+    assert set(on_disk["forgetting"]) >= {"finetune", "finetune_anchor"}
+    rf = on_disk["variants"]["rf_magpie"]
+    assert rf["status"] == "done" and len(rf["fold_mae"]) == 2 and rf["command"] == "test-baseline"
+    for k in ("mae_mean", "mae_std", "fold_mae", "rmse", "r2"):
+        assert rf[k] is not None
+    for name in ("scratch", "finetune", "finetune_anchor_replay", "finetune_anchor_distill", "finetune_anchor_pcgrad"):
+        assert on_disk["variants"][name]["status"] == "not run" and on_disk["variants"][name]["mae_mean"] is None
+    # the stored predictions reproduce the fold scores; training rows = the seeded quick cap
+    y = expt.target("gap_expt")
+    fold_maes = []
+    for k in (0, 1):
+        ev = runner_mod.Evaluation(_baseline_settings(tmp_path))
+        rec = ev.store.get(runner_mod.CellKey("expt_gap", "rf_magpie", k), ev.baseline_fp())
+        tr, te = protocol.train_test(expt, k, 1.0, 0, runner_mod.QUICK["expt_cap"])
+        assert rec["n_train"] == len(tr) == runner_mod.QUICK["expt_cap"] and rec["n_test"] == len(te)
+        m = regression_metrics(y[te], rec["pred"])
+        assert m["mae"] == pytest.approx(rec["metrics"]["mae"]) and m["r2"] == pytest.approx(rec["metrics"]["r2"])
+        fold_maes.append(m["mae"])
+    assert rf["mae_mean"] == pytest.approx(np.mean(fold_maes)) and rf["mae_std"] == pytest.approx(np.std(fold_maes))
+    page = (tmp_path / "docs" / "results.md").read_text()
+    assert "`rf_magpie`" in page and "test-baseline" in page and "Quick smoke-test settings" in page
+    assert not (tmp_path / "results" / "mp_e_form.json").exists()
+    # the Magpie table is cached on disk as a plain npz
+    tr, te = protocol.train_test(expt, 0, 1.0, 0, runner_mod.QUICK["expt_cap"])
+    formulas = [expt.formulas[i] for i in np.concatenate([tr, te])]
+    with np.load(magpie_path(formulas), allow_pickle=False) as z:
+        X = z["X"]
+    assert X.shape == (len(formulas), 132) and np.isfinite(X).all()
+    assert np.array_equal(magpie_features(formulas)[0], X)
+
+
+def test_finished_cells_are_not_run_again(tmp_path, monkeypatch):
+    calls = []
+    real = runner_mod.Evaluation._run_baseline
+
+    def counting(self, fold, fraction):
+        calls.append((fold, fraction))
+        return real(self, fold, fraction)
+
+    monkeypatch.setattr(runner_mod.Evaluation, "_run_baseline", counting)
+    first = evaluate(_baseline_settings(tmp_path))
+    assert sorted(calls) == [(0, 1.0), (1, 1.0)]
+    calls.clear()
+    again = evaluate(_baseline_settings(tmp_path))  # everything cached
+    assert calls == []
+    assert again["expt_gap"]["variants"]["rf_magpie"]["fold_mae"] == first["expt_gap"]["variants"]["rf_magpie"]["fold_mae"]
+    # a "killed" evaluation: fold 1's cell never finished -> only that cell runs
+    ev = runner_mod.Evaluation(_baseline_settings(tmp_path))
+    ev.store.path(runner_mod.CellKey("expt_gap", "rf_magpie", 1), ev.baseline_fp()).unlink()
+    evaluate(_baseline_settings(tmp_path))
+    assert calls == [(1, 1.0)]
+    calls.clear()
+    evaluate(_baseline_settings(tmp_path, rf_trees=7))  # other settings: other cells
+    assert sorted(calls) == [(0, 1.0), (1, 1.0)]
+
+
+def test_quick_end_to_end_neural_variants(tmp_path):
+    s = EvalSettings(folds=(0,), fractions=(0.5, 1.0), quick=True, out=str(tmp_path / "results"),
+                     markdown=str(tmp_path / "results.md"), work_dir=str(tmp_path / "work"), progress=False,
+                     command="test-quick")
+    res = evaluate(s)
+    expt = res["expt_gap"]
+    for name in ("rf_magpie", "scratch", "finetune", "finetune_anchor_replay", "finetune_anchor_distill"):
+        v = expt["variants"][name]
+        assert v["status"] == "done", name
+        assert np.isfinite(v["mae_mean"]) and len(v["fold_mae"]) == 1 and v["r2"] is not None
+    pc = expt["variants"]["finetune_anchor_pcgrad"]
+    assert pc["status"] == "done" or (pc["status"] == "not available" and pc["reason"])
+    fg = expt["forgetting"]
+    for name in ("finetune", "finetune_anchor"):
+        assert fg[name]["before"] > 0 and fg[name]["after"] > 0
+    assert fg["finetune"]["how"].startswith("pretrained e_form head")
+    de = expt["data_efficiency"]
+    assert set(de["variants"]) == {"scratch", "finetune", "finetune_anchor"}
+    assert de["variants"]["finetune"]["0.5"]["mae_mean"] > 0
+    assert expt["anchor_selection"]["folds"]["0"]["chosen"] in ("replay", "distill")
+    rel = expt["relatedness"]["variants"]
+    assert rel["finetune"]["pairs"] == {}  # single task: nothing to relate
+    assert any(rel[n]["pairs"] for n in ("finetune_anchor_replay", "finetune_anchor_distill"))
+    for name, unit in (("mp_e_form", "eV/atom"), ("mp_gap", "eV")):
+        mp = json.loads((tmp_path / "results" / f"{name}.json").read_text())
+        assert mp["unit"] == unit and mp["folds"] == [0]
+        assert mp["variants"]["pretrain"]["mae_mean"] > 0 and mp["variants"]["pretrain"]["mae_composition_only_mean"] > 0
+    assert (tmp_path / "results" / "expt_gap_data_efficiency.png").stat().st_size > 1000
+    page = (tmp_path / "results.md").read_text()
+    assert "matbench_mp_e_form" in page and "Data efficiency" in page and "Forgetting" in page
+    # run folders of finished cells are not kept (their numbers are in the cell records)
+    assert not list((tmp_path / "work" / "runs" / "expt_gap").rglob("model.safetensors"))
