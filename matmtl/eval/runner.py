@@ -105,16 +105,10 @@ class EvalSettings:
 
 
 def resolve_device(name: str) -> str:
-    """auto -> cuda when a GPU is visible, else cpu (as ``matmtl.train.engine.pick_device``)."""
-    import torch
+    """auto -> cuda when a GPU is visible, else cpu (the trainer's own rule)."""
+    from ..train.engine import pick_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MatmtlError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise MatmtlError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return name
+    return pick_device(name)
 
 
 def hardware_string(device: str) -> str:
