@@ -148,3 +148,35 @@ def test_quick_end_to_end_neural_variants(tmp_path):
     assert "matbench_mp_e_form" in page and "Data efficiency" in page and "Forgetting" in page
     # run folders of finished cells are not kept (their numbers are in the cell records)
     assert not list((tmp_path / "work" / "runs" / "expt_gap").rglob("model.safetensors"))
+
+
+def test_a_cell_killed_mid_training_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    import functools
+
+    import matmtl.train.finetune as ft_mod
+    from matmtl.errors import MatmtlError
+
+    def settings(name, **kw):
+        return EvalSettings(**{"variants": ("finetune",), "folds": (0,), "fractions": (), "skip_mp": True, "quick": True,
+                               "out": str(tmp_path / name / "results"), "markdown": None,
+                               "work_dir": str(tmp_path / name / "work"), "progress": False, **kw})
+
+    whole = evaluate(settings("whole"))["expt_gap"]["variants"]["finetune"]
+    ckpt = next((tmp_path / "whole" / "work" / "runs" / "pretrain").glob("*/fold0"))
+    real = ft_mod.finetune
+
+    @functools.wraps(real)
+    def killed_after_one_epoch(**kw):
+        return real(**{**kw, "stop_after": 1})
+
+    monkeypatch.setattr(ft_mod, "finetune", killed_after_one_epoch)
+    with pytest.raises(MatmtlError, match="did not finish"):
+        evaluate(settings("killed", checkpoint=str(ckpt)))
+    monkeypatch.setattr(ft_mod, "finetune", real)
+    from matmtl.eval import neural
+
+    states, prep = [], neural.prepare_run_dir
+    monkeypatch.setattr(neural, "prepare_run_dir", lambda d: states.append(prep(d)) or states[-1])
+    resumed = evaluate(settings("killed", checkpoint=str(ckpt)))["expt_gap"]["variants"]["finetune"]
+    assert states == ["resume"]  # continued from the saved epoch, not restarted
+    assert resumed["fold_mae"] == pytest.approx(whole["fold_mae"], rel=1e-9, abs=1e-12)

@@ -107,7 +107,9 @@ def render_markdown(expt: dict | None, mp_e_form: dict | None = None, mp_gap: di
         L += ["Leaderboard rows are the published matbench v0.1 MAEs, for context; ours are computed on the same "
               "5 official folds. MAE std is the population std over folds (as matbench).", ""]
         L += [f"Command: `{expt.get('command')}`", "", f"Hardware: {expt.get('hardware')}", "",
-              f"Wall time of that invocation: {_f(expt.get('seconds'), 0)} s.", ""]
+              f"Compute time of the cells behind these numbers: {_f(expt.get('compute_seconds'), 0)} s "
+              f"(wall time of the invocation that wrote this file: {_f(expt.get('seconds'), 0)} s; finished cells are "
+              "reused from the cache, so a re-run is fast).", ""]
         prov = _provenance(expt)
         if len(prov) > 2:
             L += ["Per variant (a variant may come from an earlier invocation; cached cells are reused):", ""] + prov + [""]

@@ -504,14 +504,15 @@ class Evaluation:
     # -- the whole run --------------------------------------------------------------
     def run(self) -> dict:
         s = self.s
-        self.console.print(f"[bold]matmtl evaluate[/]: variants {list(s.variants) if not s.skip_baseline else s.neural}, "
-                           f"folds {list(s.folds)}, fractions {list(s.fractions)}{' [quick]' if s.quick else ''}; "
-                           f"cells cached in {self.work}")
+        eff = self._efficiency_variants()
+        self.console.print(f"[bold]matmtl evaluate[/]: variants {(['rf_magpie'] if s.baseline else []) + s.neural}, "
+                           f"folds {list(s.folds)}"
+                           + (f", data efficiency {eff} at {list(s.fractions)}" if eff else ", no data-efficiency curve")
+                           + (" [quick]" if s.quick else "") + f"; cells cached in {self.work}")
         self.folds_check = protocol.check_official_folds(self.ds, "expt_gap", data_dir=self.s.data_dir)
         if self.folds_check["checked"] and not self.folds_check["match"]:
             raise MatmtlError(f"expt_gap folds differ from the official matbench v0.1 test sets ({self.folds_check['file']})")
         main = (["rf_magpie"] if s.baseline else []) + [v for v in s.neural if v != "finetune_anchor_pcgrad"]
-        eff = self._efficiency_variants()
         for fold in s.folds:
             for v in main:
                 self._collect(v, fold, 1.0, self.variant_cell(v, fold))
@@ -577,7 +578,8 @@ class Evaluation:
         except OSError:  # pragma: no cover
             load = None
         return {"command": self.s.command, "hardware": self.hardware, "device": self.device,
-                "seconds": round(time.time() - self.t0, 1), "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "seconds": round(time.time() - self.t0, 1),
+                "compute_seconds": round(sum(r.get("seconds") or 0 for r in self._memo.values()), 1), "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "quick": self.s.quick, "load_average_at_end": load, "work_dir": str(self.work)}
 
     def _variant_entry(self, name: str, recs: dict[int, dict]) -> dict:
