@@ -4,7 +4,6 @@ See docs/evaluation.md for the protocol, the options and the expected runtime.
 """
 from __future__ import annotations
 
-import copy
 import os
 import platform
 import time
@@ -225,7 +224,7 @@ class Evaluation:
             self.console.print(f"{tag}: [yellow]not available[/] ({exc})")
             return {"status": "not available", "reason": str(exc)}
         rec.update(seconds=round(time.time() - t0, 1), command=self.s.command, hardware=self.hardware,
-                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"), load_average=_loadavg())
         rec = self.store.put(key, fp, rec)
         self._memo[(key, fp)] = rec
         self.console.print(f"{tag}: [green]done[/] in {rec['seconds']:.0f}s {self._brief(rec)}")
@@ -573,10 +572,7 @@ class Evaluation:
             atomic_write(page, lambda tmp: tmp.write_text(text))
 
     def _common(self) -> dict:
-        try:
-            load = os.getloadavg()
-        except OSError:  # pragma: no cover
-            load = None
+        load = _loadavg()
         return {"command": self.s.command, "hardware": self.hardware, "device": self.device,
                 "seconds": round(time.time() - self.t0, 1),
                 "compute_seconds": round(sum(r.get("seconds") or 0 for r in self._memo.values()), 1), "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -754,6 +750,14 @@ class Evaluation:
 
 class _Unavailable(Exception):
     pass
+
+
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages (the machine may be shared: timings depend on it)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):  # pragma: no cover
+        return None
 
 
 def _read_json(path: Path) -> dict:
