@@ -396,7 +396,8 @@ def _torch_geometry(tasks) -> SubspaceGeometry:
         large = torch.tensor([s if ranks_list[t] <= ranks_list[s] else t for s, t in pairs], device=G.device)
         Msl = M[large, small]
         cos = torch.linalg.svdvals(Msl)  # descending: smallest angle first
-        sin = torch.linalg.svdvals(B[small] - B[large] @ Msl)  # descending, zeros last
+        # Singular values of the tall residuals, via their small R factors.
+        sin = torch.linalg.svdvals(torch.linalg.qr(B[small] - B[large] @ Msl, mode="r").R)  # descending, zeros last
         m = torch.minimum(ranks[small], ranks[large])
         i = torch.arange(k, device=G.device)
         sin_asc = sin.gather(1, (m[:, None] - 1 - i).clamp(min=0))  # i-th smallest genuine sine

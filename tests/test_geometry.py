@@ -385,37 +385,25 @@ def test_core_validates_on_its_own():
 
 def test_core_releases_the_gil():
     """While the Rust core computes, other Python threads keep running."""
-    import sys
     import threading
     import time
 
     rng = np.random.default_rng(16)
     tasks = [rng.standard_normal((1_000_000, 16), dtype=np.float32) for _ in range(2)]
-    calls = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        _core.subspace_geometry(tasks)
-        calls.append(time.perf_counter() - t0)
-    call = min(calls)
-    # Hand the GIL over quickly, so that gaps measure the kernel, not Python's
-    # 5 ms switch interval.
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
 
-    def spins() -> int:
+    def main_thread_cpu_share() -> float:
+        """CPU time this thread gets per wall second while another thread runs
+        the Rust core. A call holding the GIL leaves it ~0.1 (waking up to ask
+        for the GIL); measured ~1 when the GIL is released."""
         worker = threading.Thread(target=lambda: [_core.subspace_geometry(tasks) for _ in range(3)])
-        stamps = [time.perf_counter()]
         worker.start()
+        wall, cpu = time.perf_counter(), time.thread_time()
         while worker.is_alive():
-            stamps.append(time.perf_counter())
+            pass
+        share = (time.thread_time() - cpu) / (time.perf_counter() - wall)
         worker.join()
-        return len(stamps)
+        return share
 
-    try:
-        # Holding the GIL would stall this thread for whole calls (a handful of loop
-        # turns at most); released, it keeps turning while the kernel runs. Counting
-        # turns rather than timing gaps keeps the test honest on a loaded machine.
-        turns = [spins() for _ in range(3)]
-        assert max(turns) > 200, (turns, call)
-    finally:
-        sys.setswitchinterval(old)
+    # Other load on the machine also takes CPU from this thread: allow a few tries.
+    shares = [main_thread_cpu_share() for _ in range(3)]
+    assert max(shares) > 0.3, shares

@@ -63,7 +63,9 @@ pub fn subspace_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Resu
 }
 
 fn task_error(t: usize) -> GeometryError {
-    GeometryError::NonFinite { what: format!("gradient samples of task {t}") }
+    GeometryError::NonFinite {
+        what: format!("gradient samples of task {t}"),
+    }
 }
 
 fn gram_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geometry> {
@@ -71,7 +73,9 @@ fn gram_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geome
     let a = gram(tasks, d, k);
     // A NaN or inf anywhere in a column makes its squared norm NaN or inf; finite
     // f32 values cannot overflow an f64 sum of squares.
-    if let Some(t) = (0..n_tasks).find(|&t| (0..k).any(|i| !a.get(t * k + i, t * k + i).is_finite())) {
+    if let Some(t) =
+        (0..n_tasks).find(|&t| (0..k).any(|i| !a.get(t * k + i, t * k + i).is_finite()))
+    {
         return Err(task_error(t));
     }
     let block = |s: usize, t: usize| Mat::from_fn(k, k, |i, j| a.get(s * k + i, t * k + j));
@@ -79,11 +83,15 @@ fn gram_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geome
         .into_par_iter()
         .map(|t| whitener(block(t, t).as_ref()))
         .collect::<Result<Vec<_>>>()?;
-    let pairs: Vec<(usize, usize)> = (0..n_tasks).flat_map(|s| (s + 1..n_tasks).map(move |t| (s, t))).collect();
+    let pairs: Vec<(usize, usize)> = (0..n_tasks)
+        .flat_map(|s| (s + 1..n_tasks).map(move |t| (s, t)))
+        .collect();
     let gram_angles = pairs
         .par_iter()
         .map(|&(s, t)| match (&whiteners[s], &whiteners[t]) {
-            (Some(ws), Some(wt)) => gram_pair_angles(ws.as_ref(), wt.as_ref(), block(s, t).as_ref(), k),
+            (Some(ws), Some(wt)) => {
+                gram_pair_angles(ws.as_ref(), wt.as_ref(), block(s, t).as_ref(), k)
+            }
             _ => Ok(None),
         })
         .collect::<Result<Vec<_>>>()?;
@@ -99,7 +107,10 @@ fn gram_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geome
     let frames = (0..n_tasks)
         .into_par_iter()
         .map(|t| match needs_frame[t] {
-            true => frame_of(to_columns(tasks[t], d, k), rank_tolerance::<E>(k), &|| task_error(t).to_string()).map(Some),
+            true => frame_of(to_columns(tasks[t], d, k), rank_tolerance::<E>(k), &|| {
+                task_error(t).to_string()
+            })
+            .map(Some),
             false => Ok(None),
         })
         .collect::<Result<Vec<_>>>()?;
@@ -117,7 +128,9 @@ fn gram_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geome
         .zip(&gram_angles)
         .map(|(&(s, t), angles)| match angles {
             Some(_) => Ok(None),
-            None => frame_angles(frames[s].as_ref().unwrap(), frames[t].as_ref().unwrap(), k).map(Some),
+            None => {
+                frame_angles(frames[s].as_ref().unwrap(), frames[t].as_ref().unwrap(), k).map(Some)
+            }
         })
         .collect::<Result<Vec<_>>>()?;
     for ((&(s, t), from_gram), from_qr) in pairs.iter().zip(gram_angles).zip(qr_angles) {
@@ -135,13 +148,16 @@ fn qr_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geometr
         .into_par_iter()
         .map(|t| {
             let cols = to_columns(tasks[t], d, k);
-            let mean = mean_direction(cols.as_ref(), mean_zero_tolerance::<E>()).ok_or_else(|| task_error(t))?;
+            let mean = mean_direction(cols.as_ref(), mean_zero_tolerance::<E>())
+                .ok_or_else(|| task_error(t))?;
             let frame = frame_of(cols, rank_tolerance::<E>(k), &|| task_error(t).to_string())?;
             Ok((frame, mean))
         })
         .collect::<Result<Vec<(Frame, Option<Mat<f64>>)>>>()?;
     let mut out = Geometry::new(n_tasks, k, per_task.iter().map(|(f, _)| f.rank()).collect());
-    let pairs: Vec<(usize, usize)> = (0..n_tasks).flat_map(|s| (s + 1..n_tasks).map(move |t| (s, t))).collect();
+    let pairs: Vec<(usize, usize)> = (0..n_tasks)
+        .flat_map(|s| (s + 1..n_tasks).map(move |t| (s, t)))
+        .collect();
     let angles = pairs
         .par_iter()
         .map(|&(s, t)| frame_angles(&per_task[s].0, &per_task[t].0, k))
@@ -168,7 +184,14 @@ impl Geometry {
             angles[(t * tasks + t) * k..][..r].fill(0.0);
         }
         let qr_pairs = vec![false; tasks * tasks];
-        Self { tasks, k, angles, mean_cosine: vec![0.0; tasks * tasks], ranks, qr_pairs }
+        Self {
+            tasks,
+            k,
+            angles,
+            mean_cosine: vec![0.0; tasks * tasks],
+            ranks,
+            qr_pairs,
+        }
     }
 
     fn set_pair(&mut self, s: usize, t: usize, angles: &[f64]) {
@@ -189,7 +212,9 @@ fn whitener(a: MatRef<'_, f64>) -> Result<Option<Mat<f64>>> {
     if r == 0 {
         return Ok(Some(Mat::zeros(k, 0)));
     }
-    let c = Mat::from_fn(r, r, |i, j| a[(kept[i], kept[j])] / (norms[kept[i]] * norms[kept[j]]));
+    let c = Mat::from_fn(r, r, |i, j| {
+        a[(kept[i], kept[j])] / (norms[kept[i]] * norms[kept[j]])
+    });
     let eig = c.self_adjoint_eigen(Side::Lower)?;
     let lambda = eig.S().column_vector();
     if lambda[0] * MAX_GRAM_CONDITION <= lambda[r - 1] {
@@ -206,7 +231,12 @@ fn whitener(a: MatRef<'_, f64>) -> Result<Option<Mat<f64>>> {
 
 /// Angles of one pair from the Gram blocks, or `None` if some angle is too small
 /// for the Gram path to resolve.
-fn gram_pair_angles(ws: MatRef<'_, f64>, wt: MatRef<'_, f64>, a_st: MatRef<'_, f64>, k: usize) -> Result<Option<Vec<f64>>> {
+fn gram_pair_angles(
+    ws: MatRef<'_, f64>,
+    wt: MatRef<'_, f64>,
+    a_st: MatRef<'_, f64>,
+    k: usize,
+) -> Result<Option<Vec<f64>>> {
     let m_dim = ws.ncols().min(wt.ncols());
     let mut angles = vec![FRAC_PI_2; k];
     if m_dim == 0 {
@@ -215,8 +245,16 @@ fn gram_pair_angles(ws: MatRef<'_, f64>, wt: MatRef<'_, f64>, a_st: MatRef<'_, f
     let m = ws.transpose() * a_st * wt;
     let cos = m.singular_values()?;
     // I - M^T M on the smaller side: its eigenvalues are sin^2 of the angles.
-    let mtm = if wt.ncols() <= ws.ncols() { m.transpose() * &m } else { &m * m.transpose() };
-    let resid = Mat::from_fn(m_dim, m_dim, |i, j| if i == j { 1.0 } else { 0.0 } - mtm[(i, j)]);
+    let mtm = if wt.ncols() <= ws.ncols() {
+        m.transpose() * &m
+    } else {
+        &m * m.transpose()
+    };
+    let resid = Mat::from_fn(
+        m_dim,
+        m_dim,
+        |i, j| if i == j { 1.0 } else { 0.0 } - mtm[(i, j)],
+    );
     let sin2 = resid.self_adjoint_eigenvalues(Side::Lower)?;
     if sin2[0] < MIN_GRAM_SIN2 {
         return Ok(None);
@@ -286,7 +324,14 @@ fn mean_direction(cols: MatRef<'_, f64>, zero_tol: f64) -> Option<Option<Mat<f64
     }
     let ones = Mat::from_fn(k, 1, |_, _| 1.0 / k as f64);
     let mut mean = Mat::<f64>::zeros(cols.nrows(), 1);
-    matmul(mean.as_mut(), Accum::Replace, cols, ones.as_ref(), 1.0, Par::rayon(0));
+    matmul(
+        mean.as_mut(),
+        Accum::Replace,
+        cols,
+        ones.as_ref(),
+        1.0,
+        Par::rayon(0),
+    );
     let norm = mean.norm_l2();
     if norm <= zero_tol * norm_sum / k as f64 {
         return Some(None);
@@ -308,7 +353,9 @@ mod tests {
 
     /// G M for a row-major d x k matrix G and a k x k matrix M.
     fn mix(g: &[f64], d: usize, k: usize, m: &[f64]) -> Vec<f64> {
-        (0..d * k).map(|x| (0..k).map(|l| g[(x / k) * k + l] * m[l * k + x % k]).sum()).collect()
+        (0..d * k)
+            .map(|x| (0..k).map(|l| g[(x / k) * k + l] * m[l * k + x % k]).sum())
+            .collect()
     }
 
     fn unit(d: usize, i: usize) -> Vec<f64> {
@@ -330,11 +377,19 @@ mod tests {
     fn known_pairs(rng: &mut Rng) -> (Vec<Vec<f64>>, usize) {
         let d = 40;
         let (a, b, tiny) = (0.3f64, 1.1f64, 1e-7f64);
-        let comb = |x: f64, i: usize, j: usize| -> Vec<f64> { unit(d, i).iter().zip(unit(d, j)).map(|(p, q)| x.cos() * p + x.sin() * q).collect() };
+        let comb = |x: f64, i: usize, j: usize| -> Vec<f64> {
+            unit(d, i)
+                .iter()
+                .zip(unit(d, j))
+                .map(|(p, q)| x.cos() * p + x.sin() * q)
+                .collect()
+        };
         let s = from_columns(&[unit(d, 0), unit(d, 1)]);
         let t = from_columns(&[comb(a, 0, 2), comb(b, 1, 3)]);
         let u = from_columns(&[comb(tiny, 0, 5), unit(d, 1)]);
-        let m: Vec<f64> = (0..4).map(|i| if i % 3 == 0 { 2.0 } else { 0.0 } + 0.5 * rng.uniform()).collect();
+        let m: Vec<f64> = (0..4)
+            .map(|i| if i % 3 == 0 { 2.0 } else { 0.0 } + 0.5 * rng.uniform())
+            .collect();
         (vec![mix(&s, d, 2, &m), mix(&t, d, 2, &m), u], d)
     }
 
@@ -368,15 +423,23 @@ mod tests {
         let (d, k) = (3000, 6);
         let base = rng.matrix(d, k);
         // Related tasks: a shared component plus task-specific noise.
-        let tasks: Vec<Vec<f64>> = (0..4).map(|_| base.iter().map(|b| b + 1.5 * rng.normal()).collect()).collect();
+        let tasks: Vec<Vec<f64>> = (0..4)
+            .map(|_| base.iter().map(|b| b + 1.5 * rng.normal()).collect())
+            .collect();
         let tasks32: Vec<Vec<f32>> = tasks.iter().map(|t| to_f32(t)).collect();
         let f32_refs: Vec<&[f32]> = tasks32.iter().map(Vec::as_slice).collect();
         // Reference: the QR path on exactly the float32 values.
-        let exact: Vec<Vec<f64>> = tasks32.iter().map(|t| t.iter().map(|&x| x as f64).collect()).collect();
+        let exact: Vec<Vec<f64>> = tasks32
+            .iter()
+            .map(|t| t.iter().map(|&x| x as f64).collect())
+            .collect();
         let exact_refs: Vec<&[f64]> = exact.iter().map(Vec::as_slice).collect();
         let want = subspace_geometry(&exact_refs, d, k).unwrap();
         let got = subspace_geometry(&f32_refs, d, k).unwrap();
-        assert!(got.qr_pairs.iter().all(|&q| !q), "expected the Gram path throughout");
+        assert!(
+            got.qr_pairs.iter().all(|&q| !q),
+            "expected the Gram path throughout"
+        );
         assert_close(&got.angles, &want.angles, 1e-5);
         assert_close(&got.mean_cosine, &want.mean_cosine, 1e-6);
     }
@@ -385,16 +448,29 @@ mod tests {
     fn ill_conditioned_samples_use_qr_path() {
         let mut rng = Rng::new(5);
         let (d, k) = (500, 4);
-        let mut cols: Vec<Vec<f64>> = (0..k).map(|_| (0..d).map(|_| rng.normal()).collect()).collect();
+        let mut cols: Vec<Vec<f64>> = (0..k)
+            .map(|_| (0..d).map(|_| rng.normal()).collect())
+            .collect();
         // Nearly dependent columns and norms spanning 1e-6 .. 1e3.
-        cols[1] = cols[0].iter().zip(&cols[1]).map(|(a, b)| a + 1e-3 * b).collect();
+        cols[1] = cols[0]
+            .iter()
+            .zip(&cols[1])
+            .map(|(a, b)| a + 1e-3 * b)
+            .collect();
         for (j, scale) in [1e-6, 1.0, 1e3, 1e-2].iter().enumerate() {
             cols[j].iter_mut().for_each(|x| *x *= scale);
         }
         let s = from_columns(&cols);
         let t = rng.matrix(d, k);
-        let t = t.iter().zip(&s).map(|(a, b)| 0.3 * a + b * 1e2).collect::<Vec<_>>();
-        let exact: Vec<Vec<f64>> = [&s, &t].iter().map(|x| to_f32(x).iter().map(|&v| v as f64).collect()).collect();
+        let t = t
+            .iter()
+            .zip(&s)
+            .map(|(a, b)| 0.3 * a + b * 1e2)
+            .collect::<Vec<_>>();
+        let exact: Vec<Vec<f64>> = [&s, &t]
+            .iter()
+            .map(|x| to_f32(x).iter().map(|&v| v as f64).collect())
+            .collect();
         let exact_refs: Vec<&[f64]> = exact.iter().map(Vec::as_slice).collect();
         let want = subspace_geometry(&exact_refs, d, k).unwrap();
         let f32s: Vec<Vec<f32>> = [&s, &t].iter().map(|x| to_f32(x)).collect();
@@ -446,10 +522,18 @@ mod tests {
         let s = std::f64::consts::FRAC_1_SQRT_2;
         let want = [1.0, s, 0.0, s, 1.0, 0.0, 0.0, 0.0, 0.0];
         let refs: Vec<&[f64]> = vec![&t0, &t1, &t2];
-        assert_close(&subspace_geometry(&refs, d, 2).unwrap().mean_cosine, &want, 1e-15);
+        assert_close(
+            &subspace_geometry(&refs, d, 2).unwrap().mean_cosine,
+            &want,
+            1e-15,
+        );
         let f32s: Vec<Vec<f32>> = [&t0, &t1, &t2].iter().map(|x| to_f32(x)).collect();
         let refs32: Vec<&[f32]> = f32s.iter().map(Vec::as_slice).collect();
-        assert_close(&subspace_geometry(&refs32, d, 2).unwrap().mean_cosine, &want, 1e-7);
+        assert_close(
+            &subspace_geometry(&refs32, d, 2).unwrap().mean_cosine,
+            &want,
+            1e-7,
+        );
     }
 
     #[test]
@@ -459,18 +543,40 @@ mod tests {
         let mut bad = good.clone();
         bad[17] = f32::INFINITY;
         let err = subspace_geometry(&[&good, &bad], 20, 3).unwrap_err();
-        assert_eq!(err, GeometryError::NonFinite { what: "gradient samples of task 1".into() });
-        let bad64: Vec<f64> = bad.iter().map(|&x| if x.is_finite() { x as f64 } else { f64::NAN }).collect();
+        assert_eq!(
+            err,
+            GeometryError::NonFinite {
+                what: "gradient samples of task 1".into()
+            }
+        );
+        let bad64: Vec<f64> = bad
+            .iter()
+            .map(|&x| if x.is_finite() { x as f64 } else { f64::NAN })
+            .collect();
         let good64: Vec<f64> = good.iter().map(|&x| x as f64).collect();
         let err = subspace_geometry(&[&bad64, &good64], 20, 3).unwrap_err();
-        assert_eq!(err, GeometryError::NonFinite { what: "gradient samples of task 0".into() });
+        assert_eq!(
+            err,
+            GeometryError::NonFinite {
+                what: "gradient samples of task 0".into()
+            }
+        );
     }
 
     #[test]
     fn invalid_shapes_are_errors() {
         let x = [1.0f32; 12];
-        assert!(matches!(subspace_geometry::<f32>(&[], 4, 3), Err(GeometryError::Invalid(_))));
-        assert!(matches!(subspace_geometry(&[&x[..], &x[..11]], 4, 3), Err(GeometryError::Invalid(_))));
-        assert!(matches!(subspace_geometry(&[&x[..0]], 0, 3), Err(GeometryError::Invalid(_))));
+        assert!(matches!(
+            subspace_geometry::<f32>(&[], 4, 3),
+            Err(GeometryError::Invalid(_))
+        ));
+        assert!(matches!(
+            subspace_geometry(&[&x[..], &x[..11]], 4, 3),
+            Err(GeometryError::Invalid(_))
+        ));
+        assert!(matches!(
+            subspace_geometry(&[&x[..0]], 0, 3),
+            Err(GeometryError::Invalid(_))
+        ));
     }
 }

@@ -6,8 +6,8 @@ use crate::error::GeometryError;
 use crate::simd::{detect, Isa, Vectors};
 use crate::{angles, project};
 use numpy::{
-    dtype, Element, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
-    PyUntypedArray, PyUntypedArrayMethods,
+    dtype, Element, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods,
+    PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -31,7 +31,9 @@ fn dtype_of(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Dtype> {
     } else if dt.is_equiv_to(&dtype::<f64>(py)) {
         Ok(Dtype::F64)
     } else {
-        Err(PyTypeError::new_err(format!("{what} has dtype {dt}; expected float32 or float64")))
+        Err(PyTypeError::new_err(format!(
+            "{what} has dtype {dt}; expected float32 or float64"
+        )))
     }
 }
 
@@ -43,7 +45,9 @@ fn common_dtype(objs: &[&Bound<'_, PyAny>], names: &dyn Fn(usize) -> String) -> 
         match first {
             None => first = Some(dt),
             Some(f) if f != dt => {
-                return Err(PyTypeError::new_err("inputs mix float32 and float64; convert them to one dtype"))
+                return Err(PyTypeError::new_err(
+                    "inputs mix float32 and float64; convert them to one dtype",
+                ))
             }
             _ => {}
         }
@@ -70,15 +74,24 @@ impl<E: Element> Flat<'_, E> {
 }
 
 /// Borrow `obj` (already known to hold `E`) with the given number of dimensions.
-fn flat<'py, E: Element + Copy>(obj: &Bound<'py, PyAny>, ndim: usize, what: &str) -> PyResult<(Flat<'py, E>, Vec<usize>)> {
+fn flat<'py, E: Element + Copy>(
+    obj: &Bound<'py, PyAny>,
+    ndim: usize,
+    what: &str,
+) -> PyResult<(Flat<'py, E>, Vec<usize>)> {
     let arr = obj
         .cast::<PyArrayDyn<E>>()
         .map_err(|_| PyTypeError::new_err(format!("{what} has the wrong dtype")))?;
     if arr.ndim() != ndim {
-        return Err(PyValueError::new_err(format!("{what} must be {ndim}-D, got shape {:?}", arr.shape())));
+        return Err(PyValueError::new_err(format!(
+            "{what} must be {ndim}-D, got shape {:?}",
+            arr.shape()
+        )));
     }
     let shape = arr.shape().to_vec();
-    let view = arr.try_readonly().map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
+    let view = arr
+        .try_readonly()
+        .map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
     // `as_slice` also accepts Fortran order, which would be read transposed.
     let flat = if arr.is_c_contiguous() && view.as_slice().is_ok() {
         Flat::View(view)
@@ -89,7 +102,10 @@ fn flat<'py, E: Element + Copy>(obj: &Bound<'py, PyAny>, ndim: usize, what: &str
 }
 
 /// Run a kernel without the GIL; kernel errors and panics become ValueError.
-fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, GeometryError> + Send) -> PyResult<T> {
+fn run<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> Result<T, GeometryError> + Send,
+) -> PyResult<T> {
     match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(PyValueError::new_err(e.to_string())),
@@ -99,19 +115,27 @@ fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, GeometryError> + S
                 .map(String::as_str)
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown panic");
-            Err(PyValueError::new_err(format!("internal error in matmtl._core: {msg}")))
+            Err(PyValueError::new_err(format!(
+                "internal error in matmtl._core: {msg}"
+            )))
         }
     }
 }
 
 /// Borrow T same-shaped 2-D (or 1-D, `ndim`) arrays, checking shapes agree.
-fn borrow_all<'py, E: Element + Copy>(objs: &[Bound<'py, PyAny>], ndim: usize, noun: &str) -> PyResult<(Vec<Flat<'py, E>>, Vec<usize>)> {
+fn borrow_all<'py, E: Element + Copy>(
+    objs: &[Bound<'py, PyAny>],
+    ndim: usize,
+    noun: &str,
+) -> PyResult<(Vec<Flat<'py, E>>, Vec<usize>)> {
     let mut flats = Vec::with_capacity(objs.len());
     let mut shape0: Option<Vec<usize>> = None;
     for (t, obj) in objs.iter().enumerate() {
         let (f, shape) = flat::<E>(obj, ndim, &format!("{noun} of task {t}"))?;
         if shape.contains(&0) {
-            return Err(PyValueError::new_err(format!("{noun} of task {t} is empty (shape {shape:?})")));
+            return Err(PyValueError::new_err(format!(
+                "{noun} of task {t} is empty (shape {shape:?})"
+            )));
         }
         match &shape0 {
             Some(s0) if *s0 != shape => {
@@ -127,13 +151,21 @@ fn borrow_all<'py, E: Element + Copy>(objs: &[Bound<'py, PyAny>], ndim: usize, n
     Ok((flats, shape))
 }
 
-type GeometryTuple<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
+type GeometryTuple<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+);
 
 /// subspace_geometry(tasks) -> (angles (T,T,k), mean_cosine (T,T), ranks (T,), qr_pairs (T,T))
 ///
 /// `tasks`: list of T float32 or float64 arrays of shape (d, k).
 #[pyfunction]
-fn subspace_geometry<'py>(py: Python<'py>, tasks: Vec<Bound<'py, PyAny>>) -> PyResult<GeometryTuple<'py>> {
+fn subspace_geometry<'py>(
+    py: Python<'py>,
+    tasks: Vec<Bound<'py, PyAny>>,
+) -> PyResult<GeometryTuple<'py>> {
     let refs: Vec<&Bound<'py, PyAny>> = tasks.iter().collect();
     match common_dtype(&refs, &|t| format!("gradient samples of task {t}"))? {
         Dtype::F32 => geometry_impl::<f32>(py, &tasks),
@@ -141,7 +173,10 @@ fn subspace_geometry<'py>(py: Python<'py>, tasks: Vec<Bound<'py, PyAny>>) -> PyR
     }
 }
 
-fn geometry_impl<'py, E: Vectors + Element>(py: Python<'py>, tasks: &[Bound<'py, PyAny>]) -> PyResult<GeometryTuple<'py>> {
+fn geometry_impl<'py, E: Vectors + Element>(
+    py: Python<'py>,
+    tasks: &[Bound<'py, PyAny>],
+) -> PyResult<GeometryTuple<'py>> {
     let (flats, shape) = borrow_all::<E>(tasks, 2, "gradient samples")?;
     let (d, k) = (shape[0], shape[1]);
     let slices: Vec<&[E]> = flats.iter().map(Flat::as_slice).collect();
@@ -149,10 +184,16 @@ fn geometry_impl<'py, E: Vectors + Element>(py: Python<'py>, tasks: &[Bound<'py,
     let n = g.tasks;
     let ranks: Vec<i64> = g.ranks.iter().map(|&r| r as i64).collect();
     Ok((
-        PyArray1::from_vec(py, g.angles).reshape([n, n, k])?.into_any(),
-        PyArray1::from_vec(py, g.mean_cosine).reshape([n, n])?.into_any(),
+        PyArray1::from_vec(py, g.angles)
+            .reshape([n, n, k])?
+            .into_any(),
+        PyArray1::from_vec(py, g.mean_cosine)
+            .reshape([n, n])?
+            .into_any(),
         PyArray1::from_vec(py, ranks).into_any(),
-        PyArray1::from_vec(py, g.qr_pairs).reshape([n, n])?.into_any(),
+        PyArray1::from_vec(py, g.qr_pairs)
+            .reshape([n, n])?
+            .into_any(),
     ))
 }
 
@@ -162,7 +203,12 @@ fn geometry_impl<'py, E: Vectors + Element>(py: Python<'py>, tasks: &[Bound<'py,
 /// visiting order of the other tasks for each task.
 #[pyfunction]
 #[pyo3(signature = (grads, orders, return_projected = true))]
-fn pcgrad<'py>(py: Python<'py>, grads: Vec<Bound<'py, PyAny>>, orders: Vec<Vec<usize>>, return_projected: bool) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+fn pcgrad<'py>(
+    py: Python<'py>,
+    grads: Vec<Bound<'py, PyAny>>,
+    orders: Vec<Vec<usize>>,
+    return_projected: bool,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     let refs: Vec<&Bound<'py, PyAny>> = grads.iter().collect();
     match common_dtype(&refs, &|t| format!("gradient of task {t}"))? {
         Dtype::F32 => pcgrad_impl::<f32>(py, &grads, &orders, return_projected),
@@ -188,14 +234,21 @@ fn pcgrad_impl<'py, E: Vectors + Element>(
         let s = s.as_slice_mut()?;
         run(py, || project::pcgrad(&slices, d, orders, p, s))?;
     }
-    Ok((projected.map_or_else(|| py.None().into_bound(py), |p| p.into_any()), total.into_any()))
+    Ok((
+        projected.map_or_else(|| py.None().into_bound(py), |p| p.into_any()),
+        total.into_any(),
+    ))
 }
 
 /// project_onto_span(g, basis) -> (parallel, orthogonal)
 ///
 /// `g`: shape (d,); `basis`: shape (d, k), same float dtype.
 #[pyfunction]
-fn project_onto_span<'py>(py: Python<'py>, g: Bound<'py, PyAny>, basis: Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+fn project_onto_span<'py>(
+    py: Python<'py>,
+    g: Bound<'py, PyAny>,
+    basis: Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     match common_dtype(&[&g, &basis], &|i| ["g", "G"][i].to_string())? {
         Dtype::F32 => span_impl::<f32>(py, &g, &basis),
         Dtype::F64 => span_impl::<f64>(py, &g, &basis),
@@ -210,7 +263,9 @@ fn span_impl<'py, E: Vectors + Element>(
     let (gf, gshape) = flat::<E>(g, 1, "g")?;
     let (bf, bshape) = flat::<E>(basis, 2, "G")?;
     if gshape[0] != bshape[0] || bshape.contains(&0) {
-        return Err(PyValueError::new_err(format!("g has shape {gshape:?} but G has shape {bshape:?}; need g (d,), G (d, k), d, k >= 1")));
+        return Err(PyValueError::new_err(format!(
+            "g has shape {gshape:?} but G has shape {bshape:?}; need g (d,), G (d, k), d, k >= 1"
+        )));
     }
     let (d, k) = (bshape[0], bshape[1]);
     let parallel = PyArray1::<E>::zeros(py, [d], false);
@@ -227,18 +282,28 @@ fn span_impl<'py, E: Vectors + Element>(
 
 /// project_halfspace(g1, g2) -> g1 - min(0, g1.g2) / |g2|^2 g2
 #[pyfunction]
-fn project_halfspace<'py>(py: Python<'py>, g1: Bound<'py, PyAny>, g2: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+fn project_halfspace<'py>(
+    py: Python<'py>,
+    g1: Bound<'py, PyAny>,
+    g2: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
     match common_dtype(&[&g1, &g2], &|i| ["g1", "g2"][i].to_string())? {
         Dtype::F32 => halfspace_impl::<f32>(py, &g1, &g2),
         Dtype::F64 => halfspace_impl::<f64>(py, &g1, &g2),
     }
 }
 
-fn halfspace_impl<'py, E: Vectors + Element>(py: Python<'py>, g1: &Bound<'py, PyAny>, g2: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+fn halfspace_impl<'py, E: Vectors + Element>(
+    py: Python<'py>,
+    g1: &Bound<'py, PyAny>,
+    g2: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
     let (f1, s1) = flat::<E>(g1, 1, "g1")?;
     let (f2, s2) = flat::<E>(g2, 1, "g2")?;
     if s1 != s2 || s1[0] == 0 {
-        return Err(PyValueError::new_err(format!("g1 {s1:?} and g2 {s2:?} must have the same non-empty shape")));
+        return Err(PyValueError::new_err(format!(
+            "g1 {s1:?} and g2 {s2:?} must have the same non-empty shape"
+        )));
     }
     let out = PyArray1::<E>::zeros(py, [s1[0]], false);
     {

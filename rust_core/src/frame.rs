@@ -66,7 +66,9 @@ pub fn frame_of(mut a: Mat<f64>, rank_tol: f64, what: &dyn Fn() -> String) -> Re
         }
     }
     if kept.is_empty() {
-        return Ok(Frame { q: Mat::zeros(d, 0) });
+        return Ok(Frame {
+            q: Mat::zeros(d, 0),
+        });
     }
     let a = Mat::from_fn(d, kept.len(), |i, j| a[(i, kept[j])]);
     let qr = a.qr();
@@ -76,7 +78,14 @@ pub fn frame_of(mut a: Mat<f64>, rank_tol: f64, what: &dyn Fn() -> String) -> Re
     // span(A) = span(Q U[:, :rank]) with A = Q R = Q U S V^T.
     let q = qr.compute_thin_Q();
     let mut basis = Mat::<f64>::zeros(d, rank);
-    matmul(basis.as_mut(), Accum::Replace, q.as_ref(), svd.U().get(.., ..rank), 1.0, Par::rayon(0));
+    matmul(
+        basis.as_mut(),
+        Accum::Replace,
+        q.as_ref(),
+        svd.U().get(.., ..rank),
+        1.0,
+        Par::rayon(0),
+    );
     Ok(Frame { q: basis })
 }
 
@@ -95,10 +104,24 @@ pub fn frame_angles(s: &Frame, t: &Frame, k: usize) -> Result<Vec<f64>> {
         return Ok(angles);
     }
     let mut proj = Mat::<f64>::zeros(large.rank(), m);
-    matmul(proj.as_mut(), Accum::Replace, large.q.transpose(), small.q.as_ref(), 1.0, Par::rayon(0));
+    matmul(
+        proj.as_mut(),
+        Accum::Replace,
+        large.q.transpose(),
+        small.q.as_ref(),
+        1.0,
+        Par::rayon(0),
+    );
     let cos = proj.singular_values()?;
     let mut resid = small.q.clone();
-    matmul(resid.as_mut(), Accum::Add, large.q.as_ref(), proj.as_ref(), -1.0, Par::rayon(0));
+    matmul(
+        resid.as_mut(),
+        Accum::Add,
+        large.q.as_ref(),
+        proj.as_ref(),
+        -1.0,
+        Par::rayon(0),
+    );
     let mut sin = resid.qr().thin_R().singular_values()?;
     sin.reverse();
     for i in 0..m {
@@ -120,8 +143,22 @@ pub fn angle_from(sin: f64, cos: f64) -> f64 {
 /// Orthogonal projection `Q (Q^T g)` of the columns of `g` onto the frame's span.
 pub fn project(frame: &Frame, g: MatRef<'_, f64>) -> Mat<f64> {
     let mut coef = Mat::<f64>::zeros(frame.rank(), 1);
-    matmul(coef.as_mut(), Accum::Replace, frame.q.transpose(), g, 1.0, Par::rayon(0));
+    matmul(
+        coef.as_mut(),
+        Accum::Replace,
+        frame.q.transpose(),
+        g,
+        1.0,
+        Par::rayon(0),
+    );
     let mut par = Mat::<f64>::zeros(g.nrows(), 1);
-    matmul(par.as_mut(), Accum::Replace, frame.q.as_ref(), coef.as_ref(), 1.0, Par::rayon(0));
+    matmul(
+        par.as_mut(),
+        Accum::Replace,
+        frame.q.as_ref(),
+        coef.as_ref(),
+        1.0,
+        Par::rayon(0),
+    );
     par
 }

@@ -22,27 +22,43 @@ const CHUNK: usize = 4096;
 ///
 /// Every g_i' is a combination of the originals, so all dot products follow from
 /// the T x T Gram: one read pass for the Gram, one pass to form the outputs.
-pub fn pcgrad<E: Vectors>(grads: &[&[E]], d: usize, orders: &[Vec<usize>], projected: Option<&mut [E]>, total: &mut [E]) -> Result<()> {
+pub fn pcgrad<E: Vectors>(
+    grads: &[&[E]],
+    d: usize,
+    orders: &[Vec<usize>],
+    projected: Option<&mut [E]>,
+    total: &mut [E],
+) -> Result<()> {
     check_blocks(grads, d, 1)?;
     let n = grads.len();
     check_orders(orders, n)?;
     if projected.as_ref().is_some_and(|p| p.len() != n * d) || total.len() != d {
-        return Err(GeometryError::Invalid("output buffers have the wrong size".into()));
+        return Err(GeometryError::Invalid(
+            "output buffers have the wrong size".into(),
+        ));
     }
     let a = gram(grads, d, 1);
     if let Some(t) = (0..n).find(|&t| !a.get(t, t).is_finite()) {
         let what = format!("gradient of task {t}");
         return Err(match has_non_finite(grads[t]) {
             true => GeometryError::NonFinite { what },
-            false => GeometryError::Invalid(format!("{what} is too large: its squared norm overflows float64")),
+            false => GeometryError::Invalid(format!(
+                "{what} is too large: its squared norm overflows float64"
+            )),
         });
     }
     let coef = pcgrad_coefficients(&a, orders);
-    let total_coef: Vec<f64> = (0..n).map(|j| (0..n).map(|i| coef[i * n + j]).sum()).collect();
+    let total_coef: Vec<f64> = (0..n)
+        .map(|j| (0..n).map(|i| coef[i * n + j]).sum())
+        .collect();
 
     // Each parallel task gets its chunk of every output row (safe disjoint
     // borrows): the projected rows (if wanted), then the total.
-    let mut rows: Vec<_> = projected.into_iter().flat_map(|p| p.chunks_mut(d)).map(|row| row.chunks_mut(CHUNK)).collect();
+    let mut rows: Vec<_> = projected
+        .into_iter()
+        .flat_map(|p| p.chunks_mut(d))
+        .map(|row| row.chunks_mut(CHUNK))
+        .collect();
     let per_chunk: Vec<Vec<&mut [E]>> = total
         .chunks_mut(CHUNK)
         .map(|total_chunk| {
@@ -51,15 +67,29 @@ pub fn pcgrad<E: Vectors>(grads: &[&[E]], d: usize, orders: &[Vec<usize>], proje
             outs
         })
         .collect();
-    per_chunk.into_par_iter().enumerate().for_each(|(c, mut outs)| {
-        let start = c * CHUNK;
-        let inputs: Vec<&[E]> = grads.iter().map(|g| &g[start..start + CHUNK.min(d - start)]).collect();
-        let last = outs.len() - 1;
-        for (i, out) in outs.iter_mut().enumerate() {
-            let weights = if i < last { &coef[i * n..(i + 1) * n] } else { &total_coef[..] };
-            vectorized(Combine { inputs: &inputs, weights, out });
-        }
-    });
+    per_chunk
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(c, mut outs)| {
+            let start = c * CHUNK;
+            let inputs: Vec<&[E]> = grads
+                .iter()
+                .map(|g| &g[start..start + CHUNK.min(d - start)])
+                .collect();
+            let last = outs.len() - 1;
+            for (i, out) in outs.iter_mut().enumerate() {
+                let weights = if i < last {
+                    &coef[i * n..(i + 1) * n]
+                } else {
+                    &total_coef[..]
+                };
+                vectorized(Combine {
+                    inputs: &inputs,
+                    weights,
+                    out,
+                });
+            }
+        });
     Ok(())
 }
 
@@ -150,24 +180,32 @@ impl<E: Real> Kernel<E> for Combine<'_, E> {
 
 fn check_orders(orders: &[Vec<usize>], n: usize) -> Result<()> {
     if orders.len() != n {
-        return Err(GeometryError::Invalid(format!("need one visiting order per task ({n}), got {}", orders.len())));
+        return Err(GeometryError::Invalid(format!(
+            "need one visiting order per task ({n}), got {}",
+            orders.len()
+        )));
     }
     for (i, order) in orders.iter().enumerate() {
         let mut seen = vec![false; n];
         for &j in order {
             if j >= n || j == i || std::mem::replace(&mut seen[j], true) {
-                return Err(GeometryError::Invalid(format!("order of task {i} must be a permutation of the other tasks")));
+                return Err(GeometryError::Invalid(format!(
+                    "order of task {i} must be a permutation of the other tasks"
+                )));
             }
         }
         if order.len() != n - 1 {
-            return Err(GeometryError::Invalid(format!("order of task {i} must be a permutation of the other tasks")));
+            return Err(GeometryError::Invalid(format!(
+                "order of task {i} must be a permutation of the other tasks"
+            )));
         }
     }
     Ok(())
 }
 
 fn has_non_finite<E: Vectors>(x: &[E]) -> bool {
-    x.par_chunks(CHUNK).any(|c| vectorized(NanProbe(c)).is_nan())
+    x.par_chunks(CHUNK)
+        .any(|c| vectorized(NanProbe(c)).is_nan())
 }
 
 /// Sum of `x * 0` over a slice: 0 if all values are finite, NaN otherwise (a sum
@@ -192,16 +230,27 @@ impl<E: Real> Kernel<E> for NanProbe<'_, E> {
 /// orthogonal complement, written into `parallel` and `orthogonal`.
 /// Rank-deficient G is fine (zero or dependent columns add nothing); a G of
 /// rank 0 gives parallel = 0, orthogonal = g.
-pub fn project_onto_span<E: Vectors>(g: &[E], basis: &[E], d: usize, k: usize, parallel: &mut [E], orthogonal: &mut [E]) -> Result<()> {
+pub fn project_onto_span<E: Vectors>(
+    g: &[E],
+    basis: &[E],
+    d: usize,
+    k: usize,
+    parallel: &mut [E],
+    orthogonal: &mut [E],
+) -> Result<()> {
     check_blocks(&[g], d, 1)?;
     check_blocks(&[basis], d, k)?;
     if parallel.len() != d || orthogonal.len() != d {
-        return Err(GeometryError::Invalid("output buffers have the wrong size".into()));
+        return Err(GeometryError::Invalid(
+            "output buffers have the wrong size".into(),
+        ));
     }
     if has_non_finite(g) {
         return Err(GeometryError::NonFinite { what: "g".into() });
     }
-    let frame = frame_of(to_columns(basis, d, k), rank_tolerance::<E>(k), &|| "G".to_string())?;
+    let frame = frame_of(to_columns(basis, d, k), rank_tolerance::<E>(k), &|| {
+        "G".to_string()
+    })?;
     let g64 = to_columns(g, d, 1);
     let par: Mat<f64> = project(&frame, g64.as_ref());
     parallel
@@ -222,13 +271,18 @@ pub fn project_halfspace<E: Vectors>(g1: &[E], g2: &[E], out: &mut [E]) -> Resul
     let d = g1.len();
     check_blocks(&[g1, g2], d, 1)?;
     if out.len() != d {
-        return Err(GeometryError::Invalid("output buffer has the wrong size".into()));
+        return Err(GeometryError::Invalid(
+            "output buffer has the wrong size".into(),
+        ));
     }
     let sums = g1
         .par_chunks(CHUNK)
         .zip(g2.par_chunks(CHUNK))
         .map(|(a, b)| vectorized(HalfspaceSums(a, b)))
-        .reduce(|| [0.0; 4], |s, t| [s[0] + t[0], s[1] + t[1], s[2] + t[2], s[3] + t[3]]);
+        .reduce(
+            || [0.0; 4],
+            |s, t| [s[0] + t[0], s[1] + t[1], s[2] + t[2], s[3] + t[3]],
+        );
     let [g12, g22, probe1, probe2] = sums;
     if probe1.is_nan() {
         return Err(GeometryError::NonFinite { what: "g1".into() });
@@ -237,14 +291,20 @@ pub fn project_halfspace<E: Vectors>(g1: &[E], g2: &[E], out: &mut [E]) -> Resul
         return Err(GeometryError::NonFinite { what: "g2".into() });
     }
     if !(g12.is_finite() && g22.is_finite()) {
-        return Err(GeometryError::Invalid("g1 or g2 is too large: their dot products overflow float64".into()));
+        return Err(GeometryError::Invalid(
+            "g1 or g2 is too large: their dot products overflow float64".into(),
+        ));
     }
     let w = if g12 < 0.0 { -g12 / g22 } else { 0.0 };
     out.par_chunks_mut(CHUNK)
         .zip(g1.par_chunks(CHUNK).zip(g2.par_chunks(CHUNK)))
         .for_each(|(out, (a, b))| {
             let inputs = [a, b];
-            vectorized(Combine { inputs: &inputs, weights: &[1.0, w], out })
+            vectorized(Combine {
+                inputs: &inputs,
+                weights: &[1.0, w],
+                out,
+            })
         });
     Ok(())
 }
@@ -326,7 +386,9 @@ mod tests {
         for &(n, d) in &[(2, 10), (5, 1000), (8, CHUNK * 2 + 33)] {
             // A shared direction with large noise: a mix of conflicting and agreeing pairs.
             let shared: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
-            let grads: Vec<Vec<f64>> = (0..n).map(|_| shared.iter().map(|s| 0.2 * s + rng.normal()).collect()).collect();
+            let grads: Vec<Vec<f64>> = (0..n)
+                .map(|_| shared.iter().map(|s| 0.2 * s + rng.normal()).collect())
+                .collect();
             let orders = shuffled_orders(&mut rng, n);
             let want = naive_pcgrad(&grads, &orders);
             let (p, t) = run_pcgrad(&grads, &orders);
@@ -344,7 +406,10 @@ mod tests {
                 assert!((t[x] - sum).abs() < 1e-10);
             }
             let grads32: Vec<Vec<f32>> = grads.iter().map(|g| to_f32(g)).collect();
-            let exact: Vec<Vec<f64>> = grads32.iter().map(|g| g.iter().map(|&v| v as f64).collect()).collect();
+            let exact: Vec<Vec<f64>> = grads32
+                .iter()
+                .map(|g| g.iter().map(|&v| v as f64).collect())
+                .collect();
             let want = naive_pcgrad(&exact, &orders);
             let (p, _) = run_pcgrad(&grads32, &orders);
             for i in 0..n {
@@ -367,7 +432,11 @@ mod tests {
         for offset in 0..16 {
             pcgrad(&refs, d, &orders, None, &mut buf[offset..offset + d]).unwrap();
             let got = buf[offset..offset + d].to_vec();
-            assert_eq!(*first.get_or_insert_with(|| got.clone()), got, "offset {offset}");
+            assert_eq!(
+                *first.get_or_insert_with(|| got.clone()),
+                got,
+                "offset {offset}"
+            );
         }
     }
 
@@ -391,13 +460,23 @@ mod tests {
         assert_eq!(p, vec![1.0, 2.0, 0.0, 0.0]);
         let g = [1.0f64, 2.0];
         let (mut p, mut t) = (vec![0.0; 4], vec![0.0; 2]);
-        for orders in [vec![vec![0], vec![0]], vec![vec![1]], vec![vec![1], vec![0, 0]], vec![vec![2], vec![0]]] {
+        for orders in [
+            vec![vec![0], vec![0]],
+            vec![vec![1]],
+            vec![vec![1], vec![0, 0]],
+            vec![vec![2], vec![0]],
+        ] {
             let err = pcgrad(&[&g, &g], 2, &orders, Some(&mut p), &mut t).unwrap_err();
             assert!(matches!(err, GeometryError::Invalid(_)), "{orders:?}");
         }
         let bad = [1.0, f64::NAN];
         let err = pcgrad(&[&g, &bad], 2, &[vec![1], vec![0]], Some(&mut p), &mut t).unwrap_err();
-        assert_eq!(err, GeometryError::NonFinite { what: "gradient of task 1".into() });
+        assert_eq!(
+            err,
+            GeometryError::NonFinite {
+                what: "gradient of task 1".into()
+            }
+        );
         let huge = [1e200, 1.0];
         let err = pcgrad(&[&huge, &g], 2, &[vec![1], vec![0]], None, &mut t).unwrap_err();
         assert!(matches!(err, GeometryError::Invalid(_)));
@@ -414,7 +493,10 @@ mod tests {
         project_halfspace(&[1.0, 0.0, 1.0], &[0.0; 3], &mut out).unwrap();
         assert_eq!(out, vec![1.0, 0.0, 1.0]);
         let mut rng = Rng::new(12);
-        let (a, b) = (to_f32(&rng.matrix(CHUNK * 3 + 5, 1)), to_f32(&rng.matrix(CHUNK * 3 + 5, 1)));
+        let (a, b) = (
+            to_f32(&rng.matrix(CHUNK * 3 + 5, 1)),
+            to_f32(&rng.matrix(CHUNK * 3 + 5, 1)),
+        );
         let b: Vec<f32> = b.iter().zip(&a).map(|(y, x)| y - x).collect();
         let mut out = vec![0.0f32; a.len()];
         project_halfspace(&a, &b, &mut out).unwrap();

@@ -8,7 +8,14 @@
 
 /// Element types the kernels read: `f32` and `f64`.
 pub trait Real:
-    Copy + Send + Sync + PartialOrd + Default + std::ops::Mul<Output = Self> + std::ops::Add<Output = Self> + 'static
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + Default
+    + std::ops::Mul<Output = Self>
+    + std::ops::Add<Output = Self>
+    + 'static
 {
     /// Unit roundoff of the type (half the machine epsilon).
     const UNIT_ROUNDOFF: f64;
@@ -350,7 +357,8 @@ pub fn detect() -> Isa {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return Isa::Avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return Isa::Avx2Fma;
         }
     }
