@@ -7,8 +7,10 @@
 >>> model.predict(many_structures)
 
 Outputs: ``gap_expt`` (band gap on the experimental scale, eV, from the fine-tuned
-head), ``e_form`` (DFT formation energy, eV/atom, from the DFT head), each with the
-standard deviation over the head's ensemble members (``*_std``), ``p_metal`` (the
+head), ``e_form`` (DFT formation energy, eV/atom, from the DFT head), each with an
+uncertainty ``*_std``: the spread of the head's ensemble members recalibrated on the
+training run's held-out rows (sigma = a*spread + b, see :mod:`matmtl.uncertainty`;
+the raw spread where the run had no held-out labels for that task), ``p_metal`` (the
 probability the material is a metal, gap 0) and ``spg_num`` (0 = no structure given:
 the model then uses its "unknown symmetry" token). A head the model does not have
 (e.g. e_form after ``finetune --aux none``) gives NaN with a note, never a stale number.
@@ -26,6 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from . import uncertainty
 from .errors import DataError, MatmtlError
 
 COLUMNS = ["input", "formula", "spg_num", "gap_expt", "gap_expt_std", "p_metal", "e_form", "e_form_std", "note"]
@@ -122,17 +125,21 @@ class Model:
                 preds = self.net.predict_arrays(f.z, f.frac, f.spg, self.tasks, batch_size=batch_size)
                 if "gap_expt" in preds:
                     out["gap_expt"][good] = preds["gap_expt"].mean(1)
-                    out["gap_expt_std"][good] = preds["gap_expt"].std(1)
+                    out["gap_expt_std"][good] = self._sigma("gap_expt", preds["gap_expt"].std(1))
                     out["p_metal"][good] = preds["gap_expt_p_metal"].mean(1)
                 if "e_form" in preds:
                     out["e_form"][good] = preds["e_form"].mean(1)
-                    out["e_form_std"][good] = preds["e_form"].std(1)
+                    out["e_form_std"][good] = self._sigma("e_form", preds["e_form"].std(1))
         missing = [t for t in ("gap_expt", "e_form") if t not in self.tasks]
         if missing:
             msg = f"this model has no {' / '.join(missing)} head ({self.meta.get('kind')} checkpoint {self.path})"
             notes = [f"{n_}; {msg}" if n_ else msg for n_ in notes]
         df = pd.DataFrame({"input": labels, "formula": formulas, "spg_num": spg, **out, "note": notes})
         return df[COLUMNS]
+
+    def _sigma(self, task: str, spread: np.ndarray) -> np.ndarray:
+        """The ensemble spread recalibrated on the run's held-out rows (matmtl.uncertainty)."""
+        return uncertainty.apply(spread, self.meta.get("uncertainty", {}).get(task))
 
     def _unseen(self, z: np.ndarray) -> dict[int, list[str]]:
         from pymatgen.core import Element

@@ -2,9 +2,13 @@
 
 Runs, in one process on the same model and batches:
   off        : MTLBackward with no monitor (the baseline step);
-  rust_bg    : the monitor every N steps, angles by the Rust core in a background thread;
+  grads_only : every N steps the monitored step's (T, k, d) per-task gradients, angles
+               not computed (isolates what the gradients cost from what the angles cost);
+  rust_sync  : the monitor every N steps, angles by the Rust core inline (the CPU default);
+  rust_bg    : the same, in a background thread (the CUDA default);
   torch_sync : the same angles computed synchronously with torch (QR + SVD) every N steps.
-Prints the median step time of each and the overhead relative to `off`; --json writes them.
+Prints the mean and median step time of each and the overhead of the mean relative to
+`off`, and splits the monitor's overhead into gradients and angles; --json writes them.
 
     python scripts/bench_monitor.py --every 10 --k 4 [--device cuda] [--json results/bench_monitor.json]
 """
@@ -51,15 +55,31 @@ class SyncTorchMonitor(GeometryMonitor):
         self.records.append({"step": step, "angles": np.asarray(res.angles).tolist()})
 
 
+class GradsOnlyMonitor(GeometryMonitor):
+    """The monitored steps' gradients without any angles: the part of the cost the
+    angle backend cannot change."""
+
+    def __init__(self, every, k):
+        super().__init__(every, k, background=False)
+
+    def submit(self, step, tasks, grads):
+        pass
+
+
 def run(mode: str, args, device: str) -> list[float]:
     torch.manual_seed(0)
     net = Net(args.d_in, args.width, args.depth).to(device)
     monitor = None
     if mode == "rust_bg":
-        monitor = GeometryMonitor(args.every, args.k)
+        monitor = GeometryMonitor(args.every, args.k, background=True)
+    elif mode == "rust_sync":
+        monitor = GeometryMonitor(args.every, args.k, background=False)
     elif mode == "torch_sync":
         monitor = SyncTorchMonitor(args.every, args.k)
-    mtl = MTLBackward(net.parameters(), net.encoder.parameters(), ["gap", "e_form"], monitor=monitor)
+    elif mode == "grads_only":
+        monitor = GradsOnlyMonitor(args.every, args.k)
+    mtl = MTLBackward(net.parameters(), net.encoder.parameters(), ["gap", "e_form"], monitor=monitor,
+                      surgery=args.surgery)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(args.batch, args.d_in, generator=g).to(device)
@@ -93,35 +113,42 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--d-in", type=int, default=256)
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--surgery", default="none", choices=["none", "pcgrad", "halfspace"],
+                    help="gradient surgery in every step (then every step computes per-task gradients)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     n_shared = sum(p.numel() for p in Net(args.d_in, args.width, args.depth).encoder.parameters())
     results = {}
     # interleave the modes over rounds so machine noise hits all of them alike
-    per_mode: dict[str, list[float]] = {m: [] for m in ("off", "rust_bg", "torch_sync")}
+    per_mode: dict[str, list[float]] = {m: [] for m in ("off", "grads_only", "rust_sync", "rust_bg", "torch_sync")}
     for _ in range(3):
         for mode in per_mode:
             per_mode[mode] += run(mode, args, args.device)
     base = statistics.mean(per_mode["off"])
     print(f"shared parameters d={n_shared:,}, k={args.k}, T=2, monitor every {args.every} steps, "
-          f"batch {args.batch}, device {args.device}, torch threads {torch.get_num_threads()}")
+          f"batch {args.batch}, surgery {args.surgery}, device {args.device}, torch threads {torch.get_num_threads()}")
     print(f"{'mode':<12}{'mean step (ms)':>16}{'median (ms)':>14}{'overhead':>10}")
     for mode, ts in per_mode.items():
         mean = statistics.mean(ts)
         results[mode] = {"mean_s": mean, "median_s": statistics.median(ts), "overhead_vs_off": mean / base - 1}
         print(f"{mode:<12}{1e3 * mean:>16.3f}{1e3 * statistics.median(ts):>14.3f}{100 * (mean / base - 1):>9.1f}%")
+    grads = results["grads_only"]["mean_s"] / base - 1
+    split = {m: {"gradients": grads, "angles": results[m]["overhead_vs_off"] - grads} for m in ("rust_sync", "rust_bg", "torch_sync")}
+    for m, part in split.items():
+        print(f"{m}: {100 * results[m]['overhead_vs_off']:.1f}% = per-task gradients {100 * part['gradients']:.1f}% "
+              f"+ angles {100 * part['angles']:.1f}%")
     if args.json:
         from matmtl.io import atomic_write_json
 
         atomic_write_json(args.json, {
-            "results": results, "d_shared": n_shared, "args": vars(args),
+            "results": results, "overhead_split": split, "d_shared": n_shared, "args": vars(args),
             "command": "python " + " ".join(["scripts/bench_monitor.py", *(argv or sys.argv[1:])]),
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None},

@@ -172,8 +172,15 @@ def test_layouts_and_containers_agree():
     want = geo.subspace_geometry(list(stacked)).angles
     np.testing.assert_array_equal(geo.subspace_geometry(stacked).angles, want)
     np.testing.assert_array_equal(geo.subspace_geometry(tuple(stacked)).angles, want)
-    # Fortran order and strided views are copied once, with the same result.
-    np.testing.assert_array_equal(geo.subspace_geometry([np.asfortranarray(t) for t in stacked]).angles, want)
+    # Fortran order (e.g. the transpose of a (k, d) gradient stack) is read in place
+    # by the column-major kernel; mixed orders and strided views are copied once.
+    samples = np.ascontiguousarray(stacked.transpose(0, 2, 1))  # (T, k, d)
+    np.testing.assert_allclose(geo.subspace_geometry([s.T for s in samples]).angles, want, atol=1e-5)
+    np.testing.assert_allclose(geo.subspace_geometry([np.asfortranarray(t) for t in stacked]).angles, want, atol=1e-5)
+    mixed = [stacked[0], np.asfortranarray(stacked[1]), stacked[2]]
+    np.testing.assert_array_equal(geo.subspace_geometry(mixed).angles, want)
+    f64 = geo.subspace_geometry([s.T.astype(np.float64) for s in samples])  # astype keeps F order
+    np.testing.assert_allclose(f64.angles, geo.subspace_geometry(list(stacked.astype(np.float64))).angles, atol=1e-10)
     wide = np.concatenate([stacked, stacked], axis=2)
     np.testing.assert_array_equal(geo.subspace_geometry([w[:, :4] for w in wide]).angles, want)
     # CPU tensors go to the Rust core.

@@ -117,6 +117,8 @@ def test_bad_arguments():
         MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balance="magic")
     with pytest.raises(ValueError, match="unknown task"):
         MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], weights={"c": 1.0})
+    with pytest.raises(ValueError, match="background must be"):
+        GeometryMonitor(every=1, k=2, background="yes")
     mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"])
     x, ya, yb = _data()
     z, out = model(x)
@@ -220,16 +222,19 @@ def test_halfspace_update_does_not_increase_the_anchor_loss():
     assert float(_flat_grad(params) @ g_anchor) >= -1e-7
 
 
-def test_monitor_runs_in_the_background_and_records_every_n_steps():
+@pytest.mark.parametrize("background", ["auto", True, False])
+def test_monitor_records_every_n_steps_inline_or_in_the_background(background):
     model = TwoHead()
     x, ya, yb = _data(64)
-    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], monitor=GeometryMonitor(every=3, k=4))
+    monitor = GeometryMonitor(every=3, k=4, background=background)
+    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], monitor=monitor)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     for _ in range(7):
         opt.zero_grad()
         _step(model, mtl, x, ya, yb, 4)
         opt.step()
     records = mtl.close()
+    assert (monitor._pool is not None) == (background is True)  # CPU gradients: inline unless forced
     assert [r["step"] for r in records] == [0, 3, 6]
     for r in records:
         a = np.array(r["angles"])

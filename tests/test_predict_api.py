@@ -141,3 +141,21 @@ def test_cli_help_explains_options():
     assert r.exit_code == 0
     for opt in ("--aux-source", "--aux-weight", "--holdout-fold", "--checkpoint", "--resume"):
         assert opt in r.output
+
+
+def test_uncertainty_is_the_recalibrated_ensemble_spread(use_cache):
+    from matmtl import uncertainty
+
+    m = matmtl.load_model()
+    rec = m.meta["uncertainty"]["gap_expt"]
+    assert rec["rows"] > 0 and rec["a"] >= 0 and rec["b"] > 0
+    assert m.metrics["holdout"]["gap_expt"]["calibration"] == rec
+    raw = m.net.predict_arrays(*_features(m, ["GaAs", "ZnO"]), ["gap_expt"])["gap_expt"].std(1)
+    np.testing.assert_allclose(m.predict(["GaAs", "ZnO"])["gap_expt_std"], uncertainty.apply(raw, rec), rtol=1e-6)
+    # the distilled e_form head keeps the calibration of the pretrained checkpoint
+    assert m.meta["uncertainty"]["e_form"]["from"] == "parent checkpoint"
+
+
+def _features(m, formulas):
+    f = m.featurizer(formulas)
+    return f.z, f.frac, f.spg

@@ -23,22 +23,30 @@ from typing import Sequence
 import torch
 
 
-def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
-    cols = []
+def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor], batch: int,
+          out: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch, d): the per-parameter gradients side by side, written into ``out`` if given."""
+    if out is None:
+        out = torch.empty(batch, sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+    offset = 0
     for g, p in zip(grads, params):
-        cols.append(torch.zeros(batch, p.numel(), dtype=p.dtype, device=p.device) if g is None else g.reshape(batch, -1))
-    return torch.cat(cols, dim=1)
+        cols = out[:, offset: offset + p.numel()]
+        cols.zero_() if g is None else cols.copy_(g.reshape(batch, -1))
+        offset += p.numel()
+    return out
 
 
 def _as_tuple(features) -> tuple[torch.Tensor, ...]:
     return tuple(features) if isinstance(features, (tuple, list)) else (features,)
 
 
-def shared_grads(losses: Sequence[torch.Tensor], features, params: Sequence[torch.Tensor]) -> torch.Tensor:
+def shared_grads(losses: Sequence[torch.Tensor], features, params: Sequence[torch.Tensor],
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """(R, d) matrix: the gradient of each scalar loss with respect to the shared
     parameters ``params`` (flattened and concatenated), via ``features``: the shared
     representation, or a tuple of them when the heads read several batches (e.g. the
-    fine-tuning batch and a replayed DFT batch, each through the same encoder)."""
+    fine-tuning batch and a replayed DFT batch, each through the same encoder).
+    ``out``: an (R, d) tensor (or view) to write into."""
     params = list(params)
     feats = _as_tuple(features)
     r = len(losses)
@@ -56,26 +64,36 @@ def shared_grads(losses: Sequence[torch.Tensor], features, params: Sequence[torc
     try:
         grads = torch.autograd.grad(feats, params, grad_outputs=stacked, is_grads_batched=True,
                                     retain_graph=True, allow_unused=True)
-        return _flat(grads, params, r)
+        return _flat(grads, params, r, out)
     except RuntimeError:  # an op without a batching rule: one encoder pass per loss
-        out = []
+        if out is None:
+            out = torch.empty(r, sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
         for i in range(r):
             gi = torch.autograd.grad(feats, params, grad_outputs=[s[i] for s in stacked],
                                      retain_graph=True, allow_unused=True)
-            out.append(_flat([None if g is None else g.unsqueeze(0) for g in gi], params, 1))
-        return torch.cat(out)
+            _flat([None if g is None else g.unsqueeze(0) for g in gi], params, 1, out[i: i + 1])
+        return out
 
 
 def chunked_shared_grads(
-    losses: dict[str, Sequence[torch.Tensor]], chunks: Sequence, params: Sequence[torch.Tensor]
+    losses: dict[str, Sequence[torch.Tensor]], chunks: Sequence, params: Sequence[torch.Tensor],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(T, k, d): the gradient of task t's loss on micro-batch c (``losses[t][c]``,
     a scalar computed from ``chunks[c]``, micro-batch c's shared representation, a
-    tensor or tuple of tensors) with respect to the shared parameters."""
+    tensor or tuple of tensors) with respect to the shared parameters. ``out``: a
+    (T, k, d) tensor to write into (a caller reusing one saves allocating it)."""
     k = len(chunks)
     tasks = list(losses)
     for t in tasks:
         if len(losses[t]) != k:
             raise ValueError(f"task {t!r}: {len(losses[t])} micro-batch losses for {k} micro-batches")
-    per_chunk = [shared_grads([losses[t][c] for t in tasks], chunks[c], params) for c in range(k)]  # k x (T, d)
-    return torch.stack(per_chunk, dim=1)
+    params = list(params)
+    shape = (len(tasks), k, sum(p.numel() for p in params))
+    if out is None:
+        out = torch.empty(shape, dtype=params[0].dtype, device=params[0].device)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
+    for c in range(k):
+        shared_grads([losses[t][c] for t in tasks], chunks[c], params, out=out[:, c])
+    return out

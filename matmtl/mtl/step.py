@@ -80,6 +80,7 @@ class MTLBackward:
                 raise ValueError("soft-sharing reference weights do not match the shared parameters' shapes")
             self.anchor = [r.detach().to(p.device, p.dtype).clone() for r, p in zip(ref, self.shared)]
         self.monitor = monitor
+        self._grad_buffer: torch.Tensor | None = None
         self.seed = int(seed)
         self.step = 0
 
@@ -116,10 +117,21 @@ class MTLBackward:
         scalars = self._check(losses, lambda v: isinstance(v, (list, tuple)) and len(v) == k,
                               f"a list of {k} micro-batch losses")
         parts = {t: list(losses[t]) for t in self.tasks}
-        per_chunk = chunked_shared_grads(parts, features, self.shared)  # (T, k, d)
+        per_chunk = chunked_shared_grads(parts, features, self.shared, out=self._buffer(k))  # (T, k, d)
         if self.monitor_due():
             self.monitor.submit(self.step, self.tasks, per_chunk.detach())
         return self._finish({t: torch.stack(parts[t]).mean() for t in self.tasks}, per_chunk.mean(dim=1))
+
+    def _buffer(self, k: int) -> torch.Tensor:
+        """The (T, k, d) gradient buffer, kept between monitored steps: a fresh one
+        would cost page faults on every such step. Reusing it is safe: the monitor
+        reads it before returning, or copies it (background thread, pinned copy)."""
+        d = sum(p.numel() for p in self.shared)
+        p0 = self.shared[0]
+        buf = self._grad_buffer
+        if buf is None or tuple(buf.shape) != (len(self.tasks), k, d) or buf.device != p0.device or buf.dtype != p0.dtype:
+            buf = self._grad_buffer = torch.empty(len(self.tasks), k, d, dtype=p0.dtype, device=p0.device)
+        return buf
 
     def _check(self, losses: dict, ok, what: str) -> list:
         missing = [t for t in self.tasks if t not in losses]

@@ -185,6 +185,9 @@ def finetune(
                                                       "metrics": base_meta.get("metrics", {}).get("holdout")},
         "elements": elements, "featurizer": _featurizer_settings(), "data_sha256": tr.digest(),
         "combiner": combiner.config(),
+        # kept DFT heads start from the parent's calibration; held-out labels refit it
+        "uncertainty": {t: {**c, "from": "parent checkpoint"}
+                        for t, c in base_meta.get("uncertainty", {}).items() if t in aux_tasks},
     }
     eval_tasks = [MAIN_TASK] + [t for t in aux_tasks if t in te.targets]
     metrics.update(finish_run(run_dir, model, te, eval_tasks, history, meta, metrics, combiner, progress))

@@ -7,12 +7,15 @@ import numpy as np
 
 from ..checkpoints import save_checkpoint
 from ..io import atomic_write_json
-from .. import plots
+from .. import plots, uncertainty
 
 
 def finish_run(run_dir: Path, model, holdout, tasks: list[str], history: list[dict], meta: dict, metrics: dict,
                combiner=None, progress: bool = True) -> dict:
     out: dict = {"holdout": {}}
+    # ensemble spreads recalibrated on the held-out rows (see matmtl.uncertainty);
+    # tasks without held-out labels keep a calibration they inherited, if any
+    calibrations = dict(meta.get("uncertainty", {}))
     if holdout is not None and len(holdout):
         preds = model.predict_arrays(holdout.z, holdout.frac, holdout.spg, tasks)
         nosym = model.predict_arrays(holdout.z, holdout.frac, np.zeros_like(holdout.spg), tasks)
@@ -28,6 +31,10 @@ def finish_run(run_dir: Path, model, holdout, tasks: list[str], history: list[di
                 "mae_without_symmetry": float(np.abs(nosym[t].mean(1)[m] - y[m]).mean()),
                 "mean_std": float(s[m].mean()), "unit": model.tasks[t].unit,
             }
+            cal = uncertainty.fit(p[m], s[m], y[m])
+            if cal is not None:
+                row["calibration"] = cal
+                calibrations[t] = cal
             if f"{t}_p_metal" in preds:
                 row["metal_accuracy"] = float(((preds[f"{t}_p_metal"].mean(1) > 0.5) == (y <= 0))[m].mean())
             out["holdout"][t] = row
@@ -38,7 +45,8 @@ def finish_run(run_dir: Path, model, holdout, tasks: list[str], history: list[di
         out["gradient_geometry"] = records
         plots.geometry_traces(records, run_dir / "gradient_geometry.png")
     metrics = {**metrics, **out}
-    save_checkpoint(run_dir, model, {**meta, "metrics": metrics})
+    calibrations = {t: c for t, c in calibrations.items() if t in model.tasks}
+    save_checkpoint(run_dir, model, {**meta, "uncertainty": calibrations, "metrics": metrics})
     atomic_write_json(run_dir / "history.json", history)
     plots.loss_curves(history, run_dir / "loss_curves.png", title=run_dir.name)
     atomic_write_json(run_dir / "metrics.json", metrics)

@@ -16,7 +16,7 @@
 
 use crate::error::{check_blocks, GeometryError, Result};
 use crate::frame::{angle_from, frame_angles, frame_of, rank_tolerance, to_columns, Frame};
-use crate::gram::{gram, Gram};
+use crate::gram::{gram_in, Gram, Layout};
 use crate::simd::{Real, Vectors};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par, Side};
@@ -54,11 +54,21 @@ pub struct Geometry {
 /// Principal angles and mean-gradient cosines of T tasks, each `tasks[t]` a
 /// row-major `d x k` slice of gradient samples.
 pub fn subspace_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geometry> {
+    subspace_geometry_in(tasks, d, k, Layout::RowMajor)
+}
+
+/// [`subspace_geometry`] for samples stored in either [`Layout`].
+pub fn subspace_geometry_in<E: Vectors>(
+    tasks: &[&[E]],
+    d: usize,
+    k: usize,
+    layout: Layout,
+) -> Result<Geometry> {
     check_blocks(tasks, d, k)?;
     if E::UNIT_ROUNDOFF < f32::EPSILON as f64 / 2.0 {
-        qr_geometry(tasks, d, k)
+        qr_geometry(tasks, d, k, layout)
     } else {
-        gram_geometry(tasks, d, k)
+        gram_geometry(tasks, d, k, layout)
     }
 }
 
@@ -68,9 +78,14 @@ fn task_error(t: usize) -> GeometryError {
     }
 }
 
-fn gram_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geometry> {
+fn gram_geometry<E: Vectors>(
+    tasks: &[&[E]],
+    d: usize,
+    k: usize,
+    layout: Layout,
+) -> Result<Geometry> {
     let n_tasks = tasks.len();
-    let a = gram(tasks, d, k);
+    let a = gram_in(tasks, d, k, layout);
     // A NaN or inf anywhere in a column makes its squared norm NaN or inf; finite
     // f32 values cannot overflow an f64 sum of squares.
     if let Some(t) =
@@ -107,7 +122,7 @@ fn gram_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geome
     let frames = (0..n_tasks)
         .into_par_iter()
         .map(|t| match needs_frame[t] {
-            true => frame_of(to_columns(tasks[t], d, k), rank_tolerance::<E>(k), &|| {
+            true => frame_of(to_columns(tasks[t], d, k, layout), rank_tolerance::<E>(k), &|| {
                 task_error(t).to_string()
             })
             .map(Some),
@@ -142,12 +157,17 @@ fn gram_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geome
     Ok(out)
 }
 
-fn qr_geometry<E: Vectors>(tasks: &[&[E]], d: usize, k: usize) -> Result<Geometry> {
+fn qr_geometry<E: Vectors>(
+    tasks: &[&[E]],
+    d: usize,
+    k: usize,
+    layout: Layout,
+) -> Result<Geometry> {
     let n_tasks = tasks.len();
     let per_task = (0..n_tasks)
         .into_par_iter()
         .map(|t| {
-            let cols = to_columns(tasks[t], d, k);
+            let cols = to_columns(tasks[t], d, k, layout);
             let mean = mean_direction(cols.as_ref(), mean_zero_tolerance::<E>())
                 .ok_or_else(|| task_error(t))?;
             let frame = frame_of(cols, rank_tolerance::<E>(k), &|| task_error(t).to_string())?;
@@ -534,6 +554,31 @@ mod tests {
             &want,
             1e-7,
         );
+    }
+
+    #[test]
+    fn column_major_input_gives_the_same_geometry() {
+        let mut rng = Rng::new(5);
+        let (d, k) = (400, 4);
+        let rows: Vec<Vec<f64>> = (0..3).map(|_| rng.matrix(d, k)).collect();
+        let cols: Vec<Vec<f64>> = rows
+            .iter()
+            .map(|b| (0..d * k).map(|p| b[(p % d) * k + p / d]).collect())
+            .collect();
+        let r64: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
+        let c64: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
+        let a = subspace_geometry_in(&r64, d, k, Layout::RowMajor).unwrap();
+        let b = subspace_geometry_in(&c64, d, k, Layout::ColMajor).unwrap();
+        assert_close(&a.angles, &b.angles, 1e-12);
+        assert_close(&a.mean_cosine, &b.mean_cosine, 1e-12);
+        let r32: Vec<Vec<f32>> = rows.iter().map(|v| to_f32(v)).collect();
+        let c32: Vec<Vec<f32>> = cols.iter().map(|v| to_f32(v)).collect();
+        let r32: Vec<&[f32]> = r32.iter().map(Vec::as_slice).collect();
+        let c32: Vec<&[f32]> = c32.iter().map(Vec::as_slice).collect();
+        let a = subspace_geometry_in(&r32, d, k, Layout::RowMajor).unwrap();
+        let b = subspace_geometry_in(&c32, d, k, Layout::ColMajor).unwrap();
+        assert_close(&a.angles, &b.angles, 1e-5);
+        assert_close(&a.mean_cosine, &b.mean_cosine, 1e-5);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Thin pyo3 layer: check inputs, borrow the numpy buffers (zero-copy when
-//! C-contiguous, one copy otherwise), release the GIL, run a kernel with panics
+//! C-contiguous, or Fortran-ordered gradient samples; one copy otherwise), release the GIL, run a kernel with panics
 //! caught, and hand back numpy arrays. No numerics here.
 
 use crate::error::GeometryError;
+use crate::gram::Layout;
 use crate::simd::{detect, Isa, Vectors};
 use crate::{angles, project};
 use numpy::{
@@ -66,18 +67,30 @@ enum Flat<'py, E: Element> {
 impl<E: Element> Flat<'_, E> {
     fn as_slice(&self) -> &[E] {
         match self {
-            // `flat` only builds views of C-contiguous arrays.
-            Flat::View(v) => v.as_slice().expect("C-contiguous"),
+            // `flat_in` only builds views of arrays contiguous in its layout.
+            Flat::View(v) => v.as_slice().expect("contiguous"),
             Flat::Copy(v) => v,
         }
     }
 }
 
-/// Borrow `obj` (already known to hold `E`) with the given number of dimensions.
+/// Borrow `obj` (already known to hold `E`) with the given number of dimensions,
+/// as a row-major slice.
 fn flat<'py, E: Element + Copy>(
     obj: &Bound<'py, PyAny>,
     ndim: usize,
     what: &str,
+) -> PyResult<(Flat<'py, E>, Vec<usize>)> {
+    flat_in(obj, ndim, what, Layout::RowMajor)
+}
+
+/// [`flat`] in the given storage order: Fortran-ordered arrays are read in place
+/// when `layout` is column-major.
+fn flat_in<'py, E: Element + Copy>(
+    obj: &Bound<'py, PyAny>,
+    ndim: usize,
+    what: &str,
+    layout: Layout,
 ) -> PyResult<(Flat<'py, E>, Vec<usize>)> {
     let arr = obj
         .cast::<PyArrayDyn<E>>()
@@ -92,11 +105,17 @@ fn flat<'py, E: Element + Copy>(
     let view = arr
         .try_readonly()
         .map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
-    // `as_slice` also accepts Fortran order, which would be read transposed.
-    let flat = if arr.is_c_contiguous() && view.as_slice().is_ok() {
+    // `as_slice` accepts either order and gives the storage order.
+    let in_place = match layout {
+        Layout::RowMajor => arr.is_c_contiguous(),
+        Layout::ColMajor => arr.is_fortran_contiguous(),
+    };
+    let flat = if in_place && view.as_slice().is_ok() {
         Flat::View(view)
-    } else {
+    } else if layout == Layout::RowMajor {
         Flat::Copy(view.as_array().iter().copied().collect())
+    } else {
+        Flat::Copy(view.as_array().t().iter().copied().collect())
     };
     Ok((flat, shape))
 }
@@ -122,16 +141,26 @@ fn run<T: Send>(
     }
 }
 
-/// Borrow T same-shaped 2-D (or 1-D, `ndim`) arrays, checking shapes agree.
+/// Borrow T same-shaped 2-D (or 1-D, `ndim`) arrays row-major, checking shapes agree.
 fn borrow_all<'py, E: Element + Copy>(
     objs: &[Bound<'py, PyAny>],
     ndim: usize,
     noun: &str,
 ) -> PyResult<(Vec<Flat<'py, E>>, Vec<usize>)> {
+    borrow_all_in(objs, ndim, noun, Layout::RowMajor)
+}
+
+/// [`borrow_all`] in the given storage order.
+fn borrow_all_in<'py, E: Element + Copy>(
+    objs: &[Bound<'py, PyAny>],
+    ndim: usize,
+    noun: &str,
+    layout: Layout,
+) -> PyResult<(Vec<Flat<'py, E>>, Vec<usize>)> {
     let mut flats = Vec::with_capacity(objs.len());
     let mut shape0: Option<Vec<usize>> = None;
     for (t, obj) in objs.iter().enumerate() {
-        let (f, shape) = flat::<E>(obj, ndim, &format!("{noun} of task {t}"))?;
+        let (f, shape) = flat_in::<E>(obj, ndim, &format!("{noun} of task {t}"), layout)?;
         if shape.contains(&0) {
             return Err(PyValueError::new_err(format!(
                 "{noun} of task {t} is empty (shape {shape:?})"
@@ -177,10 +206,17 @@ fn geometry_impl<'py, E: Vectors + Element>(
     py: Python<'py>,
     tasks: &[Bound<'py, PyAny>],
 ) -> PyResult<GeometryTuple<'py>> {
-    let (flats, shape) = borrow_all::<E>(tasks, 2, "gradient samples")?;
+    // Fortran-ordered (d, k) samples (e.g. the transpose of torch's (k, d)
+    // gradient stacks) are read in place as column-major; anything else row-major.
+    let fortran = tasks.iter().all(|t| {
+        t.cast::<PyArrayDyn<E>>()
+            .is_ok_and(|a| a.ndim() == 2 && a.is_fortran_contiguous())
+    });
+    let layout = if fortran { Layout::ColMajor } else { Layout::RowMajor };
+    let (flats, shape) = borrow_all_in::<E>(tasks, 2, "gradient samples", layout)?;
     let (d, k) = (shape[0], shape[1]);
     let slices: Vec<&[E]> = flats.iter().map(Flat::as_slice).collect();
-    let g = run(py, || angles::subspace_geometry(&slices, d, k))?;
+    let g = run(py, || angles::subspace_geometry_in(&slices, d, k, layout))?;
     let n = g.tasks;
     let ranks: Vec<i64> = g.ranks.iter().map(|&r| r as i64).collect();
     Ok((

@@ -4,6 +4,7 @@
 //! pairs the Gram path cannot resolve accurately, and for span projections.
 
 use crate::error::{GeometryError, Result};
+use crate::gram::Layout;
 use crate::simd::Real;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
@@ -31,9 +32,23 @@ impl Frame {
     }
 }
 
-/// Copy a row-major `d x k` slice into a column-major f64 matrix (in parallel).
-pub fn to_columns<E: Real>(g: &[E], d: usize, k: usize) -> Mat<f64> {
+/// Copy a `d x k` slice in `layout` into a column-major f64 matrix (in parallel).
+pub fn to_columns<E: Real>(g: &[E], d: usize, k: usize, layout: Layout) -> Mat<f64> {
     let mut a = Mat::<f64>::zeros(d, k);
+    if layout == Layout::ColMajor {
+        for (j, sample) in g.chunks_exact(d).enumerate() {
+            let dst = a
+                .as_mut()
+                .col_mut(j)
+                .try_as_col_major_mut()
+                .expect("a Mat column is contiguous")
+                .as_slice_mut();
+            dst.par_chunks_mut(CONVERT_ROWS)
+                .zip(sample.par_chunks(CONVERT_ROWS))
+                .for_each(|(dst, src)| dst.iter_mut().zip(src).for_each(|(y, &x)| *y = x.to_f64()));
+        }
+        return a;
+    }
     a.as_mut()
         .par_row_chunks_mut(CONVERT_ROWS)
         .zip(g.par_chunks(CONVERT_ROWS * k))

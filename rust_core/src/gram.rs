@@ -36,6 +36,30 @@ impl Gram {
     }
 }
 
+/// How a task's `d x k` gradient samples lie in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Row-major: sample j of parameter i at `i * k + j` (a C-ordered (d, k) array).
+    RowMajor,
+    /// Column-major: the k samples one after another, each d long (`j * d + i`);
+    /// e.g. a C-ordered (k, d) stack of gradients seen as (d, k). Read in place,
+    /// so a monitor can hand over torch's (T, k, d) gradients without a transpose.
+    ColMajor,
+}
+
+/// [`gram`] for blocks in either [`Layout`].
+pub fn gram_in<E: Vectors>(blocks: &[&[E]], d: usize, k: usize, layout: Layout) -> Gram {
+    match layout {
+        Layout::RowMajor => gram(blocks, d, k),
+        Layout::ColMajor => {
+            assert!(blocks.iter().all(|b| b.len() == d * k), "block shape mismatch");
+            // every sample is a contiguous vector: the plain dot-product kernel
+            let samples: Vec<&[E]> = blocks.iter().flat_map(|b| b.chunks_exact(d)).collect();
+            gram_of_vectors(detect(), &samples)
+        }
+    }
+}
+
 /// Gram matrix of the columns of `[B_0 | ... | B_{T-1}]`, each `blocks[t]` a
 /// row-major `d x k` slice (so `blocks[t].len() == d * k`).
 pub fn gram<E: Vectors>(blocks: &[&[E]], d: usize, k: usize) -> Gram {
@@ -536,6 +560,24 @@ mod tests {
             check(&blocks, d, k, 1e-12);
             let blocks32: Vec<Vec<f32>> = blocks.iter().map(|b| to_f32(b)).collect();
             check(&blocks32, d, k, 1e-5);
+        }
+    }
+
+    #[test]
+    fn column_major_blocks_give_the_same_gram() {
+        let mut rng = Rng::new(11);
+        for (d, k, t) in [(1000, 4, 2), (37, 3, 3), (5, 1, 4)] {
+            let rows: Vec<Vec<f32>> = (0..t).map(|_| to_f32(&rng.matrix(d, k))).collect();
+            let cols: Vec<Vec<f32>> = rows
+                .iter()
+                .map(|b| (0..d * k).map(|p| b[(p % d) * k + p / d]).collect())
+                .collect();
+            let r: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+            let c: Vec<&[f32]> = cols.iter().map(Vec::as_slice).collect();
+            let (a, b) = (gram_in(&r, d, k, Layout::RowMajor), gram_in(&c, d, k, Layout::ColMajor));
+            for (x, y) in a.data.iter().zip(&b.data) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y} at d={d} k={k}");
+            }
         }
     }
 

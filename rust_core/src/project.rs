@@ -3,6 +3,7 @@
 
 use crate::error::{check_blocks, GeometryError, Result};
 use crate::frame::{frame_of, project, rank_tolerance, to_columns};
+use crate::gram::Layout;
 use crate::gram::{gram, Gram};
 use crate::simd::{store_fence, vectorized, Kernel, Real, Vector, Vectors, MAX_LANES};
 use faer::Mat;
@@ -248,10 +249,10 @@ pub fn project_onto_span<E: Vectors>(
     if has_non_finite(g) {
         return Err(GeometryError::NonFinite { what: "g".into() });
     }
-    let frame = frame_of(to_columns(basis, d, k), rank_tolerance::<E>(k), &|| {
+    let frame = frame_of(to_columns(basis, d, k, Layout::RowMajor), rank_tolerance::<E>(k), &|| {
         "G".to_string()
     })?;
-    let g64 = to_columns(g, d, 1);
+    let g64 = to_columns(g, d, 1, Layout::RowMajor);
     let par: Mat<f64> = project(&frame, g64.as_ref());
     parallel
         .par_iter_mut()
