@@ -167,7 +167,7 @@ def pcgrad_orders(num_tasks: int, seed=None) -> list[list[int]]:
     return [rng.permutation([j for j in range(num_tasks) if j != i]).tolist() for i in range(num_tasks)]
 
 
-def pcgrad(grads, *, seed=None, return_projected: bool = True, backend: str = "auto") -> PCGradResult:
+def pcgrad(grads, *, seed=None, return_projected: bool = True, out=None, backend: str = "auto") -> PCGradResult:
     """PCGrad gradient surgery (Yu et al. 2020, "Gradient Surgery for Multi-Task
     Learning", Algorithm 1).
 
@@ -187,19 +187,67 @@ def pcgrad(grads, *, seed=None, return_projected: bool = True, backend: str = "a
         seed: int, ``np.random.Generator`` or None (fresh randomness).
         return_projected: also return the T projected gradients; False saves
             writing a ``(T, d)`` array when only the sum is needed.
+        out: ``(projected, total)`` arrays/tensors to write the results into
+            (``projected`` None when ``return_projected`` is False), of the
+            gradients' kind, dtype and device, C-contiguous, not overlapping the
+            gradients. A training loop that reuses them saves allocating (and, on
+            the CPU, page-faulting) fresh output memory every step.
         backend: as in :func:`subspace_geometry`.
 
     Returns:
         A :class:`PCGradResult`; arrays have the input's type, dtype, device.
     """
     tasks, kind = _task_list(grads, per_task_ndim=1, noun="gradient")
+    if out is not None:
+        out = _check_out(out, tasks, kind, return_projected)
     orders = pcgrad_orders(len(tasks), seed)
     if _choose_backend(tasks, kind, backend) == "torch":
         projected, total = _torch_pcgrad([_as_tensor(t) for t in tasks], orders, return_projected)
+        if out is not None:
+            for buf, res in zip(out, (projected, total)):
+                if buf is not None:
+                    buf.copy_(res)
+            projected, total = out
     else:
-        projected, total = _core.pcgrad([_as_numpy(t) for t in tasks], orders, return_projected)
-        projected, total = (None if projected is None else _like(projected, kind)), _like(total, kind)
+        arrays = None if out is None else tuple(None if o is None else _as_numpy(o) for o in out)
+        projected, total = _core.pcgrad([_as_numpy(t) for t in tasks], orders, return_projected, arrays)
+        if out is not None:
+            projected, total = out  # the caller's objects, now filled
+        else:
+            projected, total = (None if projected is None else _like(projected, kind)), _like(total, kind)
     return PCGradResult(projected, total, orders)
+
+
+def _check_out(out, tasks, kind: str, return_projected: bool) -> tuple:
+    """Validate pcgrad's ``out=(projected, total)`` before any work is done."""
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError("out must be a (projected, total) pair")
+    projected, total = out
+    if (projected is None) == return_projected:
+        raise ValueError("out: give a projected buffer exactly when return_projected is True")
+    T, d = len(tasks), tuple(tasks[0].shape)[0]
+    for buf, shape, name in ((projected, (T, d), "out projected"), (total, (d,), "out total")):
+        if buf is None:
+            continue
+        if _kind_of(buf, name) != kind:
+            raise TypeError(f"{name} must be a {'numpy array' if kind == 'numpy' else 'torch tensor'} like the gradients")
+        if str(buf.dtype).replace("torch.", "") != str(tasks[0].dtype).replace("torch.", ""):
+            raise TypeError(f"{name} has dtype {buf.dtype}; the gradients are {tasks[0].dtype}")
+        if tuple(buf.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(buf.shape)}, expected {shape}")
+        if kind == "torch" and buf.device != tasks[0].device:
+            raise ValueError(f"{name} is on {buf.device}, the gradients on {tasks[0].device}")
+        contiguous = buf.is_contiguous() if kind == "torch" else buf.flags.c_contiguous
+        if not contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+        if kind == "numpy" and not buf.flags.writeable:
+            raise ValueError(f"{name} is read-only")
+        host = [_as_numpy(t) for t in tasks] if kind == "numpy" or buf.device.type == "cpu" else None
+        if host is not None and any(np.may_share_memory(_as_numpy(buf), t) for t in host):
+            raise ValueError(f"{name} overlaps the input gradients; the projection would read what it overwrites")
+    if projected is not None and kind == "numpy" and np.may_share_memory(projected, total):
+        raise ValueError("out projected and out total overlap")
+    return projected, total
 
 
 def project_onto_span(g, G, *, backend: str = "auto") -> SpanProjection:

@@ -14,6 +14,7 @@ Principal angles of all task pairs for float32 gradient samples (d, k) x T:
                real read bandwidth, a stricter floor
 PCGrad on T gradients of length d (float32):
   rust_pcgrad  : matmtl.geometry.pcgrad (projected gradients and their sum)
+  rust_pcgrad_out : the same, writing into output arrays reused from call to call (out=)
   rust_pcgrad_total : the same with return_projected=False (only the sum is written)
   torch_pcgrad : the textbook torch implementation (Yu et al.: sequential dot
                  products and in-place projections), same visiting orders
@@ -28,7 +29,6 @@ rust (the JSON has seconds). Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -109,9 +109,11 @@ def bench_pcgrad(d: int, T: int, args) -> list[dict]:
     shared = rng.standard_normal(d, dtype=np.float32)
     grads = np.stack([0.3 * shared + rng.standard_normal(d, dtype=np.float32) for _ in range(T)])
     orders = geo.pcgrad_orders(T, args.seed)
+    buffers = (np.empty((T, d), np.float32), np.empty(d, np.float32))  # reused, as a training loop would
     tensor = torch.from_numpy(grads)
     timings = {
         "rust_pcgrad": median_seconds(lambda: geo.pcgrad(grads, seed=args.seed), args.repeats),
+        "rust_pcgrad_out": median_seconds(lambda: geo.pcgrad(grads, seed=args.seed, out=buffers), args.repeats),
         "rust_pcgrad_total": median_seconds(lambda: geo.pcgrad(grads, seed=args.seed, return_projected=False), args.repeats),
         "torch_pcgrad": median_seconds(lambda: torch_pcgrad_reference(tensor, orders), args.torch_repeats),
         **read_floors(list(grads), args.repeats),
@@ -174,19 +176,21 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     for d, k, T in args.sizes or DEFAULT_SIZES:
-        rows += bench_angles(d, k, T, args)
-        print_table(rows[-6:])
+        new = bench_angles(d, k, T, args)
+        rows += new
+        print_table(new)
     if not args.no_pcgrad:
         d, _, T = args.pcgrad
-        rows += bench_pcgrad(d, T, args)
-        print_table(rows[-5:])
+        new = bench_pcgrad(d, T, args)
+        rows += new
+        print_table(new)
     print()
     print_table(rows)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"results": rows, "machine": machine(load_before), "command": " ".join(["python"] + sys.argv)}, f, indent=2)
-            f.write("\n")
+        from matmtl.io import atomic_write_json
+
+        atomic_write_json(args.json, {"results": rows, "machine": machine(load_before),
+                                      "command": " ".join(["python"] + sys.argv)})
 
 
 if __name__ == "__main__":

@@ -414,3 +414,45 @@ def test_core_releases_the_gil():
     # Other load on the machine also takes CPU from this thread: allow a few tries.
     shares = [main_thread_cpu_share() for _ in range(3)]
     assert max(shares) > 0.3, shares
+
+
+def test_pcgrad_writes_into_reused_output_buffers():
+    rng = np.random.default_rng(21)
+    G = rng.standard_normal((4, 5000)).astype(np.float32)
+    want = geo.pcgrad(G, seed=3)
+    P, t = np.full((4, 5000), np.nan, np.float32), np.full(5000, np.nan, np.float32)
+    for _ in range(2):  # the second call overwrites the first one's results
+        got = geo.pcgrad(G, seed=3, out=(P, t))
+        assert got.projected is P and got.total is t
+        np.testing.assert_array_equal(P, want.projected)
+        np.testing.assert_array_equal(t, want.total)
+    total_only = geo.pcgrad(G, seed=3, return_projected=False, out=(None, t))
+    assert total_only.projected is None and total_only.total is t
+    # torch tensors, both backends
+    Gt, Pt, tt = torch.from_numpy(G), torch.empty(4, 5000), torch.empty(5000)
+    for backend in ("rust", "torch"):
+        res = geo.pcgrad(Gt, seed=3, out=(Pt, tt), backend=backend)
+        assert res.total is tt
+        np.testing.assert_allclose(tt.numpy(), want.total, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    ("strided", ValueError, "must be C-contiguous"),
+    ("short", ValueError, "expected \\(5000,\\)"),
+    ("float64", TypeError, "dtype float64"),
+    ("alias", ValueError, "overlaps the input"),
+    ("missing", ValueError, "exactly when return_projected"),
+    ("readonly", ValueError, "read-only"),
+    ("not_pair", TypeError, "pair"),
+])
+def test_pcgrad_bad_output_buffers(bad, exc, match):
+    G = np.random.default_rng(22).standard_normal((3, 5000)).astype(np.float32)
+    P, t = np.empty((3, 5000), np.float32), np.full(5000, 7.0, np.float32)
+    wide = np.empty((3, 10000), np.float32)
+    ro = np.empty(5000, np.float32)
+    ro.flags.writeable = False
+    out = {"strided": (wide[:, ::2], t), "short": (P, t[:10].copy()), "float64": (P.astype(np.float64), t),
+           "alias": (G, t), "missing": (None, t), "readonly": (P, ro), "not_pair": P}[bad]
+    with pytest.raises(exc, match=match):
+        geo.pcgrad(G, seed=0, out=out)
+    assert (t == 7.0).all()  # refused before anything was written

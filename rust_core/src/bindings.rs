@@ -233,23 +233,48 @@ fn geometry_impl<'py, E: Vectors + Element>(
     ))
 }
 
-/// pcgrad(grads, orders, return_projected=True) -> (projected (T,d) or None, total (d,))
+/// pcgrad(grads, orders, return_projected=True, out=None) -> (projected (T,d) or None, total (d,))
 ///
 /// `grads`: list of T float arrays of shape (d,); `orders`: T lists, the
-/// visiting order of the other tasks for each task.
+/// visiting order of the other tasks for each task. `out`: optional
+/// `(projected or None, total)` arrays to write into (C-contiguous, writeable,
+/// the grads' dtype) -- a training loop that reuses them skips allocating and
+/// page-faulting fresh output memory on every step.
 #[pyfunction]
-#[pyo3(signature = (grads, orders, return_projected = true))]
+#[pyo3(signature = (grads, orders, return_projected = true, out = None))]
 fn pcgrad<'py>(
     py: Python<'py>,
     grads: Vec<Bound<'py, PyAny>>,
     orders: Vec<Vec<usize>>,
     return_projected: bool,
+    out: Option<(Option<Bound<'py, PyAny>>, Bound<'py, PyAny>)>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     let refs: Vec<&Bound<'py, PyAny>> = grads.iter().collect();
     match common_dtype(&refs, &|t| format!("gradient of task {t}"))? {
-        Dtype::F32 => pcgrad_impl::<f32>(py, &grads, &orders, return_projected),
-        Dtype::F64 => pcgrad_impl::<f64>(py, &grads, &orders, return_projected),
+        Dtype::F32 => pcgrad_impl::<f32>(py, &grads, &orders, return_projected, out),
+        Dtype::F64 => pcgrad_impl::<f64>(py, &grads, &orders, return_projected, out),
     }
+}
+
+/// A caller's output array: right dtype, shape and layout, or a clear error.
+fn output_array<'py, E: Element>(
+    obj: &Bound<'py, PyAny>,
+    shape: &[usize],
+    what: &str,
+) -> PyResult<Bound<'py, PyArrayDyn<E>>> {
+    let arr = obj.cast::<PyArrayDyn<E>>().map_err(|_| {
+        PyTypeError::new_err(format!("{what} must be a numpy array with the gradients' dtype"))
+    })?;
+    if arr.shape() != shape {
+        return Err(PyValueError::new_err(format!(
+            "{what} has shape {:?}, expected {shape:?}",
+            arr.shape()
+        )));
+    }
+    if !arr.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("{what} must be C-contiguous")));
+    }
+    Ok(arr.clone())
 }
 
 fn pcgrad_impl<'py, E: Vectors + Element>(
@@ -257,15 +282,39 @@ fn pcgrad_impl<'py, E: Vectors + Element>(
     grads: &[Bound<'py, PyAny>],
     orders: &[Vec<usize>],
     return_projected: bool,
+    out: Option<(Option<Bound<'py, PyAny>>, Bound<'py, PyAny>)>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     let (flats, shape) = borrow_all::<E>(grads, 1, "gradient")?;
     let (n, d) = (grads.len(), shape[0]);
     let slices: Vec<&[E]> = flats.iter().map(Flat::as_slice).collect();
-    let projected = return_projected.then(|| PyArray2::<E>::zeros(py, [n, d], false));
-    let total = PyArray1::<E>::zeros(py, [d], false);
+    let (projected, total) = match out {
+        Some((p, t)) => {
+            let p = match (p, return_projected) {
+                (Some(p), true) => Some(output_array::<E>(&p, &[n, d], "out projected")?),
+                (None, false) => None,
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "out: give a projected array exactly when return_projected is True",
+                    ))
+                }
+            };
+            (p, output_array::<E>(&t, &[d], "out total")?)
+        }
+        None => (
+            return_projected.then(|| PyArray2::<E>::zeros(py, [n, d], false).to_dyn().clone()),
+            PyArray1::<E>::zeros(py, [d], false).to_dyn().clone(),
+        ),
+    };
     {
-        let mut p = projected.as_ref().map(|p| p.readwrite());
-        let mut s = total.readwrite();
+        // try_readwrite refuses read-only arrays and arrays overlapping the borrowed inputs
+        let mut p = projected
+            .as_ref()
+            .map(|p| p.try_readwrite())
+            .transpose()
+            .map_err(|e| PyValueError::new_err(format!("out projected: {e}")))?;
+        let mut s = total
+            .try_readwrite()
+            .map_err(|e| PyValueError::new_err(format!("out total: {e}")))?;
         let p = p.as_mut().map(|p| p.as_slice_mut()).transpose()?;
         let s = s.as_slice_mut()?;
         run(py, || project::pcgrad(&slices, d, orders, p, s))?;
