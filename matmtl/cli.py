@@ -257,12 +257,27 @@ def predict_cmd(
         err_console.print(f"[yellow]warning:[/] {n_bad} input(s) with a note (see the note column)")
 
 
+@app.command(
+    "evaluate",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def evaluate_cmd(ctx: typer.Context) -> None:
+    """Matbench v0.1 evaluation: expt_gap variants on the 5 official folds, forgetting, data
+    efficiency, mp_e_form/mp_gap, task relatedness, RF/Magpie baseline (resumable; hours on a
+    CPU). All options: `matmtl evaluate --help`; see docs/evaluation.md."""
+    from .eval import cli_main
+
+    raise typer.Exit(cli_main(list(ctx.args), prog="matmtl evaluate"))
+
+
 def main() -> None:
     """Entry point: matmtl's own input errors print one clear line, not a traceback."""
+    from rich.markup import escape
+
     try:
         app()
     except MatmtlError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(2)
 
 

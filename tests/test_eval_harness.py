@@ -180,3 +180,16 @@ def test_a_cell_killed_mid_training_resumes_to_the_same_numbers(tmp_path, monkey
     resumed = evaluate(settings("killed", checkpoint=str(ckpt)))["expt_gap"]["variants"]["finetune"]
     assert states == ["resume"]  # continued from the saved epoch, not restarted
     assert resumed["fold_mae"] == pytest.approx(whole["fold_mae"], rel=1e-9, abs=1e-12)
+
+
+def test_matmtl_evaluate_command_reaches_the_harness():
+    from typer.testing import CliRunner
+
+    from matmtl.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", "--help"])
+    assert res.exit_code == 0 and "usage: matmtl evaluate" in res.output and "--variants" in res.output
+    res = CliRunner().invoke(app, ["evaluate", "--folds", "9"])
+    assert res.exit_code == 1 and "folds must be" in res.output
+    res = CliRunner().invoke(app, ["evaluate", "--no-such-option"])
+    assert res.exit_code == 2
