@@ -193,3 +193,13 @@ def test_matmtl_evaluate_command_reaches_the_harness():
     assert res.exit_code == 1 and "folds must be" in res.output
     res = CliRunner().invoke(app, ["evaluate", "--no-such-option"])
     assert res.exit_code == 2
+
+
+def test_efficiency_folds_default_to_the_folds_and_must_be_among_them():
+    from matmtl.errors import MatmtlError
+    from matmtl.eval.runner import EvalSettings
+
+    assert EvalSettings(folds=(0, 2)).efficiency_folds == (0, 2)
+    assert EvalSettings(folds=(0, 2), efficiency_folds=(2,)).efficiency_folds == (2,)
+    with pytest.raises(MatmtlError, match="efficiency-folds"):
+        EvalSettings(folds=(0,), efficiency_folds=(1,))

@@ -39,6 +39,7 @@ class EvalSettings:
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     efficiency_variants: tuple[str, ...] = EFFICIENCY_VARIANTS
+    efficiency_folds: tuple[int, ...] | None = None  # None: the same as folds
     mp_folds: tuple[int, ...] | None = None  # None: fold 0 on CPU, all 5 on CUDA
     skip_baseline: bool = False
     skip_mp: bool = False
@@ -72,6 +73,11 @@ class EvalSettings:
         bad = [v for v in self.efficiency_variants if v not in EFFICIENCY_VARIANTS + ("rf_magpie",)]
         if bad:
             raise MatmtlError(f"--efficiency-variants: unknown {bad}; choose from scratch, finetune, finetune_anchor, rf_magpie")
+        if self.efficiency_folds is None:
+            self.efficiency_folds = tuple(self.folds)
+        bad = [k for k in self.efficiency_folds if k not in self.folds]
+        if bad:
+            raise MatmtlError(f"--efficiency-folds {bad} are not among --folds {list(self.folds)}")
         for name, folds in (("--folds", self.folds), ("--mp-folds", self.mp_folds or ())):
             if any(not 0 <= int(k) <= 4 for k in folds) or len(set(folds)) != len(folds):
                 raise MatmtlError(f"{name} must be distinct folds among 0..4, got {list(folds)}")
@@ -506,17 +512,21 @@ class Evaluation:
         eff = self._efficiency_variants()
         self.console.print(f"[bold]matmtl evaluate[/]: variants {(['rf_magpie'] if s.baseline else []) + s.neural}, "
                            f"folds {list(s.folds)}"
-                           + (f", data efficiency {eff} at {list(s.fractions)}" if eff else ", no data-efficiency curve")
+                           + (f", data efficiency {eff} at {list(s.fractions)} on folds {list(s.efficiency_folds)}"
+                              if eff else ", no data-efficiency curve")
                            + (" [quick]" if s.quick else "") + f"; cells cached in {self.work}")
         self.folds_check = protocol.check_official_folds(self.ds, "expt_gap", data_dir=self.s.data_dir)
         if self.folds_check["checked"] and not self.folds_check["match"]:
             raise MatmtlError(f"expt_gap folds differ from the official matbench v0.1 test sets ({self.folds_check['file']})")
         main = (["rf_magpie"] if s.baseline else []) + [v for v in s.neural if v != "finetune_anchor_pcgrad"]
+        # every variant on every fold first, so a run cut short still has the main table
         for fold in s.folds:
             for v in main:
                 self._collect(v, fold, 1.0, self.variant_cell(v, fold))
             if "finetune_anchor_pcgrad" in s.neural:
                 self._collect("finetune_anchor_pcgrad", fold, 1.0, self.variant_cell("finetune_anchor_pcgrad", fold))
+            self.write_reports()
+        for fold in s.efficiency_folds:
             for v in eff:
                 for fr in s.fractions:
                     rec = self.variant_cell(v, fold, fr)
@@ -680,16 +690,17 @@ class Evaluation:
 
     def _efficiency(self, prev: dict) -> dict:
         fr = list(self.s.fractions)
-        out = {"fractions": fr, "subsample": "finetune's seeded draw of N rows, rng [seed, 17]; N = round(fraction x training rows)",
+        out = {"fractions": fr, "folds": list(self.s.efficiency_folds), "subsample": "finetune's seeded draw of N rows, rng [seed, 17]; N = round(fraction x training rows)",
                "variants": {}}
         for v, by_frac in self.eff.items():
             cells = {}
             for x in fr:
                 recs = by_frac.get(x, {})
-                agg = aggregate_folds([recs[k]["metrics"] if k in recs else None for k in self.s.folds], self.s.folds)
+                folds = self.s.efficiency_folds
+                agg = aggregate_folds([recs[k]["metrics"] if k in recs else None for k in folds], folds)
                 cells[f"{x:g}"] = {"mae_mean": agg["mae_mean"], "mae_std": agg["mae_std"], "fold_mae": agg["fold_mae"],
                                    "n_train_mean": (float(np.mean([recs[k]["n_train"] for k in recs])) if recs else None),
-                                   "complete": len(agg["folds_done"]) == len(self.s.folds)}
+                                   "complete": len(agg["folds_done"]) == len(folds)}
             out["variants"][v] = cells
         if not out["variants"] and (prev.get("data_efficiency") or {}).get("variants"):
             return prev["data_efficiency"]
