@@ -148,6 +148,9 @@ def test_quick_end_to_end_neural_variants(tmp_path):
     assert "matbench_mp_e_form" in page and "Data efficiency" in page and "Forgetting" in page
     # run folders of finished cells are not kept (their numbers are in the cell records)
     assert not list((tmp_path / "work" / "runs" / "expt_gap").rglob("model.safetensors"))
+    # a re-run from cached cells reports the same forgetting, "before" included
+    again = evaluate(s)["expt_gap"]["forgetting"]
+    assert again["finetune"]["before"] == fg["finetune"]["before"] and again["finetune"]["after"] == fg["finetune"]["after"]
 
 
 def test_a_cell_killed_mid_training_resumes_to_the_same_numbers(tmp_path, monkeypatch):

@@ -657,6 +657,8 @@ class Evaluation:
         return f"Fixed: '{self.s.anchor}' (documented default, no selection)."
 
     def _forgetting(self, prev: dict) -> dict:
+        if self._before is None and any(self.expt.get(v) for v in ("finetune", *ANCHORED)):
+            self.forgetting_before()  # cached; a run whose fine-tunes were all cached has not read it yet
         before = (self._before or {}).get("before")
         out: dict = {"_about": (f"e_form MAE (eV/atom) on a fixed seeded subset of {self.s.forgetting_rows} rows of the "
                                 f"pretraining run's held-out mp_e_form fold ({(self._before or {}).get('mp_fold', 'fold 0')}), "
@@ -749,7 +751,7 @@ class Evaluation:
                     "command": self.s.command,
                     "hardware": "; ".join(sorted({self.mp[k].get("hardware", "") for k in folds}))}
             note = (f"Folds evaluated: {folds} of 0-4" + ("" if len(folds) == 5 else
-                    " (a documented subset: on a CPU each fold needs its own ~hour-long pretraining; "
+                    " (a documented subset: on a CPU each fold needs its own pretraining run, ~15 min on 2 CPU cores; "
                     "all 5 folds run by default on a GPU or with --mp-folds 0,1,2,3,4)")
                     + (". Test rows capped (quick)." if self.s.quick else ". Full official test folds."))
             out[name] = {"protocol": protocol.PROTOCOL, "task": mbname, "unit": unit, "folds": folds,
