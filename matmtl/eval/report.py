@@ -248,7 +248,9 @@ def plot_data_efficiency(expt: dict, path: Path) -> Path | None:
             continue
         mae = refs[label]
         ax.axhline(mae, ls=":", lw=1, color="grey")
-        ax.text(ax.get_xlim()[0], mae, f" leaderboard: {label} {mae}", fontsize=7, va="bottom", color="grey")
+        # x in axes fractions (the data x-axis is logarithmic), y in data units
+        ax.text(0.01, mae, f"leaderboard: {label} {mae}", fontsize=7, va="bottom", color="grey",
+                transform=ax.get_yaxis_transform())
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(de.get("fractions", []))
