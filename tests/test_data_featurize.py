@@ -89,3 +89,17 @@ def test_symmetry_agrees_with_spglib_on_mp_crystals():
         "tetragonal", "tetragonal", "trigonal", "trigonal", "hexagonal", "hexagonal", "cubic", "cubic"]
     with pytest.raises(ValueError, match="0..230"):
         crystal_system(231)
+
+
+def test_symmetry_falls_back_to_spglib_when_moyopy_refuses(monkeypatch):
+    import moyopy
+    from pymatgen.core import Lattice, Structure
+
+    from matmtl.data.featurize import symmetry_of
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("moyopy cannot handle this cell")
+
+    monkeypatch.setattr(moyopy, "MoyoDataset", refuse)
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert symmetry_of(nacl) == (225, "cubic")
