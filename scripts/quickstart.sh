@@ -3,7 +3,7 @@
 #   pretrain (DFT formation energy, matbench mp_e_form, fold 0 held out)
 #   -> finetune on experimental band gaps with the DFT energy as anchor (--aux dft_energy)
 #   -> predict a few crystals built with pymatgen.
-# Default settings take about 15-20 minutes on a 2-core CPU (most of it pretraining).
+# Default settings take about 11 minutes on a quiet 2-core CPU (most of it pretraining).
 #
 # Environment knobs:
 #   QUICK=1                      tiny settings (a smoke test, about a minute; numbers are meaningless)
