@@ -447,8 +447,8 @@ def test_pcgrad_writes_into_reused_output_buffers():
 ])
 def test_pcgrad_bad_output_buffers(bad, exc, match):
     G = np.random.default_rng(22).standard_normal((3, 5000)).astype(np.float32)
-    P, t = np.empty((3, 5000), np.float32), np.full(5000, 7.0, np.float32)
-    wide = np.empty((3, 10000), np.float32)
+    P, t = np.zeros((3, 5000), np.float32), np.full(5000, 7.0, np.float32)
+    wide = np.zeros((3, 10000), np.float32)
     ro = np.empty(5000, np.float32)
     ro.flags.writeable = False
     out = {"strided": (wide[:, ::2], t), "short": (P, t[:10].copy()), "float64": (P.astype(np.float64), t),
