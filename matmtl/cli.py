@@ -11,7 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import (AuxSource, Balance, BalanceOpt, DataDirOpt, Device, DeviceOpt, HoldoutOpt, MonitorEveryOpt, MonitorKOpt,
+                          OnBad, OutOpt, ResumeOpt, SeedOpt, Size, SizeOpt, SurgeryChoice, SurgeryOpt, ThreadsOpt,
+                          data_dir_str, model_help, parse_aux, parse_tasks, positive, train_help)
+from .config import FinetuneConfig, TrainConfig
 from .errors import MatmtlError
+from .models import ModelConfig
+
+FT = FinetuneConfig().train  # the fine-tuning defaults the options show
 
 console = Console()
 err_console = Console(stderr=True)
@@ -26,13 +33,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: list them, show one, write the manifest.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-DataDirOpt = typer.Option(
-    None, "--data-dir", envvar="MATMTL_DATA_DIR",
-    help="Folder holding the dataset files (the offline-mirror layout or matminer's <name>.json.gz). "
-    "Default: the offline mirror ../shared/data beside the repository, then matminer's download.",
-)
-
 
 @data_app.command("list")
 def data_list(data_dir: Optional[Path] = DataDirOpt) -> None:
@@ -102,50 +102,74 @@ def data_manifest(
 
 # -- training and prediction ---------------------------------------------------------
 
-DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu or cuda.")
-SeedOpt = typer.Option(0, "--seed", help="Random seed. Seeded CPU runs with the same --threads repeat exactly.")
-ThreadsOpt = typer.Option(2, "--threads", help="CPU threads for torch (fixed, so seeded runs repeat; 0 = torch's default).")
-OutOpt = typer.Option(None, "--out", help="Run folder to create (must not exist or be empty). Default: <user cache>/runs/<kind>-<timestamp>.")
-ResumeOpt = typer.Option(False, "--resume", help="Continue an unfinished run (the one named by --out, else the latest unfinished one) "
-                         "from its last saved epoch; its stored settings are used and the other options ignored.")
-BalanceOpt = typer.Option("static", "--balance", help="Loss balancing: static (fixed weights), uncertainty (Kendall et al. "
-                          "2018, learned task variances) or gradnorm (Chen et al. 2018, equalises the tasks' gradient norms, "
-                          "so eV and eV/atom tasks talk on equal terms). Static weights act as a prior for the other two.")
-SurgeryOpt = typer.Option("none", "--surgery", help="Gradient surgery on the shared encoder: none, pcgrad (Yu et al. 2020: "
-                          "project away conflicting task gradients) or halfspace (the update nearest to the main task's "
-                          "gradient that does not increase the auxiliary losses to first order).")
-MonitorEveryOpt = typer.Option(0, "--monitor-every", help="Every N steps, record the principal angles between the tasks' "
-                               "gradient subspaces and the cosine of their mean gradients (metrics.json, "
-                               "gradient_geometry.png). 0 = off.")
-MonitorKOpt = typer.Option(4, "--monitor-k", help="Micro-batches per task gradient subspace for the monitor (k >= 2).")
-HoldoutOpt = typer.Option("0", "--holdout-fold", help="Matbench fold (0-4) whose official test rows are held out and scored; "
-                          "'none' trains on every row.")
-
 
 def _warn_lines(caught) -> None:
     for w in caught:
-        err_console.print(f"[yellow]warning:[/] {w.message}")
+        if type(w.message).__name__ == "DataWarning":
+            err_console.print(f"[yellow]warning:[/] {w.message}")
+
+
+def _run(kind: str, start, resume: bool, out: Optional[Path]):
+    """Start a run (or resume one), reporting data warnings; the run folder at the end."""
+    from rich.markup import escape
+
+    from .train import resume as resume_run
+    from .train.fit import RunInterrupted
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            res = resume_run(out, kind=kind) if resume else start()
+        except RunInterrupted as exc:  # Ctrl-C: say where the state is and how to continue
+            state = "no epoch finished yet" if exc.epoch == 0 else f"state saved after epoch {exc.epoch}"
+            err_console.print(f"[yellow]interrupted:[/] {escape(str(exc.run_dir))} ({state}). Continue with:\n"
+                              f"  matmtl {exc.kind} --resume --out {escape(str(exc.run_dir))}")
+            raise typer.Exit(130) from None
+    _warn_lines(caught)
+    console.print(f"[green]{kind} finished:[/] {res.run_dir}")
+
+
+def _mtl_config(balance: Balance, surgery: SurgeryChoice, soft_share: float, monitor_every: int, monitor_k: int):
+    from .config import MTLConfig
+    from .mtl import balancer_from, surgery_from
+
+    return MTLConfig(balancer=balancer_from(balance.value), surgery=surgery_from(surgery.value), soft_share=soft_share,
+                     monitor_every=monitor_every, monitor_k=monitor_k)
+
+
+def _given(**values) -> dict:
+    """The options the user set (None = take the preset's value)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 @app.command("pretrain")
 def pretrain_cmd(
-    dataset: str = typer.Option("mp", "--dataset", help="DFT dataset of the main task: mp (matbench mp_e_form, 132,752 rows)."),
-    tasks: str = typer.Option("e_form", "--tasks", help="Comma-separated DFT tasks: e_form (main, always) and gap_pbe "
-                              "(PBE band gap from mp_gap; the two row sets are united, each row trains only its own head)."),
+    dataset: str = typer.Option("mp", "--dataset", help="DFT dataset of the main task: mp (matbench mp_e_form, "
+                                "132,752 rows)."),
+    tasks: str = typer.Option("e_form", "--tasks", callback=parse_tasks, help="Comma-separated DFT tasks: e_form "
+                              "(main, always) and gap_pbe (PBE band gap from mp_gap; the two row sets are united, each "
+                              "row trains only its own head)."),
     out: Optional[Path] = OutOpt,
     holdout_fold: str = HoldoutOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the training rows (default 25 on CPU, 100 with --size large)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default 256; 1024 with --size large)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW, warm-up then cosine decay; default 1.5e-3)."),
-    dim: Optional[int] = typer.Option(None, "--dim", help="Width of the shared encoder (default 192; 256 with --size large)."),
-    layers: Optional[int] = typer.Option(None, "--layers", help="Self-attention layers over the elements (default 3; 4 with --size large)."),
-    members: int = typer.Option(4, "--members", help="Ensemble members per task head (their spread is the uncertainty)."),
-    sym_dropout: float = typer.Option(0.25, "--sym-dropout", help="Share of rows trained with the 'unknown symmetry' token, so "
-                                      "compositions without a structure are handled."),
-    size: str = typer.Option("auto", "--size", help="Preset: small (CPU, default), large (GPU) or auto (large on CUDA)."),
-    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="Use at most this many training rows per dataset (quick tries)."),
-    seed: int = SeedOpt, threads: int = ThreadsOpt, device: str = DeviceOpt, resume: bool = ResumeOpt,
-    balance: str = BalanceOpt, surgery: str = SurgeryOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Passes over the training rows; "
+                                         + train_help("epochs") + "."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Rows per step; "
+                                             + train_help("batch_size") + "."),
+    lr: Optional[float] = typer.Option(None, "--lr", callback=positive, help="Peak learning rate (AdamW, warm-up then "
+                                       "cosine decay); " + train_help("lr") + "."),
+    dim: Optional[int] = typer.Option(None, "--dim", min=1, help="Width of the shared encoder; " + model_help("dim") + "."),
+    layers: Optional[int] = typer.Option(None, "--layers", min=0, help="Self-attention layers over the elements; "
+                                         + model_help("layers") + "."),
+    members: Optional[int] = typer.Option(None, "--members", min=1, help="Ensemble members per task head (their spread "
+                                          "is the uncertainty); " + model_help("members") + "."),
+    sym_dropout: float = typer.Option(TrainConfig().sym_dropout, "--sym-dropout", min=0.0, max=1.0, help="Share of rows "
+                                      "trained with the 'unknown symmetry' token, so compositions without a structure "
+                                      "are handled."),
+    size: Size = SizeOpt,
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Use at most this many training rows per "
+                                           "dataset (quick tries)."),
+    seed: int = SeedOpt, threads: int = ThreadsOpt, device: Device = DeviceOpt, resume: bool = ResumeOpt,
+    balance: Balance = BalanceOpt, surgery: SurgeryChoice = SurgeryOpt,
     monitor_every: int = MonitorEveryOpt, monitor_k: int = MonitorKOpt,
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
@@ -153,66 +177,75 @@ def pretrain_cmd(
 
     Writes a run folder with model.safetensors + model.json (the checkpoint), metrics.json,
     config.json, history.json and PNG plots; saves a resumable state after every epoch."""
-    from .models import ModelConfig
-    from .train.engine import TrainConfig, pick_device
-    from .train.pretrain import pretrain
+    from .config import PretrainConfig, resolve_size
+    from .train import pretrain
+    from .train.engine import pick_device
 
-    dev = pick_device(device)
-    large = size == "large" or (size == "auto" and dev == "cuda")
-    if size not in ("auto", "small", "large"):
-        raise typer.BadParameter("--size must be auto, small or large")
-    mcfg = ModelConfig(dim=dim or (256 if large else 192), layers=layers or (4 if large else 3), members=members)
-    tcfg = TrainConfig(epochs=epochs or (100 if large else 25), batch_size=batch_size or (1024 if large else 256),
-                       lr=lr or (2e-3 if large else 1.5e-3), seed=seed, threads=threads, device=dev, sym_dropout=sym_dropout)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = pretrain(tasks.split(","), dataset=dataset, out=out, holdout_fold=holdout_fold, max_rows=max_rows,
-                       model=mcfg, train=tcfg, balancing=balance, surgery=surgery, monitor_every=monitor_every,
-                       monitor_k=monitor_k, resume=resume,
-                       data_dir=str(data_dir) if data_dir else None)
-    _warn_lines([w for w in caught if "DataWarning" in type(w.message).__name__])
-    console.print(f"[green]pretrain finished:[/] {res.run_dir}")
+    def start():
+        dev = pick_device(device.value)
+        preset = resolve_size(size.value, dev)
+        config = PretrainConfig(
+            tasks=tasks, dataset=dataset, holdout_fold=holdout_fold, max_rows=max_rows, data_dir=data_dir_str(data_dir),
+            model=ModelConfig.preset(preset, **_given(dim=dim, layers=layers, members=members)),
+            train=TrainConfig.preset(preset, **_given(epochs=epochs, batch_size=batch_size, lr=lr), seed=seed,
+                                     threads=threads, device=dev, sym_dropout=sym_dropout),
+            mtl=_mtl_config(balance, surgery, 0.0, monitor_every, monitor_k))
+        return pretrain(config, out)
+
+    if dataset not in ("mp", "mp_e_form", "matbench_mp_e_form"):
+        raise typer.BadParameter("only 'mp' (matbench mp_e_form; mp_gap joins through --tasks) is supported",
+                                 param_hint="--dataset")
+    dataset = "mp"
+    _run("pretrain", start, resume, out)
 
 
 @app.command("finetune")
 def finetune_cmd(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Pretrained run folder. Default: the latest finished "
-                                              "pretrain run in the user cache."),
-    dataset: str = typer.Option("expt_gap", "--dataset", help="expt_gap (matbench, 4,604 experimental gaps) or a CSV/JSON path with "
-                                "a formula column and a band-gap column (bad rows are reported and left out)."),
-    target: Optional[str] = typer.Option(None, "--target", help="Target column of a user file (default: its only/'gap' column)."),
-    aux: str = typer.Option("dft_energy", "--aux", help="Auxiliary DFT anchor task(s), comma-separated: dft_energy, dft_gap, or none."),
-    aux_source: str = typer.Option("replay", "--aux-source", help="replay: mini-batches of the original DFT rows with true labels; "
-                                   "distill: the pretrained model's own DFT predictions on the fine-tuning compositions."),
-    aux_weight: float = typer.Option(0.5, "--aux-weight", help="Static weight of each auxiliary loss (main loss weight 1)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Pretrained run folder. Default: the latest "
+                                              "finished pretrain run in the user cache."),
+    dataset: str = typer.Option("expt_gap", "--dataset", help="expt_gap (matbench, 4,604 experimental gaps) or a "
+                                "CSV/JSON path with a formula column and a band-gap column (bad rows are reported and "
+                                "left out)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target column of a user file (default: its only/'gap' "
+                                         "column)."),
+    aux: str = typer.Option("dft_energy", "--aux", callback=parse_aux, help="Auxiliary DFT anchor task(s), "
+                            "comma-separated: dft_energy, dft_gap, or none."),
+    aux_source: AuxSource = typer.Option(AuxSource.replay, "--aux-source", help="replay: mini-batches of the original "
+                                         "DFT rows with true labels; distill: the pretrained model's own DFT "
+                                         "predictions on the fine-tuning compositions."),
+    aux_weight: float = typer.Option(FinetuneConfig().aux_weight, "--aux-weight", min=0.0,
+                                     help="Static weight of each auxiliary loss (main loss weight 1)."),
     holdout_fold: str = HoldoutOpt,
-    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="Use at most this many fine-tuning rows (learning curves, quick tries)."),
-    replay_max_rows: Optional[int] = typer.Option(None, "--replay-max-rows", help="Use at most this many DFT rows for replay."),
-    epochs: int = typer.Option(60, "--epochs", help="Passes over the fine-tuning rows."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Rows per step (replay batches have the same size)."),
-    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (warm-up then cosine decay)."),
-    out: Optional[Path] = OutOpt, seed: int = SeedOpt, threads: int = ThreadsOpt, device: str = DeviceOpt,
-    resume: bool = ResumeOpt, balance: str = BalanceOpt, surgery: str = SurgeryOpt,
-    soft_share: float = typer.Option(0.0, "--soft-share", help="L2-SP soft sharing: lambda of the penalty "
+    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", min=1, help="Use at most this many "
+                                                 "fine-tuning rows (learning curves, quick tries)."),
+    replay_max_rows: Optional[int] = typer.Option(None, "--replay-max-rows", min=1,
+                                                  help="Use at most this many DFT rows for replay."),
+    epochs: int = typer.Option(FT.epochs, "--epochs", min=1, help="Passes over the fine-tuning rows."),
+    batch_size: int = typer.Option(FT.batch_size, "--batch-size", min=1, help="Rows per step (replay batches have the "
+                                   "same size)."),
+    lr: float = typer.Option(FT.lr, "--lr", callback=positive, help="Peak learning rate (warm-up then cosine decay)."),
+    out: Optional[Path] = OutOpt, seed: int = SeedOpt, threads: int = ThreadsOpt, device: Device = DeviceOpt,
+    resume: bool = ResumeOpt, balance: Balance = BalanceOpt, surgery: SurgeryChoice = SurgeryOpt,
+    soft_share: float = typer.Option(0.0, "--soft-share", min=0.0, help="L2-SP soft sharing: lambda of the penalty "
                                      "(lambda/2)·||theta - theta_pretrained||^2 on the shared encoder. 0 = off."),
     monitor_every: int = MonitorEveryOpt, monitor_k: int = MonitorKOpt,
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Fine-tune a pretrained model on experimental band gaps, with DFT task(s) as an auxiliary anchor loss."""
-    from .train.engine import TrainConfig, pick_device
-    from .train.finetune import FINETUNE_DEFAULTS, finetune
+    from .train import finetune
+    from .train.engine import pick_device
 
-    tcfg = TrainConfig(**{**FINETUNE_DEFAULTS, "epochs": epochs, "batch_size": batch_size, "lr": lr}, seed=seed,
-                       threads=threads, device=pick_device(device))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = finetune(checkpoint=checkpoint, dataset=dataset, target=target, aux=aux, aux_source=aux_source,
-                       aux_weight=aux_weight, holdout_fold=holdout_fold, max_train_rows=max_train_rows,
-                       replay_max_rows=replay_max_rows, out=out, train=tcfg, balancing=balance, surgery=surgery,
-                       soft_share=soft_share, monitor_every=monitor_every, monitor_k=monitor_k,
-                       resume=resume, data_dir=str(data_dir) if data_dir else None)
-    _warn_lines([w for w in caught if type(w.message).__name__ == "DataWarning"])
-    console.print(f"[green]finetune finished:[/] {res.run_dir}")
+    def start():
+        config = FinetuneConfig(
+            checkpoint=checkpoint, dataset=dataset, target=target, aux=aux, aux_source=aux_source.value,
+            aux_weight=aux_weight, holdout_fold=holdout_fold, max_train_rows=max_train_rows,
+            replay_max_rows=replay_max_rows, data_dir=data_dir_str(data_dir),
+            train=TrainConfig.preset("finetune", epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                     threads=threads, device=pick_device(device.value)),
+            mtl=_mtl_config(balance, surgery, soft_share, monitor_every, monitor_k))
+        return finetune(config, out)
+
+    _run("finetune", start, resume, out)
 
 
 @app.command("predict")
@@ -222,7 +255,8 @@ def predict_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (run folder). Default: the latest fine-tuned run in the user cache."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions to this CSV (default: print a table, or CSV with --csv)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV to stdout instead of a table."),
-    on_bad: str = typer.Option("nan", "--on-bad", help="nan: keep unusable inputs as NaN rows with the reason in 'note'; raise: stop at the first."),
+    on_bad: OnBad = typer.Option(OnBad.nan, "--on-bad", help="nan: keep unusable inputs as NaN rows with the reason "
+                                 "in 'note'; raise: stop at the first."),
 ) -> None:
     """Predict the experimental band gap (eV) and DFT formation energy (eV/atom), with ensemble uncertainties."""
     from .io import atomic_write
@@ -236,7 +270,7 @@ def predict_cmd(
     if not items:
         raise MatmtlError("predict: nothing to predict; give CIF/POSCAR/CSV files or --formula")
     m = load_model(model)
-    df = m.predict_frame(items, labels, on_bad=on_bad)
+    df = m.predict_frame(items, labels, on_bad=on_bad.value)
     if out:
         atomic_write(out, lambda p: df.to_csv(p, index=False, float_format="%.4f"))
         console.print(f"wrote {len(df)} predictions to {out} (model: {m.path})")

@@ -1,15 +1,27 @@
-"""Shared tiny settings for the model/train/predict tests (fast on 2 CPU cores)."""
+"""Shared tiny settings for the model/train/predict tests (fast on 2 CPU cores): the
+library's own "tiny" presets, with overrides."""
+from matmtl.config import FinetuneConfig, MTLConfig, PretrainConfig, TrainConfig
 from matmtl.models import ModelConfig
-from matmtl.train.engine import TrainConfig
 
 
 def tiny_model(**kw) -> ModelConfig:
-    return ModelConfig(**{"dim": 32, "layers": 1, "heads": 2, "head_hidden": 32, "members": 2, "spg_dim": 8, **kw})
+    return ModelConfig.preset("tiny", **kw)
 
 
 def tiny_train(**kw) -> TrainConfig:
-    return TrainConfig(**{"epochs": 2, "batch_size": 64, "lr": 2e-3, "threads": 1, "val_rows": 128, **kw})
+    return TrainConfig.preset("tiny", **kw)
 
 
 def tiny_ft(**kw) -> TrainConfig:
-    return TrainConfig(**{"epochs": 2, "batch_size": 32, "lr": 1e-3, "threads": 1, "val_rows": 128, **kw})
+    return TrainConfig.preset("finetune-tiny", **kw)
+
+
+def tiny_pretrain(tasks=("e_form",), *, train=None, mtl=None, **kw) -> PretrainConfig:
+    """A tiny pretraining config (``kw``: other PretrainConfig fields, e.g. max_rows)."""
+    return PretrainConfig(tasks=tuple(tasks), model=tiny_model(), train=train or tiny_train(), mtl=mtl or MTLConfig(),
+                          **kw)
+
+
+def tiny_finetune(checkpoint, *, train=None, mtl=None, **kw) -> FinetuneConfig:
+    """A tiny fine-tuning config of ``checkpoint`` (``kw``: other FinetuneConfig fields)."""
+    return FinetuneConfig(checkpoint=str(checkpoint), train=train or tiny_ft(), mtl=mtl or MTLConfig(), **kw)

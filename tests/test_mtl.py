@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from matmtl.mtl import GeometryMonitor, MTLBackward, shared_grads
+from matmtl.mtl import (GeometryMonitor, GradNorm, HalfSpace, MTLBackward, PCGrad, Static, Sum, Uncertainty,
+                        balancer_from, shared_grads, surgery_from)
 
 
 class TwoHead(torch.nn.Module):
@@ -40,13 +41,13 @@ def test_batched_task_gradients_equal_separate_backward_passes():
         assert torch.allclose(row, ref, atol=1e-6)
 
 
-@pytest.mark.parametrize("balance", ["static", "uncertainty"])
-def test_fast_path_equals_weighted_sum_backward(balance):
+@pytest.mark.parametrize("balancer", [Static(), Uncertainty()])
+def test_fast_path_equals_weighted_sum_backward(balancer):
     x, ya, yb = _data()
     ref, model = TwoHead(), TwoHead()
     z, out = ref(x)
     (2.0 * ((out["a"] - ya) ** 2).mean() + 0.5 * ((out["b"] - yb) ** 2).mean()).backward()
-    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balance=balance,
+    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balancer=balancer,
                       weights={"a": 2.0, "b": 0.5})
     z, out = model(x)
     mtl.backward({"a": ((out["a"] - ya) ** 2).mean(), "b": ((out["b"] - yb) ** 2).mean()}, z)
@@ -57,7 +58,7 @@ def test_uncertainty_weighting_downweights_the_noisy_task():
     model = TwoHead()
     x, ya, _ = _data(256)
     noisy = ya + 3.0 * torch.randn(256, generator=torch.Generator().manual_seed(5))
-    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balance="uncertainty")
+    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balancer=Uncertainty())
     opt = torch.optim.Adam([*model.parameters(), *mtl.parameters()], lr=0.1)
     for _ in range(60):
         opt.zero_grad()
@@ -72,7 +73,7 @@ def test_gradnorm_equalises_gradient_norms():
     model = TwoHead()
     x, ya, yb = _data(128)
     # the same kind of target in two units: task b is 100x larger (eV vs meV)
-    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balance="gradnorm")
+    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balancer=GradNorm())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     ratios = []
     for _ in range(150):
@@ -111,10 +112,18 @@ def test_soft_share_pulls_towards_the_pretrained_weights():
 
 def test_bad_arguments():
     model = TwoHead()
+    with pytest.raises(TypeError, match="surgery must be a .*Surgery object"):
+        MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery="pcgrad")
+    with pytest.raises(TypeError, match="balancer must be a .*Balancer object"):
+        MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balancer="gradnorm")
     with pytest.raises(ValueError, match="unknown surgery"):
-        MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery="magic")
+        surgery_from("magic")
     with pytest.raises(ValueError, match="unknown balancing"):
-        MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balance="magic")
+        balancer_from({"name": "magic"})
+    with pytest.raises(ValueError, match="main task 'c'"):
+        MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery=HalfSpace("c"))
+    with pytest.raises(ValueError, match="alpha >= 0"):
+        GradNorm(alpha=-1)
     with pytest.raises(ValueError, match="unknown task"):
         MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], weights={"c": 1.0})
     with pytest.raises(ValueError, match="background must be"):
@@ -170,14 +179,14 @@ def test_identical_tasks_angles_zero_and_surgery_has_no_effect():
     x, ya, _ = _data(64)
     grads = {}
     records = None
-    for surgery in ("none", "pcgrad", "halfspace"):
+    for surgery in (Sum(), PCGrad(), HalfSpace()):
         model = TwoHead()
         with torch.no_grad():  # two identical heads on one target: identical tasks
             model.heads["b"].load_state_dict(model.heads["a"].state_dict())
         mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery=surgery,
                           monitor=GeometryMonitor(every=1, k=4))
         _step(model, mtl, x, ya, ya, 4)
-        grads[surgery] = _flat_grad(model.encoder.parameters())
+        grads[surgery.name] = _flat_grad(model.encoder.parameters())
         records = mtl.close()
     assert torch.allclose(grads["pcgrad"], grads["none"], atol=1e-6)
     assert torch.allclose(grads["halfspace"], grads["none"], atol=1e-6)
@@ -193,7 +202,7 @@ def test_opposed_tasks_pcgrad_removes_the_conflict():
     with torch.no_grad():  # head b = -head a, same target: the tasks pull the encoder apart
         for pb, pa in zip(model.heads["b"].parameters(), model.heads["a"].parameters()):
             pb.copy_(-pa)
-    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery="pcgrad", seed=3,
+    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery=PCGrad(), seed=3,
                       monitor=GeometryMonitor(every=1, k=2))
     z, losses = _losses(model, x, ya, 0.3 * ya)
     params = list(model.encoder.parameters())
@@ -213,8 +222,8 @@ def test_opposed_tasks_pcgrad_removes_the_conflict():
 def test_halfspace_update_does_not_increase_the_anchor_loss():
     x, ya, yb = _data(64)
     model = TwoHead()
-    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery="halfspace",
-                      main_task="a", weights={"b": 0.1})
+    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery=HalfSpace("a"),
+                      weights={"b": 0.1})
     z, losses = _losses(model, x, ya, yb)
     params = list(model.encoder.parameters())
     g_anchor = shared_grads([losses["b"]], z, params)[0]
@@ -268,3 +277,36 @@ def test_heads_reading_two_batches_through_one_encoder():
     for row, loss in zip(g, (la, lb)):
         ref = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params, retain_graph=True)])
         assert torch.allclose(row, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [Static, Uncertainty, lambda: GradNorm(alpha=0.5, lr=0.05), Sum, PCGrad,
+                                  lambda: HalfSpace("b")])
+def test_strategies_round_trip_through_json(make):
+    import json
+
+    obj = make()
+    back = (balancer_from if hasattr(obj, "needs_grads") and obj.name in ("static", "uncertainty", "gradnorm")
+            else surgery_from)(json.loads(json.dumps(obj.to_dict())))
+    assert back == obj and type(back) is type(obj) and repr(back) == repr(obj)
+
+
+def test_state_dict_restores_a_gradnorm_run():
+    """MTLBackward's torch-style state: step count, learned weights and monitor records."""
+    x, ya, yb = _data(128)
+    runs = []
+    for _ in range(2):
+        model = TwoHead()
+        runs.append((model, MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balancer=GradNorm(),
+                                        monitor=GeometryMonitor(every=2, k=2))))
+    (m1, a), (m2, b) = runs
+    for _ in range(3):
+        _step(m1, a, x, ya, 10 * yb, 2)
+    b.load_state_dict(json_round_trip(a.state_dict()))
+    assert b.step == a.step == 3 and torch.equal(b.balancer.current(), a.balancer.current())
+    assert b.records() == a.records() and len(a.records()) == 2
+
+
+def json_round_trip(obj):
+    import json
+
+    return json.loads(json.dumps(obj))

@@ -9,10 +9,10 @@ import matmtl
 from matmtl.checkpoints import CheckpointError
 from matmtl.cli import app
 from matmtl.errors import DataError, MatmtlError
-from matmtl.train.finetune import finetune
-from matmtl.train.pretrain import pretrain
+from matmtl.config import FinetuneConfig
+from matmtl.train import finetune, pretrain
 
-from _tiny import tiny_ft, tiny_model, tiny_train
+from _tiny import tiny_ft, tiny_pretrain
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("predcache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MATMTL_CACHE_DIR", str(root))
-        pretrain(["e_form"], max_rows=300, model=tiny_model(), train=tiny_train(), progress=False)
-        finetune(aux="dft_energy", aux_source="distill", max_train_rows=200, train=tiny_ft(), progress=False)
+        pretrain(tiny_pretrain(max_rows=300), progress=False)
+        finetune(FinetuneConfig(aux_source="distill", max_train_rows=200, train=tiny_ft()), progress=False)
     return root
 
 

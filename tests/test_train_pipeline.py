@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-from matmtl.errors import MatmtlError
-from matmtl.train.finetune import finetune
-from matmtl.train.pretrain import pretrain
+from matmtl.config import FinetuneConfig, MTLConfig, PretrainConfig
+from matmtl.errors import ConfigError, MatmtlError
+from matmtl.mtl import GradNorm, HalfSpace, PCGrad, Uncertainty
+from matmtl.train import finetune, pretrain, resume
 
-from _tiny import tiny_ft, tiny_model, tiny_train
+from _tiny import tiny_finetune, tiny_ft, tiny_pretrain, tiny_train
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,7 @@ def pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("pre")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MATMTL_CACHE_DIR", str(root / "cache"))
-        res = pretrain(["e_form", "gap_pbe"], out=root / "run", max_rows=400, model=tiny_model(), train=tiny_train(),
-                       progress=False)
+        res = pretrain(tiny_pretrain(["e_form", "gap_pbe"], max_rows=400), root / "run", progress=False)
     return res
 
 
@@ -40,30 +40,30 @@ def test_pretrain_writes_a_complete_run_folder(pretrained):
 
 
 def test_two_seeded_runs_are_identical(tmp_path):
-    a = pretrain(["e_form"], out=tmp_path / "a", max_rows=300, model=tiny_model(), train=tiny_train(), progress=False)
-    b = pretrain(["e_form"], out=tmp_path / "b", max_rows=300, model=tiny_model(), train=tiny_train(), progress=False)
+    a = pretrain(tiny_pretrain(max_rows=300), tmp_path / "a", progress=False)
+    b = pretrain(tiny_pretrain(max_rows=300), tmp_path / "b", progress=False)
     wa, wb = _weights(a.run_dir), _weights(b.run_dir)
     assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
     assert a.metrics["holdout"] == b.metrics["holdout"]
 
 
 def test_resume_ends_where_an_uninterrupted_run_would(tmp_path):
-    cfg = dict(max_rows=300, model=tiny_model(), train=tiny_train(epochs=3), progress=False)
-    full = pretrain(["e_form"], out=tmp_path / "full", **cfg)
-    part = pretrain(["e_form"], out=tmp_path / "part", stop_after=1, **cfg)  # "killed" after epoch 1
+    cfg = tiny_pretrain(max_rows=300, train=tiny_train(epochs=3))
+    full = pretrain(cfg, tmp_path / "full", progress=False)
+    part = pretrain(cfg, tmp_path / "part", stop_after=1, progress=False)  # "killed" after epoch 1
     assert not part.finished and not (tmp_path / "part" / "model.json").exists()
-    resumed = pretrain(resume=tmp_path / "part", progress=False)
+    resumed = resume(tmp_path / "part", progress=False)
     wa, wb = _weights(full.run_dir), _weights(resumed.run_dir)
     assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
     assert resumed.metrics["holdout"] == full.metrics["holdout"]
     with pytest.raises(MatmtlError, match="already finished"):
-        pretrain(resume=tmp_path / "part", progress=False)
+        resume(tmp_path / "part", progress=False)
 
 
 def test_a_new_run_never_overwrites_a_run_folder(pretrained):
     before = (pretrained.run_dir / "model.safetensors").read_bytes()
     with pytest.raises(MatmtlError, match="never overwrites"):
-        pretrain(["e_form"], out=pretrained.run_dir, max_rows=100, model=tiny_model(), train=tiny_train(), progress=False)
+        pretrain(tiny_pretrain(max_rows=100), pretrained.run_dir, progress=False)
     assert (pretrained.run_dir / "model.safetensors").read_bytes() == before
 
 
@@ -76,8 +76,8 @@ def test_default_run_folders_are_distinct(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("source", ["replay", "distill"])
 def test_finetune_with_anchor(pretrained, tmp_path, source):
-    res = finetune(checkpoint=pretrained.run_dir, aux="dft_energy,dft_gap", aux_source=source, max_train_rows=200,
-                   replay_max_rows=300, out=tmp_path / "ft", train=tiny_ft(), progress=False)
+    res = finetune(tiny_finetune(pretrained.run_dir, aux=("dft_energy", "dft_gap"), aux_source=source,
+                                 max_train_rows=200, replay_max_rows=300), tmp_path / "ft", progress=False)
     m = res.metrics
     assert m["aux"] == ["e_form", "gap_pbe"] and m["aux_source"] == source
     assert "gap_expt" in m["holdout"] and m["holdout"]["gap_expt"]["rows"] == 921
@@ -89,8 +89,8 @@ def test_finetune_with_anchor(pretrained, tmp_path, source):
 
 
 def test_finetune_without_anchor_drops_stale_heads(pretrained, tmp_path):
-    res = finetune(checkpoint=pretrained.run_dir, aux="none", max_train_rows=150, out=tmp_path / "ft",
-                   train=tiny_ft(epochs=1), progress=False)
+    res = finetune(tiny_finetune(pretrained.run_dir, aux=(), max_train_rows=150, train=tiny_ft(epochs=1)),
+                   tmp_path / "ft", progress=False)
     assert set(res.metrics["dropped_heads"]) == {"e_form", "gap_pbe"}
 
 
@@ -101,46 +101,47 @@ def test_finetune_user_file_with_bad_rows(pretrained, tmp_path):
     pd.DataFrame(rows, columns=["formula", "band_gap"]).to_csv(csv, index=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = finetune(checkpoint=pretrained.run_dir, dataset=str(csv), aux="dft_energy", aux_source="distill",
-                       holdout_fold="none", out=tmp_path / "ft", train=tiny_ft(epochs=1), progress=False)
+        res = finetune(tiny_finetune(pretrained.run_dir, dataset=str(csv), aux_source="distill", holdout_fold=None,
+                                     train=tiny_ft(epochs=1)), tmp_path / "ft", progress=False)
     assert res.metrics["train_rows"] == 10
     assert res.metrics["bad_rows"]["n_bad"] == 2
     assert any("left out 2" in str(w.message) for w in caught)
 
 
 def test_finetune_errors(pretrained, tmp_path, monkeypatch):
-    with pytest.raises(MatmtlError, match="aux-source"):
-        finetune(checkpoint=pretrained.run_dir, aux_source="magic", out=tmp_path / "x", progress=False)
-    with pytest.raises(MatmtlError, match="unknown auxiliary"):
-        finetune(checkpoint=pretrained.run_dir, aux="dft_magic", out=tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="FinetuneConfig.aux_source"):
+        FinetuneConfig(checkpoint=str(pretrained.run_dir), aux_source="magic")
+    with pytest.raises(ConfigError, match="FinetuneConfig.aux .*unknown"):
+        FinetuneConfig(checkpoint=str(pretrained.run_dir), aux=("dft_magic",))
     monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path / "empty-cache"))
     with pytest.raises(MatmtlError, match="matmtl pretrain"):
-        finetune(out=tmp_path / "y", progress=False)
+        finetune(FinetuneConfig(), tmp_path / "y", progress=False)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_aux_dft_gap_needs_a_gap_head(tmp_path):
-    pre = pretrain(["e_form"], out=tmp_path / "p", max_rows=100, model=tiny_model(), train=tiny_train(epochs=1),
-                   progress=False)
+    pre = pretrain(tiny_pretrain(max_rows=100, train=tiny_train(epochs=1)), tmp_path / "p", progress=False)
     with pytest.raises(MatmtlError, match="gap_pbe"):
-        finetune(checkpoint=pre.run_dir, aux="dft_gap", out=tmp_path / "f", progress=False)
+        finetune(tiny_finetune(pre.run_dir, aux=("dft_gap",)), tmp_path / "f", progress=False)
+    assert not (tmp_path / "f").exists()
 
 
-@pytest.mark.parametrize("opts", [
-    dict(balancing="uncertainty"),
-    dict(balancing="gradnorm", surgery="pcgrad"),
-    dict(surgery="halfspace", soft_share=0.1),
-    dict(aux_source="distill", surgery="pcgrad", monitor_every=2, monitor_k=2),
+@pytest.mark.parametrize("source, mtl", [
+    ("replay", MTLConfig(balancer=Uncertainty())),
+    ("replay", MTLConfig(balancer=GradNorm(alpha=1.0), surgery=PCGrad())),
+    ("replay", MTLConfig(surgery=HalfSpace(), soft_share=0.1)),
+    ("distill", MTLConfig(surgery=PCGrad(), monitor_every=2, monitor_k=2)),
 ])
-def test_finetune_with_each_mtl_option(pretrained, tmp_path, opts):
-    opts = {"aux_source": "replay", **opts}
-    res = finetune(checkpoint=pretrained.run_dir, aux="dft_energy", max_train_rows=96, replay_max_rows=128,
-                   train=tiny_ft(epochs=2), out=tmp_path / "ft", progress=False, **opts)
+def test_finetune_with_each_mtl_option(pretrained, tmp_path, source, mtl):
+    res = finetune(tiny_finetune(pretrained.run_dir, aux_source=source, max_train_rows=96, replay_max_rows=128,
+                                 mtl=mtl), tmp_path / "ft", progress=False)
     assert np.isfinite(res.metrics["holdout"]["gap_expt"]["mae"])
-    stored = _read(res.run_dir / "config.json")["mtl"]  # the run records its multi-task settings
-    assert stored["balance"] == opts.get("balancing", "static") and stored["surgery"] == opts.get("surgery", "none")
-    assert stored["soft_share"] == opts.get("soft_share", 0.0) and res.metrics["aux_source"] == opts["aux_source"]
-    if opts.get("monitor_every"):
+    stored = _read(res.run_dir / "config.json")  # the run records its multi-task settings, typed on reading
+    assert stored["mtl"]["balancer"] == mtl.balancer.to_dict() and stored["mtl"]["surgery"] == mtl.surgery.to_dict()
+    from matmtl.config import config_from_dict
+
+    assert config_from_dict(stored).mtl == mtl and res.metrics["aux_source"] == source
+    if mtl.monitor_every:
         geo = res.metrics["gradient_geometry"]
         assert len(geo) >= 2 and geo[0]["tasks"] == ["gap_expt", "e_form"]
         angles = np.array(geo[0]["angles"])
@@ -149,24 +150,25 @@ def test_finetune_with_each_mtl_option(pretrained, tmp_path, opts):
 
 
 def test_monitored_gradnorm_run_resumes_exactly(pretrained, tmp_path):
-    cfg = dict(checkpoint=pretrained.run_dir, aux="dft_energy", max_train_rows=96, replay_max_rows=128,
-               train=tiny_ft(epochs=2), progress=False, balancing="gradnorm", monitor_every=3, monitor_k=2)
-    full = finetune(out=tmp_path / "full", **cfg)
-    finetune(out=tmp_path / "part", stop_after=1, **cfg)
-    resumed = finetune(resume=tmp_path / "part", progress=False)
+    cfg = tiny_finetune(pretrained.run_dir, max_train_rows=96, replay_max_rows=128,
+                        mtl=MTLConfig(balancer=GradNorm(), monitor_every=3, monitor_k=2))
+    full = finetune(cfg, tmp_path / "full", progress=False)
+    finetune(cfg, tmp_path / "part", stop_after=1, progress=False)
+    resumed = resume(tmp_path / "part", progress=False)
     wa, wb = _weights(full.run_dir), _weights(resumed.run_dir)
     assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
     assert full.metrics["gradient_geometry"] == resumed.metrics["gradient_geometry"]
 
 
-def test_bad_mtl_options(pretrained, tmp_path):
-    with pytest.raises(MatmtlError, match="--surgery"):
-        finetune(checkpoint=pretrained.run_dir, surgery="magic", out=tmp_path / "a", progress=False)
-    with pytest.raises(MatmtlError, match="--balance"):
-        finetune(checkpoint=pretrained.run_dir, balancing="magic", out=tmp_path / "b", progress=False)
-    with pytest.raises(MatmtlError, match="soft-share"):
-        pretrain(["e_form"], soft_share=1.0, out=tmp_path / "c", progress=False)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+def test_bad_mtl_options():
+    with pytest.raises(ConfigError, match="unknown surgery 'magic'"):
+        MTLConfig(surgery="magic")
+    with pytest.raises(ConfigError, match="unknown balancing 'magic'"):
+        MTLConfig(balancer="magic")
+    with pytest.raises(ConfigError, match="PretrainConfig.mtl.soft_share"):
+        PretrainConfig(mtl=MTLConfig(soft_share=1.0))
+    with pytest.raises(ConfigError, match="MTLConfig.monitor_k"):
+        MTLConfig(monitor_every=5, monitor_k=1)
 
 
 def _read(path):
@@ -176,12 +178,11 @@ def _read(path):
 
 
 def test_finetune_resume_matches_uninterrupted(pretrained, tmp_path):
-    cfg = dict(checkpoint=pretrained.run_dir, aux="dft_energy", aux_source="replay", max_train_rows=120,
-               replay_max_rows=200, train=tiny_ft(epochs=2), progress=False)
-    full = finetune(out=tmp_path / "full", **cfg)
-    part = finetune(out=tmp_path / "part", stop_after=1, **cfg)
+    cfg = tiny_finetune(pretrained.run_dir, aux_source="replay", max_train_rows=120, replay_max_rows=200)
+    full = finetune(cfg, tmp_path / "full", progress=False)
+    part = finetune(cfg, tmp_path / "part", stop_after=1, progress=False)
     assert not part.finished
-    resumed = finetune(resume=tmp_path / "part", progress=False)
+    resumed = resume(tmp_path / "part", progress=False)
     wa, wb = _weights(full.run_dir), _weights(resumed.run_dir)
     assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
 
@@ -189,8 +190,44 @@ def test_finetune_resume_matches_uninterrupted(pretrained, tmp_path):
 def test_corrupt_resume_state_is_a_clear_error(tmp_path):
     from matmtl.checkpoints import CheckpointError
 
-    pretrain(["e_form"], out=tmp_path / "p", stop_after=1, max_rows=100, model=tiny_model(), train=tiny_train(),
-             progress=False)
+    pretrain(tiny_pretrain(max_rows=100), tmp_path / "p", stop_after=1, progress=False)
     (tmp_path / "p" / "state" / "state.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="state.safetensors"):
-        pretrain(resume=tmp_path / "p", progress=False)
+        resume(tmp_path / "p", progress=False)
+
+
+def test_a_run_folder_of_the_previous_format_still_resumes(pretrained, tmp_path):
+    """config.json without a version (mtl settings as strings) and a state.json whose
+    multi-task state is under "combiner", as matmtl 0.1 wrote them."""
+    import json
+
+    cfg = tiny_finetune(pretrained.run_dir, max_train_rows=96, replay_max_rows=128,
+                        mtl=MTLConfig(balancer=GradNorm(), surgery=PCGrad()))
+    full = finetune(cfg, tmp_path / "full", progress=False)
+    finetune(cfg, tmp_path / "old", stop_after=1, progress=False)
+    new = _read(tmp_path / "old" / "config.json")
+    old = {k: v for k, v in new.items() if k != "version"}
+    old["mtl"] = {"balance": "gradnorm", "surgery": "pcgrad", "soft_share": 0.0, "monitor_every": 0, "monitor_k": 4}
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    state = _read(tmp_path / "old" / "state" / "state.json")
+    state["combiner"] = state.pop("mtl")
+    (tmp_path / "old" / "state" / "state.json").write_text(json.dumps(state))
+    resumed = resume(tmp_path / "old", progress=False)
+    wa, wb = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+
+
+def test_a_config_from_a_newer_matmtl_is_refused(pretrained, tmp_path):
+    import json
+
+    from matmtl.config import config_from_dict
+
+    d = _read(pretrained.run_dir / "config.json")
+    assert config_from_dict(d) == PretrainConfig(**{k: getattr(config_from_dict(d), k) for k in ("tasks",)},
+                                                 **{k: getattr(config_from_dict(d), k) for k in
+                                                    ("holdout_fold", "max_rows", "model", "train", "mtl")})
+    with pytest.raises(ConfigError, match="newer than this matmtl reads"):
+        config_from_dict({**d, "version": 99})
+    with pytest.raises(ConfigError, match="unknown setting"):
+        config_from_dict({**d, "warp_speed": 9})
+    assert json.loads(json.dumps(d)) == d

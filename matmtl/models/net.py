@@ -44,6 +44,34 @@ class ModelConfig:
     embedding: str = "matscholar_els"
     n_fourier: int = 8
 
+    # name -> overrides of the defaults above (the CPU default); "small" is the old name of "default"
+    PRESETS = {
+        "tiny": dict(dim=32, layers=1, heads=2, head_hidden=32, members=2, spg_dim=8),
+        "small": {},
+        "default": {},
+        "large": dict(dim=256, layers=4),
+    }
+
+    def __post_init__(self) -> None:
+        from ..errors import ConfigError
+
+        for name in ("dim", "layers", "heads", "ff_mult", "spg_dim", "head_hidden", "members", "n_fourier"):
+            v = getattr(self, name)
+            low = 0 if name == "layers" else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"ModelConfig.{name} must be an integer >= {low}, got {v!r}")
+        if self.dim % self.heads:
+            raise ConfigError(f"ModelConfig.dim ({self.dim}) must be a multiple of ModelConfig.heads ({self.heads})")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def preset(cls, name: str = "default", **overrides) -> "ModelConfig":
+        """A named size (``tiny``, ``default`` = ``small``, ``large``) with ``overrides`` on top."""
+        from ..presets import from_preset
+
+        return from_preset(cls, name, overrides)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

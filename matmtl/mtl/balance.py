@@ -1,34 +1,52 @@
-"""Loss balancing: how much each task's loss counts in a step.
+"""Loss balancing: how much each task's loss counts in a step. Balancers are small
+strategy objects handed to :class:`~matmtl.mtl.MTLBackward`:
 
-* ``static``: fixed weights (default 1 each).
-* ``uncertainty``: Kendall, Gal & Cipolla (2018). Each task has a learnable log variance
-  s_t; the objective is sum_t exp(-s_t) L_t + s_t, so a noisy or large-unit task is
-  down-weighted automatically. The s_t are parameters: give ``parameters()`` to the optimizer.
-* ``gradnorm``: Chen et al. (2018). Weights w_t are tuned so that the norms of the
-  weighted task gradients w_t·||g_t|| move towards a common value, scaled by each
-  task's relative training rate (L_t/L_t(0))^alpha. This puts tasks with different
-  units (eV vs eV/atom) on equal terms. We use the full shared-parameter gradients
-  (which the step computes anyway) rather than the last shared layer.
+* :class:`Static`: fixed weights (the ``weights`` given to MTLBackward, default 1 each).
+* :class:`Uncertainty`: Kendall, Gal & Cipolla (2018). Each task has a learnable log
+  variance s_t; the objective is sum_t exp(-s_t) L_t + s_t, so a noisy or large-unit task
+  is down-weighted automatically. The s_t are parameters: MTLBackward.parameters() gives
+  them to the optimizer.
+* :class:`GradNorm`: Chen et al. (2018). Weights w_t are tuned so that the norms of the
+  weighted task gradients w_t·||g_t|| move towards a common value, scaled by each task's
+  relative training rate (L_t/L_t(0))^alpha. This puts tasks with different units (eV vs
+  eV/atom) on equal terms. We use the full shared-parameter gradients (which the step
+  computes anyway) rather than the last shared layer.
 
-Static weights given with ``uncertainty`` or ``gradnorm`` act as a fixed prior that
+Static weights given with ``Uncertainty`` or ``GradNorm`` act as a fixed prior that
 multiplies the learned weights (e.g. ``--aux-weight 0.3`` keeps the anchor lighter).
+
+A balancer is configured by its constructor and bound to the tasks by
+:meth:`Balancer.setup` (MTLBackward calls it); ``to_dict()``/``balancer_from()`` give a
+JSON form for run configs, ``state_dict()``/``load_state_dict()`` what a resumed run needs.
 """
 from __future__ import annotations
 
 import torch
 
+from .strategy import Strategy, from_spec
 
-class Balancer:
+
+class Balancer(Strategy):
     name = "base"
     needs_grads = False  # True: wants the (T, d) per-task gradients of the shared parameters
 
-    def __init__(self, tasks: list[str], prior: dict[str, float] | None = None):
+    def __init__(self) -> None:
+        self.tasks: list[str] = []
+        self.prior = torch.ones(0, dtype=torch.float64)
+
+    def setup(self, tasks: list[str], prior: dict[str, float] | None = None) -> "Balancer":
+        """Bind to the tasks (in order) with static prior weights; resets learned state."""
         self.tasks = list(tasks)
         prior = prior or {}
-        unknown = set(prior) - set(tasks)
+        unknown = set(prior) - set(self.tasks)
         if unknown:
-            raise ValueError(f"weights given for unknown task(s) {sorted(unknown)}; tasks: {tasks}")
-        self.prior = torch.tensor([float(prior.get(t, 1.0)) for t in tasks], dtype=torch.float64)
+            raise ValueError(f"weights given for unknown task(s) {sorted(unknown)}; tasks: {self.tasks}")
+        self.prior = torch.tensor([float(prior.get(t, 1.0)) for t in self.tasks], dtype=torch.float64)
+        self._reset()
+        return self
+
+    def _reset(self) -> None:
+        pass
 
     def weights(self, losses: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
         """(T,) detached weights for this step (prior × learned), from the (T,) scalar losses."""
@@ -43,8 +61,9 @@ class Balancer:
     def parameters(self) -> list[torch.nn.Parameter]:
         return []
 
-    def state(self) -> dict:
-        return {"name": self.name, "weights": dict(zip(self.tasks, self.current().tolist()))}
+    def current(self) -> torch.Tensor:
+        """The (T,) weights the next step would use (prior × learned)."""
+        return self.prior.float()
 
     def state_dict(self) -> dict:
         """What a resumed run needs (JSON-ready)."""
@@ -53,23 +72,18 @@ class Balancer:
     def load_state_dict(self, state: dict) -> None:
         pass
 
-    def current(self) -> torch.Tensor:
-        raise NotImplementedError
+
 
 
 class Static(Balancer):
     name = "static"
 
-    def current(self):
-        return self.prior.float()
-
 
 class Uncertainty(Balancer):
     name = "uncertainty"
 
-    def __init__(self, tasks: list[str], prior: dict[str, float] | None = None):
-        super().__init__(tasks, prior)
-        self.log_var = torch.nn.Parameter(torch.zeros(len(tasks)))
+    def _reset(self) -> None:
+        self.log_var = torch.nn.Parameter(torch.zeros(len(self.tasks)))
 
     def _learned(self, losses, grads):
         return torch.exp(-self.log_var.detach())
@@ -96,10 +110,14 @@ class GradNorm(Balancer):
     name = "gradnorm"
     needs_grads = True
 
-    def __init__(self, tasks: list[str], prior: dict[str, float] | None = None, alpha: float = 1.5, lr: float = 0.1):
-        super().__init__(tasks, prior)
+    def __init__(self, alpha: float = 1.5, lr: float = 0.1):
+        super().__init__()
+        if not alpha >= 0 or not lr > 0:
+            raise ValueError(f"GradNorm needs alpha >= 0 and lr > 0, got alpha={alpha}, lr={lr}")
         self.alpha, self.lr = float(alpha), float(lr)
-        self.w = torch.ones(len(tasks), dtype=torch.float64)
+
+    def _reset(self) -> None:
+        self.w = torch.ones(len(self.tasks), dtype=torch.float64)
         self.initial: torch.Tensor | None = None
 
     def _learned(self, losses, grads):
@@ -132,12 +150,13 @@ class GradNorm(Balancer):
         self.w = torch.tensor(state["w"], dtype=torch.float64)
         self.initial = None if state["initial"] is None else torch.tensor(state["initial"], dtype=torch.float64)
 
+    def to_dict(self):
+        return {"name": self.name, "alpha": self.alpha, "lr": self.lr}
+
 
 BALANCERS = {"static": Static, "uncertainty": Uncertainty, "gradnorm": GradNorm}
 
 
-def make_balancer(name: str, tasks: list[str], weights: dict[str, float] | None = None) -> Balancer:
-    """A balancer by name; ``weights`` are the static weights (a prior for the learned ones)."""
-    if name not in BALANCERS:
-        raise ValueError(f"unknown balancing {name!r}; choose from {sorted(BALANCERS)}")
-    return BALANCERS[name](tasks, weights)
+def balancer_from(spec: "Balancer | str | dict | None") -> Balancer:
+    """A balancing strategy from its name or its ``to_dict()`` form (a run's config.json)."""
+    return from_spec(Balancer, BALANCERS, spec, "balancing", Static)

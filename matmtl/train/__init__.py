@@ -1,18 +1,13 @@
-"""Training: pretraining on DFT data, fine-tuning with an auxiliary DFT anchor."""
-from .balancing import MTLCombiner, MTLSettings, make_combiner
-from .engine import Source, TaskData, TrainConfig, Trainer
+"""Training: pretraining on DFT data, fine-tuning with an auxiliary DFT anchor, resuming.
 
-__all__ = ["MTLCombiner", "MTLSettings", "make_combiner", "Source", "TaskData", "TrainConfig", "Trainer",
-           "pretrain", "finetune"]
+``pretrain(PretrainConfig(...))``, ``finetune(FinetuneConfig(...))`` and
+``resume(run_dir)``; the settings are in :mod:`matmtl.config`."""
+from ..config import FinetuneConfig, MTLConfig, PretrainConfig, TrainConfig
+from .engine import Source, TaskData, Trainer
+from .finetune import finetune
+from .fit import RunResult
+from .pretrain import pretrain
+from .resume import resume
 
-
-def __getattr__(name):
-    if name == "pretrain":
-        from .pretrain import pretrain
-
-        return pretrain
-    if name == "finetune":
-        from .finetune import finetune
-
-        return finetune
-    raise AttributeError(name)
+__all__ = ["PretrainConfig", "FinetuneConfig", "MTLConfig", "TrainConfig", "Source", "TaskData", "Trainer",
+           "RunResult", "pretrain", "finetune", "resume"]

@@ -7,14 +7,23 @@ from functools import lru_cache
 import numpy as np
 
 from ..data import DataWarning, Featurizer, load_dataset
+from ..config import DFT_TASKS
 from ..errors import MatmtlError
 from .engine import TaskData
 
-# DFT tasks: name -> (dataset, target column)
-DFT_TASKS = {"e_form": ("mp", "e_form"), "gap_pbe": ("mp_gap", "gap_pbe")}
-AUX_ALIASES = {"dft_energy": "e_form", "dft_gap": "gap_pbe", "e_form": "e_form", "gap_pbe": "gap_pbe"}
+# hurdle heads for band gaps (>= 0 with many exact zeros), regression otherwise
 TASK_KIND = {"e_form": "regression", "gap_pbe": "hurdle", "gap_expt": "hurdle"}
-TASK_UNIT = {"e_form": "eV/atom", "gap_pbe": "eV", "gap_expt": "eV"}
+
+
+def task_unit(task: str) -> str:
+    """The unit of a task's target, from the dataset registry."""
+    from ..data.registry import REGISTRY
+
+    for spec in REGISTRY.values():
+        for t in spec.targets:
+            if t.name == task:
+                return t.unit
+    raise MatmtlError(f"no registered dataset has the target {task!r}")
 
 
 @lru_cache(maxsize=8)
@@ -22,22 +31,6 @@ def _load(name: str, data_dir: str | None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         return load_dataset(name, data_dir)
-
-
-def parse_fold(value) -> int | None:
-    """'0'..'4' -> int; 'none'/'all'/None/-1 -> None (train on every row)."""
-    if value is None:
-        return None
-    s = str(value).strip().lower()
-    if s in ("none", "all", "-1", ""):
-        return None
-    try:
-        k = int(s)
-    except ValueError:
-        raise MatmtlError(f"--holdout-fold must be 0..4 or 'none', got {value!r}") from None
-    if not 0 <= k <= 4:
-        raise MatmtlError(f"--holdout-fold must be 0..4 or 'none', got {value!r}")
-    return k
 
 
 def split_rows(ds, holdout_fold: int | None, max_rows: int | None, seed: int,

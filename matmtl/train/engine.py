@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,27 +21,11 @@ from torch.nn import functional as F
 
 from ..checkpoints import (CheckpointError, load_tensors, optimizer_tensors, read_json, restore_optimizer,
                            save_tensors)
+from ..config import MTLConfig, TrainConfig
 from ..io import atomic_write_json, sha256_of
+from ..metrics import regression_metrics
 from ..models import MultiTaskModel, TaskSpec
-from .balancing import MTLCombiner
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 25
-    batch_size: int = 256
-    lr: float = 1.5e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.05  # fraction of steps
-    seed: int = 0
-    threads: int = 2
-    device: str = "cpu"
-    sym_dropout: float = 0.25  # share of rows trained with the "unknown symmetry" token
-    grad_clip: float = 1.0
-    val_rows: int = 4096  # held-out rows scored after every epoch (all of them at the end)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from ..mtl import GeometryMonitor, MTLBackward
 
 
 @dataclass
@@ -105,9 +89,9 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise MatmtlError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+        raise MatmtlError("device 'cuda': no CUDA GPU is available here; use device 'cpu' or 'auto'")
     if name not in ("cpu", "cuda"):
-        raise MatmtlError(f"--device must be auto, cpu or cuda, got {name!r}")
+        raise MatmtlError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
     return name
 
 
@@ -151,18 +135,19 @@ class Trainer:
     """Runs epochs over a main source (+ auxiliary sources), saving a resumable state
     (``state/``) atomically after every epoch."""
 
-    def __init__(self, model: MultiTaskModel, cfg: TrainConfig, combiner: MTLCombiner, sources: list[Source],
-                 state_dir: Path, evaluate: Callable[[MultiTaskModel, bool], dict] | None = None,
+    def __init__(self, model: MultiTaskModel, cfg: TrainConfig, mtl: MTLConfig, sources: list[Source],
+                 state_dir: Path, evaluate: Callable[[MultiTaskModel, bool], dict] | None = None, *,
+                 weights: dict[str, float] | None = None, reference: list[torch.Tensor] | None = None,
                  progress: bool = True, label: str = "train"):
-        self.model, self.cfg, self.combiner, self.sources = model, cfg, combiner, sources
+        self.model, self.cfg, self.sources = model, cfg, sources
         self.state_dir = Path(state_dir)
         self.evaluate = evaluate
         self.progress = progress
         self.label = label
         self.device = torch.device(cfg.device)
         self.model.to(self.device)
-        combiner.bind(self.model)
-        params = [p for p in model.parameters() if p.requires_grad] + combiner.parameters()
+        self.mtl = build_mtl(model, task_keys(sources), weights or {}, mtl, reference, cfg.seed)
+        params = [p for p in model.parameters() if p.requires_grad] + self.mtl.parameters()
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(sources[0].data) / sources[0].batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -188,7 +173,7 @@ class Trainer:
         save_tensors(self.state_dir / "state.safetensors", tensors)
         atomic_write_json(self.state_dir / "state.json", {
             "epoch": self.epoch, "step": self.step, "history": self.history, "optimizer": opt_meta,
-            "combiner": self.combiner.state(), "tensors_sha256": _tensor_digest(tensors),
+            "mtl": self.mtl.state_dict(), "tensors_sha256": _tensor_digest(tensors),
         })
 
     def load_state(self) -> bool:
@@ -204,7 +189,7 @@ class Trainer:
         restore_optimizer(self.opt, {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("opt.")},
                           meta["optimizer"])
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
-        self.combiner.load_state(meta.get("combiner", {}))
+        self.mtl.load_state_dict(meta.get("mtl", meta.get("combiner", {})))  # "combiner": run folders of 0.1
         return True
 
     # -- training ----------------------------------------------------------------
@@ -249,24 +234,24 @@ class Trainer:
                 g["lr"] = lr_at(self.step, self.total_steps, cfg.lr, cfg.warmup)
             rows = [idx if si == 0 else plans[si][b % len(plans[si])] for si in range(len(self.sources))]
             self.opt.zero_grad(set_to_none=True)
-            if self.combiner.monitor_due():
+            if self.mtl.monitor_due():
                 # the encoder on k micro-batches (each source's rows split k ways): the
                 # monitor's per-task gradient subspaces cost T backward passes in all
-                k = self.combiner.monitor_k
+                k = self.mtl.monitor.k
                 parts = [np.array_split(r, k) for r in rows]
-                feats, per_chunk = [], {t: [] for t in self.combiner.tasks}
+                feats, per_chunk = [], {t: [] for t in self.mtl.tasks}
                 for c in range(k):
                     f, l = self._forward([p[c] for p in parts])
                     feats.append(f)
                     for t in per_chunk:
                         per_chunk[t].append(l.get(t, self._zero))
                 losses = {t: torch.stack(v).mean() for t, v in per_chunk.items()}
-                logged = self.combiner.backward_microbatches(per_chunk, feats)
+                logged = self.mtl.backward_microbatches(per_chunk, feats)
             else:
                 feats, losses = self._forward(rows)
                 if not losses:
                     continue
-                logged = self.combiner.backward({t: losses.get(t, self._zero) for t in self.combiner.tasks}, feats)
+                logged = self.mtl.backward({t: losses.get(t, self._zero) for t in self.mtl.tasks}, feats)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.opt.step()
@@ -298,6 +283,17 @@ class Trainer:
                 if loss is not None:
                     losses[task_key(name, src, losses)] = loss
         return tuple(feats), losses
+
+
+def build_mtl(model: MultiTaskModel, tasks: list[str], weights: dict[str, float], cfg: MTLConfig,
+              reference: list[torch.Tensor] | None, seed: int) -> MTLBackward:
+    """The run's MTLBackward (after the model has moved to its device), with fresh
+    strategy objects: the config's are templates and never carry a run's state."""
+    cfg = cfg.fresh()
+    monitor = GeometryMonitor(cfg.monitor_every, cfg.monitor_k) if cfg.monitor_every and len(tasks) > 1 else None
+    return MTLBackward(model.parameters(), model.shared_parameters(), tasks, balancer=cfg.balancer,
+                       weights={t: float(weights.get(t, 1.0)) for t in tasks}, surgery=cfg.surgery,
+                       soft_share=cfg.soft_share, reference=reference, monitor=monitor, seed=seed)
 
 
 def task_key(name: str, src: Source, taken) -> str:
@@ -333,8 +329,7 @@ def evaluate_rows(model: MultiTaskModel, data: TaskData, tasks: list[str], limit
         m = np.isfinite(y)
         if not m.any():
             continue
-        p = preds[t].mean(1)
-        out[f"mae_{t}"] = float(np.abs(p[m] - y[m]).mean())
+        out[f"mae_{t}"] = regression_metrics(y[m], preds[t].mean(1)[m])["mae"]
         if f"{t}_p_metal" in preds:
             pm = preds[f"{t}_p_metal"].mean(1)
             out[f"metal_acc_{t}"] = float(((pm > 0.5) == (y <= 0))[m].mean())

@@ -7,11 +7,12 @@ import numpy as np
 
 from ..checkpoints import save_checkpoint
 from ..io import atomic_write_json
+from ..metrics import regression_metrics
 from .. import plots, uncertainty
 
 
 def finish_run(run_dir: Path, model, holdout, tasks: list[str], history: list[dict], meta: dict, metrics: dict,
-               combiner=None, progress: bool = True) -> dict:
+               mtl=None, progress: bool = True) -> dict:
     out: dict = {"holdout": {}}
     # ensemble spreads recalibrated on the held-out rows (see matmtl.uncertainty);
     # tasks without held-out labels keep a calibration they inherited, if any
@@ -25,10 +26,10 @@ def finish_run(run_dir: Path, model, holdout, tasks: list[str], history: list[di
             if not m.any():
                 continue
             p, s = preds[t].mean(1), preds[t].std(1)
+            scores = regression_metrics(y[m], p[m])
             row = {
-                "rows": int(m.sum()), "mae": float(np.abs(p[m] - y[m]).mean()),
-                "rmse": float(np.sqrt(np.mean((p[m] - y[m]) ** 2))),
-                "mae_without_symmetry": float(np.abs(nosym[t].mean(1)[m] - y[m]).mean()),
+                "rows": int(m.sum()), "mae": scores["mae"], "rmse": scores["rmse"],
+                "mae_without_symmetry": regression_metrics(y[m], nosym[t].mean(1)[m])["mae"],
                 "mean_std": float(s[m].mean()), "unit": model.tasks[t].unit,
             }
             cal = uncertainty.fit(p[m], s[m], y[m])
@@ -39,7 +40,7 @@ def finish_run(run_dir: Path, model, holdout, tasks: list[str], history: list[di
                 row["metal_accuracy"] = float(((preds[f"{t}_p_metal"].mean(1) > 0.5) == (y <= 0))[m].mean())
             out["holdout"][t] = row
             plots.parity(y[m], p[m], run_dir / f"parity_{t}.png", t, model.tasks[t].unit)
-    records = combiner.close() if combiner is not None else []
+    records = mtl.close() if mtl is not None else []
     if records:
         # the monitor's principal angles and mean-gradient cosines, in the metrics file too
         out["gradient_geometry"] = records

@@ -5,10 +5,10 @@ from typing import Iterable
 
 import torch
 
-from .balance import Balancer, make_balancer
+from .balance import Balancer, Static
 from .gradients import chunked_shared_grads, shared_grads
 from .monitor import GeometryMonitor
-from .surgery import SURGERIES, combine
+from .surgery import Sum, Surgery
 
 
 class MTLBackward:
@@ -16,7 +16,7 @@ class MTLBackward:
     PyTorch multi-task model whose task heads read one shared representation.
 
     >>> mtl = MTLBackward(model.parameters(), shared=model.encoder.parameters(),
-    ...                   tasks=["gap", "e_form"], balance="gradnorm", surgery="pcgrad")
+    ...                   tasks=["gap", "e_form"], balancer=GradNorm(), surgery=PCGrad())
     >>> optimizer = torch.optim.AdamW([*model.parameters(), *mtl.parameters()])
     >>> z = model.encoder(x)                                   # shared representation
     >>> losses = {"gap": mae(model.gap(z), y1), "e_form": mae(model.ef(z), y2)}
@@ -28,17 +28,25 @@ class MTLBackward:
     (see :mod:`matmtl.mtl.gradients`). The fast path (static weights, no surgery, no
     monitor step) is a plain ``backward()`` of the weighted sum.
 
+    ``balancer`` (:mod:`matmtl.mtl.balance`: ``Static()``, ``Uncertainty()``,
+    ``GradNorm(alpha)``) scales the task losses, with ``weights`` as static prior weights;
+    ``surgery`` (:mod:`matmtl.mtl.surgery`: ``Sum()``, ``PCGrad()``, ``HalfSpace(main)``)
+    combines the weighted task gradients of the shared parameters.
+
     On steps where :meth:`monitor_due` is true, run the encoder on k micro-batches
     (``k = monitor.k``; each task's rows split into k parts) and call
     :meth:`backward_microbatches`. That step costs T backward passes in all, and the
-    monitor gets the (T, k, d) gradients.
+    monitor gets the (T, k, d) gradients; :meth:`records` returns what it measured.
 
-    ``soft_share`` > 0 adds the L2-SP penalty (lambda/2)·||theta - theta_0||^2 on the shared
-    parameters; theta_0 is ``reference`` (e.g. the pretrained weights), by default the
-    shared parameters' values when this object was made.
+    ``soft_share`` > 0 adds the L2-SP penalty (lambda/2)·||theta - theta_ref||^2 on the
+    shared parameters; theta_ref is ``reference`` (e.g. the pretrained weights), by
+    default the shared parameters' values when this object was made.
 
     A task with no loss this step (no labelled rows in the batch) may be given a
     zero tensor that does not require grad; it then contributes nothing.
+
+    :meth:`state_dict` / :meth:`load_state_dict` hold what a resumed run needs (step
+    count, the balancer's learned state, the monitor's records), JSON-ready.
     """
 
     def __init__(
@@ -47,14 +55,13 @@ class MTLBackward:
         shared: Iterable[torch.nn.Parameter],
         tasks: list[str],
         *,
-        balance: str | Balancer = "static",
+        balancer: Balancer | None = None,
         weights: dict[str, float] | None = None,
-        surgery: str = "none",
-        main_task: str | None = None,
+        surgery: Surgery | None = None,
         soft_share: float = 0.0,
+        reference: Iterable[torch.Tensor] | None = None,
         monitor: GeometryMonitor | None = None,
         seed: int = 0,
-        reference: Iterable[torch.Tensor] | None = None,
     ):
         self.shared = [p for p in shared if p.requires_grad]
         ids = {id(p) for p in self.shared}
@@ -62,24 +69,23 @@ class MTLBackward:
         if not self.shared:
             raise ValueError("no trainable shared parameters given")
         self.tasks = list(tasks)
-        self.balancer = balance if isinstance(balance, Balancer) else make_balancer(balance, self.tasks, weights)
-        if surgery not in SURGERIES:
-            raise ValueError(f"unknown surgery {surgery!r}; choose from {list(SURGERIES)}")
-        self.surgery = surgery
-        main_task = main_task or self.tasks[0]
-        if main_task not in self.tasks:
-            raise ValueError(f"main task {main_task!r} is not one of {self.tasks}")
-        self.main = self.tasks.index(main_task)
+        for name, obj, kind in (("balancer", balancer, Balancer), ("surgery", surgery, Surgery)):
+            if obj is not None and not isinstance(obj, kind):
+                raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__} object "
+                                f"(e.g. {'GradNorm()' if kind is Balancer else 'PCGrad()'}), got {obj!r}")
+        self.balancer = (balancer or Static()).setup(self.tasks, weights)
+        self.surgery = (surgery or Sum()).setup(self.tasks)
         if soft_share < 0:
             raise ValueError(f"soft_share must be >= 0, got {soft_share}")
         self.soft_share = float(soft_share)
-        self.anchor = None
+        self.reference = None  # L2-SP: the weights the shared parameters are pulled towards
         if soft_share > 0:
             ref = list(reference) if reference is not None else [p.detach() for p in self.shared]
             if [tuple(r.shape) for r in ref] != [tuple(p.shape) for p in self.shared]:
                 raise ValueError("soft-sharing reference weights do not match the shared parameters' shapes")
-            self.anchor = [r.detach().to(p.device, p.dtype).clone() for r, p in zip(ref, self.shared)]
+            self.reference = [r.detach().to(p.device, p.dtype).clone() for r, p in zip(ref, self.shared)]
         self.monitor = monitor
+        self._records: list[dict] = []  # monitor records collected so far (kept across resumes)
         self._grad_buffer: torch.Tensor | None = None
         self.seed = int(seed)
         self.step = 0
@@ -104,7 +110,7 @@ class MTLBackward:
             )
         scalars = self._check(losses, lambda v: torch.is_tensor(v) and v.dim() == 0, "a scalar tensor")
         grads = None
-        if self.surgery != "none" or self.balancer.needs_grads:
+        if self.surgery.needs_grads or self.balancer.needs_grads:
             grads = self._task_grads(scalars, features)
         return self._finish(scalars, grads)
 
@@ -114,8 +120,7 @@ class MTLBackward:
         loss is the mean over micro-batches. The per-task gradients cost T backward
         passes in all; on a monitor step the (T, k, d) gradients go to the monitor."""
         k = len(features)
-        scalars = self._check(losses, lambda v: isinstance(v, (list, tuple)) and len(v) == k,
-                              f"a list of {k} micro-batch losses")
+        self._check(losses, lambda v: isinstance(v, (list, tuple)) and len(v) == k, f"a list of {k} micro-batch losses")
         parts = {t: list(losses[t]) for t in self.tasks}
         per_chunk = chunked_shared_grads(parts, features, self.shared, out=self._buffer(k))  # (T, k, d)
         if self.monitor_due():
@@ -158,11 +163,11 @@ class MTLBackward:
             if inputs:
                 total.backward(inputs=inputs)
         if grads is not None:
-            update = combine(self.surgery, grads, w, main=self.main, seed=self.seed + self.step)
-            self._add_to_shared(update)
+            weighted = grads * w.to(grads.dtype).unsqueeze(1)
+            self._add_to_shared(self.surgery(weighted, seed=self.seed + self.step))
         self.balancer.backward_own(stacked)
-        if self.anchor is not None:
-            for p, p0 in zip(self.shared, self.anchor):
+        if self.reference is not None:
+            for p, p0 in zip(self.shared, self.reference):
                 penalty = self.soft_share * (p.detach() - p0)
                 p.grad = penalty if p.grad is None else p.grad + penalty
         self.step += 1
@@ -187,6 +192,34 @@ class MTLBackward:
             offset += p.numel()
             p.grad = g.clone() if p.grad is None else p.grad + g
 
+    def records(self) -> list[dict]:
+        """Every gradient-geometry record so far (collecting finished background work)."""
+        if self.monitor is not None:
+            self.monitor.poll()
+            self._records.extend(self.monitor.records)
+            self.monitor.records = []
+        return self._records
+
     def close(self) -> list[dict]:
-        """Finish the monitor's pending work; returns its records (empty without a monitor)."""
-        return self.monitor.close() if self.monitor is not None else []
+        """Finish the monitor's pending work; returns every record (empty without a monitor)."""
+        if self.monitor is not None:
+            self._records.extend(self.monitor.close())
+            self.monitor.records = []
+        return self._records
+
+    # -- resumable state (small: JSON) ---------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "balancer": self.balancer.state_dict(), "records": list(self.records())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state.get("step", 0))
+        if state.get("balancer"):
+            self.balancer.load_state_dict(state["balancer"])
+        self._records = list(state.get("records", []))
+
+    def config(self) -> dict:
+        """The settings (JSON-ready), as stored in a checkpoint's metadata."""
+        return {"tasks": self.tasks, "weights": dict(zip(self.tasks, self.balancer.prior.tolist())),
+                "balancer": self.balancer.to_dict(), "surgery": self.surgery.to_dict(),
+                "soft_share": self.soft_share,
+                "monitor": None if self.monitor is None else {"every": self.monitor.every, "k": self.monitor.k}}

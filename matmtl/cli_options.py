@@ -1,0 +1,141 @@
+"""Command-line choices and options shared by the ``matmtl`` commands: every value is
+checked here, at the boundary (choices as enums, numbers with their ranges), and an
+error names the flag. Defaults shown in ``--help`` come from the config dataclasses."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .config import AUX_ALIASES, DFT_TASKS, TrainConfig
+from .models import ModelConfig
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Size(str, Enum):
+    auto = "auto"
+    tiny = "tiny"
+    small = "small"
+    default = "default"
+    large = "large"
+
+
+class Balance(str, Enum):
+    static = "static"
+    uncertainty = "uncertainty"
+    gradnorm = "gradnorm"
+
+
+class SurgeryChoice(str, Enum):
+    none = "none"
+    pcgrad = "pcgrad"
+    halfspace = "halfspace"
+
+
+class AuxSource(str, Enum):
+    replay = "replay"
+    distill = "distill"
+
+
+class OnBad(str, Enum):
+    nan = "nan"
+    raise_ = "raise"
+
+
+# -- parsers for values that are not a plain choice or number ----------------------------
+
+def parse_fold(value: Optional[str]) -> Optional[int]:
+    """``--holdout-fold``: '0'..'4' -> int; 'none'/'all' -> None (train on every row)."""
+    if value is None:
+        return None
+    s = str(value).strip().lower()
+    if s in ("none", "all", "-1", ""):
+        return None
+    if s not in ("0", "1", "2", "3", "4"):
+        raise typer.BadParameter(f"must be a matbench fold 0..4 or 'none', got {value!r}")
+    return int(s)
+
+
+def parse_tasks(value: str) -> tuple[str, ...]:
+    """``--tasks``: comma-separated DFT tasks, the main task e_form among them."""
+    tasks = tuple(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+    bad = [t for t in tasks if t not in DFT_TASKS]
+    if bad or "e_form" not in tasks:
+        raise typer.BadParameter(f"give DFT tasks among {', '.join(DFT_TASKS)}, including e_form; got {value!r}")
+    return tasks
+
+
+def parse_aux(value: str) -> tuple[str, ...]:
+    """``--aux``: comma-separated auxiliary tasks (dft_energy, dft_gap) or 'none'."""
+    names = [a.strip() for a in value.split(",") if a.strip()]
+    if not names or names == ["none"]:
+        return ()
+    bad = [a for a in names if a not in AUX_ALIASES]
+    if bad:
+        raise typer.BadParameter(f"unknown auxiliary task(s) {bad}; choose from dft_energy, dft_gap or none")
+    return tuple(dict.fromkeys(AUX_ALIASES[a] for a in names))
+
+
+def positive(value: Optional[float]) -> Optional[float]:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be > 0, got {value}")
+    return value
+
+
+# -- shared options ----------------------------------------------------------------------
+
+def _preset_help(cls, field: str, stage_presets: tuple[str, ...]) -> str:
+    base = getattr(cls(), field)
+    parts = [f"{base} ({stage_presets[0]})"] + [
+        f"{cls.PRESETS[p].get(field, base)} ({p})" for p in stage_presets[1:] if field in cls.PRESETS[p]]
+    return "default from --size: " + ", ".join(parts)
+
+
+def train_help(field: str) -> str:
+    return _preset_help(TrainConfig, field, ("default", "tiny", "large"))
+
+
+def model_help(field: str) -> str:
+    return _preset_help(ModelConfig, field, ("default", "tiny", "large"))
+
+
+DataDirOpt = typer.Option(
+    None, "--data-dir", envvar="MATMTL_DATA_DIR",
+    help="Folder holding the dataset files (the offline-mirror layout or matminer's <name>.json.gz). "
+    "Default: the offline mirror ../shared/data beside the repository, then matminer's download.",
+)
+DeviceOpt = typer.Option(Device.auto, "--device", help="auto (CUDA if available, else CPU), cpu or cuda.")
+SeedOpt = typer.Option(0, "--seed", min=0, help="Random seed. Seeded CPU runs with the same --threads repeat exactly.")
+ThreadsOpt = typer.Option(TrainConfig().threads, "--threads", min=0,
+                          help="CPU threads for torch (fixed, so seeded runs repeat; 0 = torch's default).")
+OutOpt = typer.Option(None, "--out", help="Run folder to create (must not exist or be empty). "
+                      "Default: <user cache>/runs/<kind>-<timestamp>.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue an unfinished run (the one named by --out, else the latest "
+                         "unfinished one) from its last saved epoch; its stored settings are used and the other "
+                         "options ignored.")
+BalanceOpt = typer.Option(Balance.static, "--balance", help="Loss balancing: static (fixed weights), uncertainty "
+                          "(Kendall et al. 2018, learned task variances) or gradnorm (Chen et al. 2018, equalises the "
+                          "tasks' gradient norms, so eV and eV/atom tasks talk on equal terms). Static weights act as a "
+                          "prior for the other two.")
+SurgeryOpt = typer.Option(SurgeryChoice.none, "--surgery", help="Gradient surgery on the shared encoder: none, pcgrad "
+                          "(Yu et al. 2020: project away conflicting task gradients) or halfspace (the update nearest "
+                          "to the main task's gradient that does not increase the auxiliary losses to first order).")
+MonitorEveryOpt = typer.Option(0, "--monitor-every", min=0, help="Every N steps, record the principal angles between "
+                               "the tasks' gradient subspaces and the cosine of their mean gradients (metrics.json, "
+                               "gradient_geometry.png). 0 = off.")
+MonitorKOpt = typer.Option(4, "--monitor-k", min=2, help="Micro-batches per task gradient subspace for the monitor.")
+HoldoutOpt = typer.Option("0", "--holdout-fold", callback=parse_fold, help="Matbench fold (0-4) whose official test rows are held out and "
+                          "scored; 'none' trains on every row.")
+SizeOpt = typer.Option(Size.auto, "--size", help="Model and training preset: default (CPU; 'small' is its old name), "
+                       "large (GPU), tiny (smoke tests) or auto (large on CUDA, else default).")
+
+
+def data_dir_str(data_dir: Optional[Path]) -> Optional[str]:
+    return str(data_dir) if data_dir else None

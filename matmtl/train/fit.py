@@ -1,0 +1,90 @@
+"""What pretraining and fine-tuning share: starting a run folder from a config, the fit
+loop around :class:`~matmtl.train.engine.Trainer`, and the run's result."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import RunConfig, TrainConfig, config_from_dict
+from ..checkpoints import read_json
+from ..io import atomic_write_json
+from ..models import MultiTaskModel
+from .engine import Source, Trainer, pick_device
+from .runs import new_run_dir
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    history: list = field(default_factory=list)
+    finished: bool = True
+
+
+def start_run(config: RunConfig, out: str | Path | None) -> Path:
+    """A new, empty run folder holding the run's config.json."""
+    run_dir = new_run_dir(config.kind, out)
+    atomic_write_json(run_dir / "config.json", {**config.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return run_dir
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    """The typed config of a run folder (any version this matmtl reads)."""
+    return config_from_dict(read_json(Path(run_dir) / "config.json"))
+
+
+def on_device(train: TrainConfig) -> TrainConfig:
+    """The train settings with ``device`` resolved (``auto`` -> cuda or cpu)."""
+    return replace(train, device=pick_device(train.device))
+
+
+@dataclass
+class Fit:
+    """The trained model after :func:`fit`, its history and the MTL layer (for the
+    monitor's records); ``finished`` is False when ``stop_after`` cut the run short."""
+
+    trainer: Trainer
+    history: list[dict]
+    seconds: float
+
+    @property
+    def finished(self) -> bool:
+        return self.trainer.epoch >= self.trainer.cfg.epochs
+
+    def summary(self) -> dict:
+        return {"epochs": self.trainer.epoch, "train_seconds": round(sum(h["seconds"] for h in self.history), 1),
+                "this_call_seconds": round(self.seconds, 1)}
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the run folder and the epoch its saved state reached, so the
+    command line can say where the state is and how to continue."""
+
+    def __init__(self, run_dir: Path, kind: str, epoch: int):
+        super().__init__(f"{kind} run {run_dir} interrupted after epoch {epoch}")
+        self.run_dir, self.kind, self.epoch = Path(run_dir), kind, epoch
+
+
+def fit(run_dir: Path, model: MultiTaskModel, config: RunConfig, train: TrainConfig, sources: list[Source],
+        evaluate: Callable[[MultiTaskModel, bool], dict] | None, *, weights: dict[str, float] | None = None,
+        reference: list[torch.Tensor] | None = None, progress: bool = True, stop_after: int | None = None) -> Fit:
+    """Train ``model`` from the run folder's saved state (if any) to ``train.epochs``."""
+    trainer = Trainer(model, train, config.mtl, sources, run_dir / "state", evaluate, weights=weights,
+                      reference=reference, progress=progress, label=config.kind)
+    trainer.load_state()
+    t0 = time.time()
+    try:
+        history = trainer.fit(stop_after=stop_after)
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir, config.kind, trainer.epoch) from None
+    return Fit(trainer, history, time.time() - t0)
+
+
+def featurizer_settings() -> dict:
+    from ..data import Featurizer
+
+    return Featurizer().settings()

@@ -1,0 +1,78 @@
+"""The training commands' boundary: every option value is checked where it enters, the
+error names the flag, no traceback reaches the user, and the defaults shown are the
+config dataclasses' own."""
+import pytest
+from typer.testing import CliRunner
+
+from matmtl.cli import app
+from matmtl.config import FinetuneConfig, TrainConfig
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["pretrain", "--epochs", "0"], "--epochs"),
+    (["pretrain", "--dim", "0"], "--dim"),
+    (["pretrain", "--batch-size", "-5"], "--batch-size"),
+    (["pretrain", "--lr", "0"], "--lr"),
+    (["pretrain", "--lr", "-1e-3"], "--lr"),
+    (["pretrain", "--members", "0"], "--members"),
+    (["pretrain", "--sym-dropout", "1.5"], "--sym-dropout"),
+    (["pretrain", "--tasks", "e_form,magic"], "--tasks"),
+    (["pretrain", "--tasks", "gap_pbe"], "--tasks"),
+    (["pretrain", "--size", "huge"], "--size"),
+    (["pretrain", "--balance", "magic"], "--balance"),
+    (["pretrain", "--surgery", "magic"], "--surgery"),
+    (["pretrain", "--device", "tpu"], "--device"),
+    (["pretrain", "--holdout-fold", "7"], "--holdout-fold"),
+    (["pretrain", "--dataset", "oqmd"], "--dataset"),
+    (["pretrain", "--monitor-k", "1"], "--monitor-k"),
+    (["pretrain", "--monitor-every", "-1"], "--monitor-every"),
+    (["pretrain", "--max-rows", "0"], "--max-rows"),
+    (["pretrain", "--threads", "-2"], "--threads"),
+    (["finetune", "--aux", "dft_magic"], "--aux"),
+    (["finetune", "--aux-source", "magic"], "--aux-source"),
+    (["finetune", "--aux-weight", "-1"], "--aux-weight"),
+    (["finetune", "--soft-share", "-0.1"], "--soft-share"),
+    (["finetune", "--epochs", "0"], "--epochs"),
+    (["finetune", "--batch-size", "0"], "--batch-size"),
+    (["finetune", "--holdout-fold", "x"], "--holdout-fold"),
+    (["finetune", "--max-train-rows", "0"], "--max-train-rows"),
+    (["predict", "-f", "GaAs", "--on-bad", "foo"], "--on-bad"),
+])
+def test_bad_option_values_name_the_flag(args, flag, tmp_path, monkeypatch):
+    monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path))
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert flag in r.output and "Traceback" not in r.output
+    assert not r.exception or isinstance(r.exception, SystemExit)
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_defaults_shown_are_the_configs():
+    ft = FinetuneConfig()
+    text = runner.invoke(app, ["finetune", "--help"], terminal_width=200).output
+    for value in (ft.train.epochs, ft.train.batch_size, ft.train.lr, ft.aux_weight):
+        assert str(value) in text
+    text = runner.invoke(app, ["pretrain", "--help"], terminal_width=200).output
+    for value in (TrainConfig().epochs, TrainConfig.PRESETS["large"]["epochs"], TrainConfig().batch_size):
+        assert str(value) in text
+
+
+def test_ctrl_c_says_where_the_state_is_and_how_to_resume(tmp_path, monkeypatch, capsys):
+    from matmtl import cli
+    from matmtl.train import engine
+
+    def interrupted(self, stop_after=None):
+        self.epoch = 3
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(engine.Trainer, "fit", interrupted)
+    monkeypatch.setattr("sys.argv", ["matmtl", "pretrain", "--max-rows", "100", "--size", "tiny", "--out",
+                                     str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert "after epoch 3" in err and f"matmtl pretrain --resume --out {tmp_path / 'run'}" in err
