@@ -4,7 +4,9 @@ Pretrain a multi-task model on DFT data, fine-tune it on scarce experimental ban
 gaps with the DFT task kept as an anchor, predict from pymatgen objects, and look
 inside multi-task training through fast gradient-subspace geometry (Rust core).
 """
-from importlib.metadata import PackageNotFoundError, version as _version
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("matmtl")

@@ -4,7 +4,9 @@ Use :mod:`matmtl.geometry` instead: it validates inputs, handles torch tensors
 and CUDA, and documents the conventions. Every function here takes float32 or
 float64 numpy arrays (one dtype per call), reads C-contiguous arrays in place
 (other layouts are copied once), releases the GIL while it computes, and raises
-ValueError for bad input (TypeError for wrong dtypes).
+matmtl.errors.GeometryInputError (a ValueError) for bad input, TypeError for
+wrong dtypes and RuntimeError for internal failures.
+tests/test_core_boundary.py keeps these stubs equal to the extension's signatures.
 """
 
 import numpy as np
@@ -26,9 +28,12 @@ def pcgrad(
     grads: list[npt.NDArray[np.floating]],
     orders: list[list[int]],
     return_projected: bool = True,
+    out: tuple[npt.NDArray[np.floating] | None, npt.NDArray[np.floating]] | None = None,
 ) -> tuple[npt.NDArray[np.floating] | None, npt.NDArray[np.floating]]:
     """PCGrad over T gradients of shape (d,); ``orders[i]`` is a permutation of the
-    other tasks. Returns (projected (T, d) or None, total (d,)) in the input dtype."""
+    other tasks. Returns (projected (T, d) or None, total (d,)) in the input dtype,
+    written into ``out=(projected or None, total)`` when given (C-contiguous,
+    writeable, the gradients' dtype, not overlapping them)."""
 
 def project_onto_span(
     g: npt.NDArray[np.floating],

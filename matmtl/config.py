@@ -14,16 +14,21 @@ Presets (``ModelConfig.preset``, ``TrainConfig.preset``) live here and in
 :mod:`matmtl.models.net`, nowhere else. Library errors name the parameter
 (``TrainConfig.epochs``); the command line names its flags.
 """
+
 from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
-from .models import ModelConfig
-from .mtl.balance import Balancer, Static, balancer_from
-from .mtl.surgery import Sum, Surgery, surgery_from
 from .presets import from_preset
+
+if TYPE_CHECKING:
+    from .mtl.balance import Balancer
+    from .mtl.surgery import Surgery
+
+# Importing this module does not import torch: the command line reads its defaults here.
 
 CONFIG_VERSION = 2
 
@@ -32,12 +37,60 @@ CONFIG_VERSION = 2
 DFT_TASKS = {"e_form": ("mp", "e_form"), "gap_pbe": ("mp_gap", "gap_pbe")}
 AUX_ALIASES = {"dft_energy": "e_form", "dft_gap": "gap_pbe", "e_form": "e_form", "gap_pbe": "gap_pbe"}
 AUX_SOURCES = ("replay", "distill")
+SYMMETRY_SOURCES = ("none", "mp_ground_state")
 DEVICES = ("auto", "cpu", "cuda")
 
 
 def _check(ok: bool, where: str, what: str, value) -> None:
     if not ok:
         raise ConfigError(f"{where} {what}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The network: a set encoder of width ``dim`` with ``layers`` self-attention layers of
+    ``heads`` heads over the elements, and task heads of ``members`` ensemble members."""
+
+    dim: int = 192
+    layers: int = 3
+    heads: int = 4
+    ff_mult: int = 2
+    dropout: float = 0.0
+    spg_dim: int = 32
+    head_hidden: int = 128
+    members: int = 4  # ensemble members per task head (uncertainty)
+    embedding: str = "matscholar_els"
+    n_fourier: int = 8
+
+    # name -> overrides of the defaults above (the CPU default); "small" is the old name of "default"
+    PRESETS = {
+        "tiny": dict(dim=32, layers=1, heads=2, head_hidden=32, members=2, spg_dim=8),
+        "small": {},
+        "default": {},
+        "large": dict(dim=256, layers=4),
+    }
+
+    def __post_init__(self) -> None:
+        c = "ModelConfig"
+        for name in ("dim", "layers", "heads", "ff_mult", "spg_dim", "head_hidden", "members", "n_fourier"):
+            low = 0 if name == "layers" else 1
+            _check(
+                _is_int(getattr(self, name), low), f"{c}.{name}", f"must be an integer >= {low}", getattr(self, name)
+            )
+        _check(self.dim % self.heads == 0, f"{c}.dim", f"must be a multiple of {c}.heads ({self.heads})", self.dim)
+        _check(_is_number(self.dropout) and 0 <= self.dropout < 1, f"{c}.dropout", "must be in [0, 1)", self.dropout)
+
+    @classmethod
+    def preset(cls, name: str = "default", **overrides) -> "ModelConfig":
+        """A named size (``tiny``, ``default`` = ``small``, ``large``) with ``overrides`` on top."""
+        return from_preset(cls, name, overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(**_known(cls, d, "model"))
 
 
 @dataclass
@@ -54,7 +107,9 @@ class TrainConfig:
     device: str = "cpu"
     sym_dropout: float = 0.25  # share of rows trained with the "unknown symmetry" token
     grad_clip: float = 1.0
-    val_rows: int = 4096  # held-out rows scored after every epoch (all of them at the end)
+    val_fraction: float = 0.1  # share of the training rows held out (seeded) as the run's validation rows
+    val_rows: int = 4096  # at most this many validation rows are scored after every epoch (all at the end)
+    patience: int = 0  # stop after this many epochs without a better validation score (0 = run all epochs)
 
     # name -> overrides of the defaults above; "finetune*" presets are the fine-tuning ones
     PRESETS = {
@@ -67,19 +122,28 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         c = "TrainConfig"
-        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"{c}.epochs", "must be an integer >= 1", self.epochs)
-        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, f"{c}.batch_size", "must be an integer >= 1",
-               self.batch_size)
-        _check(self.lr > 0, f"{c}.lr", "must be > 0", self.lr)
-        _check(self.weight_decay >= 0, f"{c}.weight_decay", "must be >= 0", self.weight_decay)
-        _check(0 <= self.warmup < 1, f"{c}.warmup", "must be in [0, 1)", self.warmup)
-        _check(isinstance(self.threads, int) and self.threads >= 0, f"{c}.threads", "must be an integer >= 0",
-               self.threads)
+        for name, low in (
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("seed", 0),
+            ("threads", 0),
+            ("val_rows", 1),
+            ("patience", 0),
+        ):
+            _check(
+                _is_int(getattr(self, name), low), f"{c}.{name}", f"must be an integer >= {low}", getattr(self, name)
+            )
+        for name, ok, what in (
+            ("lr", lambda v: v > 0, "> 0"),
+            ("weight_decay", lambda v: v >= 0, ">= 0"),
+            ("warmup", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("sym_dropout", lambda v: 0 <= v <= 1, "in [0, 1]"),
+            ("grad_clip", lambda v: v >= 0, ">= 0 (0 = off)"),
+            ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ):
+            v = getattr(self, name)
+            _check(_is_number(v) and ok(v), f"{c}.{name}", f"must be a number {what}", v)
         _check(self.device in DEVICES, f"{c}.device", f"must be one of {', '.join(DEVICES)}", self.device)
-        _check(0 <= self.sym_dropout <= 1, f"{c}.sym_dropout", "must be in [0, 1]", self.sym_dropout)
-        _check(self.grad_clip >= 0, f"{c}.grad_clip", "must be >= 0 (0 = off)", self.grad_clip)
-        _check(isinstance(self.val_rows, int) and self.val_rows >= 1, f"{c}.val_rows", "must be an integer >= 1",
-               self.val_rows)
 
     @classmethod
     def preset(cls, name: str = "default", **overrides) -> "TrainConfig":
@@ -102,27 +166,38 @@ class MTLConfig:
     gradient-geometry monitor (every ``monitor_every`` steps over ``monitor_k``
     micro-batches; 0 = off)."""
 
-    balancer: Balancer = field(default_factory=Static)
-    surgery: Surgery = field(default_factory=Sum)
+    balancer: "Balancer | str | dict | None" = None  # None: Static()
+    surgery: "Surgery | str | dict | None" = None  # None: Sum()
     soft_share: float = 0.0
     monitor_every: int = 0
     monitor_k: int = 4
 
     def __post_init__(self) -> None:
+        from .mtl.balance import balancer_from  # (torch: only when a config is made)
+        from .mtl.surgery import surgery_from
+
         try:
             self.balancer = balancer_from(self.balancer)
             self.surgery = surgery_from(self.surgery)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"MTLConfig: {exc}") from None
-        _check(self.soft_share >= 0, "MTLConfig.soft_share", "must be >= 0", self.soft_share)
-        _check(isinstance(self.monitor_every, int) and self.monitor_every >= 0, "MTLConfig.monitor_every",
-               "must be an integer >= 0", self.monitor_every)
-        _check(isinstance(self.monitor_k, int) and self.monitor_k >= 2, "MTLConfig.monitor_k", "must be an integer >= 2",
-               self.monitor_k)
+        _check(
+            _is_number(self.soft_share) and self.soft_share >= 0,
+            "MTLConfig.soft_share",
+            "must be a number >= 0",
+            self.soft_share,
+        )
+        _check(_is_int(self.monitor_every, 0), "MTLConfig.monitor_every", "must be an integer >= 0", self.monitor_every)
+        _check(_is_int(self.monitor_k, 2), "MTLConfig.monitor_k", "must be an integer >= 2", self.monitor_k)
 
     def to_dict(self) -> dict:
-        return {"balancer": self.balancer.to_dict(), "surgery": self.surgery.to_dict(), "soft_share": self.soft_share,
-                "monitor_every": self.monitor_every, "monitor_k": self.monitor_k}
+        return {
+            "balancer": self.balancer.to_dict(),
+            "surgery": self.surgery.to_dict(),
+            "soft_share": self.soft_share,
+            "monitor_every": self.monitor_every,
+            "monitor_k": self.monitor_k,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "MTLConfig":
@@ -139,12 +214,13 @@ class MTLConfig:
 @dataclass
 class PretrainConfig:
     """Pretraining on DFT data: ``tasks`` (e_form is the main task; gap_pbe adds the PBE
-    gap from mp_gap, each row training only its own head), matbench fold
-    ``holdout_fold`` of each dataset held out (None: train on every row)."""
+    gap from mp_gap, each row training only its own head; the pair is the transfer model
+    that evaluated best), matbench fold ``holdout_fold`` of each dataset held out as test
+    rows (None: every row but the validation rows trains)."""
 
-    tasks: tuple[str, ...] = ("e_form",)
+    tasks: tuple[str, ...] = ("e_form", "gap_pbe")
     dataset: str = "mp"
-    holdout_fold: int | None = 0
+    holdout_fold: int | None = None
     max_rows: int | None = None
     task_weights: dict = field(default_factory=dict)
     data_dir: str | None = None
@@ -157,21 +233,33 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         c = "PretrainConfig"
         self.tasks = tuple(self.tasks)
-        _check(bool(self.tasks) and all(t in DFT_TASKS for t in self.tasks), f"{c}.tasks",
-               f"must be DFT tasks among {', '.join(DFT_TASKS)}", list(self.tasks))
+        _check(
+            bool(self.tasks) and all(t in DFT_TASKS for t in self.tasks),
+            f"{c}.tasks",
+            f"must be DFT tasks among {', '.join(DFT_TASKS)}",
+            list(self.tasks),
+        )
         _check(len(set(self.tasks)) == len(self.tasks), f"{c}.tasks", "must not repeat a task", list(self.tasks))
         _check("e_form" in self.tasks, f"{c}.tasks", "must include the main task e_form", list(self.tasks))
-        _check(self.dataset == "mp", f"{c}.dataset", "must be 'mp' (matbench mp_e_form, the main task's data)",
-               self.dataset)
+        _check(
+            self.dataset == "mp",
+            f"{c}.dataset",
+            "must be 'mp' (matbench mp_e_form, the main task's data)",
+            self.dataset,
+        )
         _check_fold(self.holdout_fold, f"{c}.holdout_fold")
         _check_rows(self.max_rows, f"{c}.max_rows")
         unknown = set(self.task_weights) - set(self.tasks)
-        _check(not unknown, f"{c}.task_weights", f"names tasks that are not trained ({sorted(unknown)})",
-               self.task_weights)
+        _check(
+            not unknown, f"{c}.task_weights", f"names tasks that are not trained ({sorted(unknown)})", self.task_weights
+        )
         _check_types(self)
-        _check(self.mtl.soft_share == 0, f"{c}.mtl.soft_share",
-               "pulls the encoder towards pretrained weights: use it when fine-tuning, not pretraining",
-               self.mtl.soft_share)
+        _check(
+            self.mtl.soft_share == 0,
+            f"{c}.mtl.soft_share",
+            "pulls the encoder towards pretrained weights: use it when fine-tuning, not pretraining",
+            self.mtl.soft_share,
+        )
 
     def to_dict(self) -> dict:
         return _to_dict(self)
@@ -190,9 +278,10 @@ class FinetuneConfig:
     aux: tuple[str, ...] = ("e_form",)
     aux_source: str = "replay"
     aux_weight: float = 0.5
-    holdout_fold: int | None = 0
+    holdout_fold: int | None = None
     max_train_rows: int | None = None
     replay_max_rows: int | None = None
+    symmetry: str = "none"  # "mp_ground_state": training rows carry their MP ground state's space group
     data_dir: str | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig.preset("finetune"))
     mtl: MTLConfig = field(default_factory=MTLConfig)
@@ -205,9 +294,24 @@ class FinetuneConfig:
         bad = [a for a in aux if a not in AUX_ALIASES]
         _check(not bad, f"{c}.aux", f"has unknown task(s) {bad}; choose from dft_energy, dft_gap", list(aux))
         self.aux = tuple(dict.fromkeys(AUX_ALIASES[a] for a in aux))
-        _check(self.aux_source in AUX_SOURCES, f"{c}.aux_source", f"must be one of {', '.join(AUX_SOURCES)}",
-               self.aux_source)
-        _check(self.aux_weight >= 0, f"{c}.aux_weight", "must be >= 0", self.aux_weight)
+        _check(
+            self.aux_source in AUX_SOURCES,
+            f"{c}.aux_source",
+            f"must be one of {', '.join(AUX_SOURCES)}",
+            self.aux_source,
+        )
+        _check(
+            _is_number(self.aux_weight) and self.aux_weight >= 0,
+            f"{c}.aux_weight",
+            "must be a number >= 0",
+            self.aux_weight,
+        )
+        _check(
+            self.symmetry in SYMMETRY_SOURCES,
+            f"{c}.symmetry",
+            f"must be one of {', '.join(SYMMETRY_SOURCES)}",
+            self.symmetry,
+        )
         _check_fold(self.holdout_fold, f"{c}.holdout_fold")
         _check_rows(self.max_train_rows, f"{c}.max_train_rows")
         _check_rows(self.replay_max_rows, f"{c}.replay_max_rows")
@@ -231,15 +335,26 @@ def config_from_dict(d: dict) -> RunConfig:
         raise ConfigError(f"config.json: unknown run kind {kind!r}; expected pretrain or finetune")
     version = d.get("version", 1)
     if not isinstance(version, int) or version > CONFIG_VERSION:
-        raise ConfigError(f"config.json: format version {version!r} is newer than this matmtl reads "
-                          f"(<= {CONFIG_VERSION}); upgrade matmtl")
+        raise ConfigError(
+            f"config.json: format version {version!r} is newer than this matmtl reads "
+            f"(<= {CONFIG_VERSION}); upgrade matmtl"
+        )
     cls = _KINDS[kind]
     values = _known(cls, d, kind)
     if "model" in values:
         values["model"] = ModelConfig.from_dict(values["model"])
-    values["train"] = TrainConfig.from_dict(values.get("train", {}))
+    train = dict(values.get("train", {}))
+    if version == 1:  # matmtl 0.1 had no validation split: its runs resume as they started
+        train.setdefault("val_fraction", 0.0)
+    values["train"] = TrainConfig.from_dict(train)
     values["mtl"] = MTLConfig.from_dict(values.get("mtl", {}))
     return cls(**values)
+
+
+def default_of(cls, name: str):
+    """A config field's default value, without making a config (so without torch)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if callable(f.default_factory) else f.default
 
 
 def resolve_size(size: str, device: str) -> str:
@@ -250,6 +365,7 @@ def resolve_size(size: str, device: str) -> str:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
 
 def _known(cls, d: dict, where: str) -> dict:
     names = {f.name for f in fields(cls)}
@@ -268,12 +384,20 @@ def _to_dict(cfg) -> dict:
     return out
 
 
+def _is_int(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
 def _check_fold(k, where: str) -> None:
-    _check(k is None or (isinstance(k, int) and 0 <= k <= 4), where, "must be a matbench fold 0..4 or None", k)
+    _check(k is None or (_is_int(k, 0) and k <= 4), where, "must be a matbench fold 0..4 or None", k)
 
 
 def _check_rows(n, where: str) -> None:
-    _check(n is None or (isinstance(n, int) and n >= 1), where, "must be None or an integer >= 1", n)
+    _check(n is None or _is_int(n, 1), where, "must be None or an integer >= 1", n)
 
 
 def _check_types(cfg) -> None:

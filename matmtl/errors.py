@@ -12,3 +12,17 @@ class DataError(MatmtlError):
 
 class DatasetNotFound(DataError, FileNotFoundError):
     """No local copy of a named dataset and no way to fetch it."""
+
+
+class ConfigError(MatmtlError):
+    """A training setting is out of range or of the wrong type; the message names it."""
+
+
+class GeometryInputError(MatmtlError):
+    """Unusable input to :mod:`matmtl.geometry` or its Rust core (shape, NaN/inf, visiting
+    order, output buffer, device, backend); the message names the parameter."""
+
+
+class InputTypeError(DataError, TypeError):
+    """An input of a type matmtl cannot read (None, a number, a dict, bytes); the message
+    names the input and its position. A TypeError, and a DataError (so ``on_bad`` applies)."""

@@ -42,22 +42,24 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from matmtl import _core
+from matmtl.errors import GeometryInputError
 
 __all__ = [
-    "SubspaceGeometry",
     "PCGradResult",
     "SpanProjection",
-    "subspace_geometry",
+    "SubspaceGeometry",
     "pcgrad",
     "pcgrad_orders",
-    "project_onto_span",
     "project_halfspace",
+    "project_onto_span",
+    "subspace_geometry",
 ]
 
 _BACKENDS = ("auto", "rust", "torch")
@@ -146,13 +148,15 @@ def subspace_geometry(grads, *, backend: str = "auto") -> SubspaceGeometry:
     Raises:
         TypeError: wrong container, dtype (ints, float16, complex, ...) or mixed
             dtypes/array kinds.
-        ValueError: wrong shapes (not 2-D, different d or k, empty), NaN/inf
-            (the message names the task), unusable device or backend.
+        GeometryInputError: (a ValueError) wrong shapes (not 2-D, different d or
+            k, empty), NaN/inf (the message names the task), unusable device or
+            backend.
     """
-    tasks, kind = _task_list(grads, per_task_ndim=2, noun="gradient samples")
+    noun = "gradient samples"
+    tasks, kind = _task_list(grads, per_task_ndim=2, noun=noun)
     if _choose_backend(tasks, kind, backend) == "torch":
-        return _torch_geometry([_as_tensor(t) for t in tasks])
-    angles, mean_cosine, ranks, qr_pairs = _core.subspace_geometry([_as_numpy(t) for t in tasks])
+        return _torch_geometry(_torch_tasks(tasks, 2, noun))
+    angles, mean_cosine, ranks, qr_pairs = _core.subspace_geometry(_numpy_tasks(tasks, noun))
     return SubspaceGeometry(angles, mean_cosine, ranks, qr_pairs, "rust")
 
 
@@ -199,55 +203,70 @@ def pcgrad(grads, *, seed=None, return_projected: bool = True, out=None, backend
     """
     tasks, kind = _task_list(grads, per_task_ndim=1, noun="gradient")
     if out is not None:
-        out = _check_out(out, tasks, kind, return_projected)
+        _check_out_kind(out, tasks, kind)
     orders = pcgrad_orders(len(tasks), seed)
     if _choose_backend(tasks, kind, backend) == "torch":
-        projected, total = _torch_pcgrad([_as_tensor(t) for t in tasks], orders, return_projected)
-        if out is not None:
-            for buf, res in zip(out, (projected, total)):
-                if buf is not None:
-                    buf.copy_(res)
-            projected, total = out
+        projected, total = _pcgrad_on_torch(tasks, orders, return_projected, out)
     else:
-        arrays = None if out is None else tuple(None if o is None else _as_numpy(o) for o in out)
-        projected, total = _core.pcgrad([_as_numpy(t) for t in tasks], orders, return_projected, arrays)
-        if out is not None:
-            projected, total = out  # the caller's objects, now filled
-        else:
-            projected, total = (None if projected is None else _like(projected, kind)), _like(total, kind)
+        projected, total = _pcgrad_on_rust(tasks, kind, orders, return_projected, out)
     return PCGradResult(projected, total, orders)
 
 
-def _check_out(out, tasks, kind: str, return_projected: bool) -> tuple:
-    """Validate pcgrad's ``out=(projected, total)`` before any work is done."""
+def _pcgrad_on_rust(tasks, kind: str, orders, return_projected: bool, out) -> tuple:
+    """The core checks the ``out`` buffers (dtype, shape, C order, writeable, no
+    overlap) before any work and writes into them."""
+    arrays = None if out is None else tuple(None if o is None else _out_view(o) for o in out)
+    projected, total = _core.pcgrad(_numpy_tasks(tasks, "gradient"), orders, return_projected, arrays)
+    if out is not None:
+        return tuple(out)  # the caller's objects, now filled
+    return (None if projected is None else _like(projected, kind)), _like(total, kind)
+
+
+def _pcgrad_on_torch(tasks, orders, return_projected: bool, out) -> tuple:
+    tensors = _torch_tasks(tasks, 1, "gradient")
+    if out is not None:
+        _check_torch_out(out, tensors, return_projected)
+    projected, total = _torch_pcgrad(tensors, orders, return_projected)
+    if out is None:
+        return projected, total
+    for buf, result in zip(out, (projected, total), strict=True):
+        if buf is not None:
+            _as_tensor(buf).copy_(result)
+    return tuple(out)
+
+
+def _check_out_kind(out, tasks, kind: str) -> None:
+    """pcgrad's ``out`` is a (projected, total) pair of the gradients' kind and device."""
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise TypeError("out must be a (projected, total) pair")
-    projected, total = out
-    if (projected is None) == return_projected:
-        raise ValueError("out: give a projected buffer exactly when return_projected is True")
-    T, d = len(tasks), tuple(tasks[0].shape)[0]
-    for buf, shape, name in ((projected, (T, d), "out projected"), (total, (d,), "out total")):
+    for buf, name in zip(out, ("out projected", "out total"), strict=True):
         if buf is None:
             continue
         if _kind_of(buf, name) != kind:
-            raise TypeError(f"{name} must be a {'numpy array' if kind == 'numpy' else 'torch tensor'} like the gradients")
-        if str(buf.dtype).replace("torch.", "") != str(tasks[0].dtype).replace("torch.", ""):
-            raise TypeError(f"{name} has dtype {buf.dtype}; the gradients are {tasks[0].dtype}")
-        if tuple(buf.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(buf.shape)}, expected {shape}")
+            raise TypeError(
+                f"{name} must be a {'numpy array' if kind == 'numpy' else 'torch tensor'} like the gradients"
+            )
         if kind == "torch" and buf.device != tasks[0].device:
-            raise ValueError(f"{name} is on {buf.device}, the gradients on {tasks[0].device}")
-        contiguous = buf.is_contiguous() if kind == "torch" else buf.flags.c_contiguous
-        if not contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
-        if kind == "numpy" and not buf.flags.writeable:
-            raise ValueError(f"{name} is read-only")
-        host = [_as_numpy(t) for t in tasks] if kind == "numpy" or buf.device.type == "cpu" else None
-        if host is not None and any(np.may_share_memory(_as_numpy(buf), t) for t in host):
-            raise ValueError(f"{name} overlaps the input gradients; the projection would read what it overwrites")
-    if projected is not None and kind == "numpy" and np.may_share_memory(projected, total):
-        raise ValueError("out projected and out total overlap")
-    return projected, total
+            raise GeometryInputError(f"{name} is on {buf.device}, the gradients on {tasks[0].device}")
+
+
+def _check_torch_out(out, tensors, return_projected: bool) -> None:
+    """The torch backend's checks of ``out`` (the core's, for the Rust path); the
+    results are computed first and then copied in, so overlap does not matter."""
+    projected, total = out
+    if (projected is None) == return_projected:
+        raise GeometryInputError("out: give a projected array exactly when return_projected is True")
+    T, d = len(tensors), tensors[0].shape[0]
+    want = _dtype_name(tensors[0])
+    for buf, shape, name in ((projected, (T, d), "out projected"), (total, (d,), "out total")):
+        if buf is None:
+            continue
+        if _dtype_name(buf) != want:
+            raise TypeError(f"{name} has dtype {_dtype_name(buf)}; the gradients are {want}")
+        if tuple(buf.shape) != shape:
+            raise GeometryInputError(f"{name} has shape {tuple(buf.shape)}, expected {shape}")
+        if isinstance(buf, np.ndarray) and not buf.flags.writeable:
+            raise GeometryInputError(f"{name} is read-only")
 
 
 def project_onto_span(g, G, *, backend: str = "auto") -> SpanProjection:
@@ -255,13 +274,16 @@ def project_onto_span(g, G, *, backend: str = "auto") -> SpanProjection:
     (``G`` of shape ``(d, k)``, e.g. another task's gradient samples) and the
     remainder, which is orthogonal to every column of G. Rank-deficient G is
     fine; a G of rank 0 gives ``parallel = 0``. Computed in float64 via QR."""
-    (g_, G_), kind = _pair(g, G, ("g", "G"), (1, 2))
-    if g_.shape[0] != G_.shape[0]:
-        raise ValueError(f"g has shape {tuple(g_.shape)} but G has shape {tuple(G_.shape)}; need g (d,), G (d, k)")
-    if _choose_backend([g_, G_], kind, backend) == "torch":
-        parallel, orthogonal = _torch_span_projection(_as_tensor(g_), _as_tensor(G_))
+    kind = _pair_kind(g, G, ("g", "G"))
+    if _choose_backend([g, G], kind, backend) == "torch":
+        g_, G_ = _torch_pair(g, G, ("g", "G"), (1, 2))
+        if g_.shape[0] != G_.shape[0]:
+            raise GeometryInputError(
+                f"g has shape {tuple(g_.shape)} but G has shape {tuple(G_.shape)}; need g (d,), G (d, k)"
+            )
+        parallel, orthogonal = _torch_span_projection(g_, G_)
     else:
-        parallel, orthogonal = _core.project_onto_span(_as_numpy(g_), _as_numpy(G_))
+        parallel, orthogonal = _core.project_onto_span(_as_numpy(g, "g"), _as_numpy(G, "G"))
         parallel, orthogonal = _like(parallel, kind), _like(orthogonal, kind)
     return SpanProjection(parallel, orthogonal)
 
@@ -270,16 +292,26 @@ def project_halfspace(g1, g2, *, backend: str = "auto"):
     """The vector nearest to ``g1`` with ``g2 . d >= 0``:
     ``d = g1 - min(0, g1 . g2) / |g2|^2 * g2``; ``g2 = 0`` gives ``d = g1``.
     Both of shape ``(d,)``; dot products in float64."""
-    (a, b), kind = _pair(g1, g2, ("g1", "g2"), (1, 1))
-    if a.shape != b.shape:
-        raise ValueError(f"g1 {tuple(a.shape)} and g2 {tuple(b.shape)} must have the same shape")
-    if _choose_backend([a, b], kind, backend) == "torch":
-        return _torch_halfspace(_as_tensor(a), _as_tensor(b))
-    return _like(_core.project_halfspace(_as_numpy(a), _as_numpy(b)), kind)
+    kind = _pair_kind(g1, g2, ("g1", "g2"))
+    if _choose_backend([g1, g2], kind, backend) == "torch":
+        a, b = _torch_pair(g1, g2, ("g1", "g2"), (1, 1))
+        if a.shape != b.shape:
+            raise GeometryInputError(f"g1 {tuple(a.shape)} and g2 {tuple(b.shape)} must have the same shape")
+        return _torch_halfspace(a, b)
+    return _like(_core.project_halfspace(_as_numpy(g1, "g1"), _as_numpy(g2, "g2")), kind)
 
 
 # ---------------------------------------------------------------------------
 # Input checks and conversions
+#
+# Who checks what (each input is checked once):
+# * here: the container (a sequence or one stacked array), the array kind (numpy
+#   or torch, not mixed), device and backend, byte order;
+# * the Rust core (rust_core/src/bindings.rs), for the Rust path: dtype,
+#   dimensions, shapes, and pcgrad's out= buffers; its kernels find NaN/inf in
+#   their first pass over the data;
+# * _torch_tasks / _torch_pair / _check_torch_out below, for the torch path: the
+#   same rules and messages as the core, since torch is the kernel there.
 # ---------------------------------------------------------------------------
 
 
@@ -296,92 +328,130 @@ def _kind_of(x, what: str) -> str:
     raise TypeError(f"{what} must be a numpy array or torch tensor, got {type(x).__name__}")
 
 
-def _check_dtype(x, what: str) -> str:
-    """'float32' or 'float64', else TypeError."""
-    name = x.dtype.name if isinstance(x, np.ndarray) else str(x.dtype).removeprefix("torch.")
-    if name not in ("float32", "float64"):
-        raise TypeError(f"{what} has dtype {name}; expected float32 or float64")
-    return name
+def _dtype_name(x) -> str:
+    """'float32', 'int64', 'bfloat16', ... ('>f4' for non-native numpy byte order)."""
+    return str(x.dtype).removeprefix("torch.")
 
 
 def _task_list(grads, *, per_task_ndim: int, noun: str) -> tuple[list, str]:
-    """Split ``grads`` into per-task arrays and check kind, dtype and shapes."""
+    """Split ``grads`` into per-task arrays of one kind (numpy or torch)."""
     if isinstance(grads, np.ndarray) or _is_tensor(grads):
         if grads.ndim != per_task_ndim + 1:
-            raise ValueError(f"a single array of {noun} must be {per_task_ndim + 1}-D (tasks first), got shape {tuple(grads.shape)}")
+            raise GeometryInputError(
+                f"a single array of {noun} must be {per_task_ndim + 1}-D (tasks first), got shape {tuple(grads.shape)}"
+            )
         tasks = list(grads)
     elif isinstance(grads, Sequence) and not isinstance(grads, (str, bytes)):
         tasks = list(grads)
     else:
         raise TypeError(f"expected a sequence of arrays/tensors or one array/tensor, got {type(grads).__name__}")
     if not tasks:
-        raise ValueError("need at least one task")
+        raise GeometryInputError("need at least one task")
     kinds = {_kind_of(t, f"{noun} of task {i}") for i, t in enumerate(tasks)}
     if len(kinds) > 1:
         raise TypeError("mix of numpy arrays and torch tensors; pass one kind")
-    dtypes = {_check_dtype(t, f"{noun} of task {i}") for i, t in enumerate(tasks)}
-    if len(dtypes) > 1:
-        raise TypeError("tasks mix float32 and float64; convert them to one dtype")
-    shape0 = tuple(tasks[0].shape)
-    for i, t in enumerate(tasks):
-        shape = tuple(t.shape)
-        if len(shape) != per_task_ndim:
-            raise ValueError(f"{noun} of task {i} must be {per_task_ndim}-D, got shape {shape}")
-        if 0 in shape:
-            raise ValueError(f"{noun} of task {i} is empty (shape {shape})")
-        if shape != shape0:
-            dims = "d" if shape[0] != shape0[0] else "k"
-            raise ValueError(f"{noun} of task {i} has shape {shape} but task 0 has {shape0}: mismatched {dims}")
     return tasks, kinds.pop()
 
 
-def _pair(a, b, names: tuple[str, str], ndims: tuple[int, int]) -> tuple[tuple, str]:
+def _pair_kind(a, b, names: tuple[str, str]) -> str:
     kinds = {_kind_of(a, names[0]), _kind_of(b, names[1])}
     if len(kinds) > 1:
         raise TypeError(f"{names[0]} and {names[1]} mix numpy arrays and torch tensors; pass one kind")
-    if _check_dtype(a, names[0]) != _check_dtype(b, names[1]):
-        raise TypeError(f"{names[0]} and {names[1]} mix float32 and float64; convert them to one dtype")
-    for x, name, ndim in zip((a, b), names, ndims):
-        if x.ndim != ndim:
-            raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
-        if 0 in tuple(x.shape):
-            raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    return (a, b), kinds.pop()
+    return kinds.pop()
 
 
 def _choose_backend(arrays: list, kind: str, backend: str) -> str:
     """'rust' or 'torch' for these inputs (see :func:`subspace_geometry`)."""
     if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        raise GeometryInputError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if kind == "numpy":
         return "torch" if backend == "torch" else "rust"
     devices = {x.device for x in arrays}
     if len(devices) > 1:
-        raise ValueError(f"tensors are on different devices {sorted(map(str, devices))}; move them to one")
+        raise GeometryInputError(f"tensors are on different devices {sorted(map(str, devices))}; move them to one")
     device = devices.pop()
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device}; use CPU or CUDA tensors")
+        raise GeometryInputError(f"unsupported device {device}; use CPU or CUDA tensors")
     if backend == "rust" and device.type != "cpu":
-        raise ValueError(f"backend='rust' needs CPU tensors, got device {device}; use backend='torch' or 'auto'")
+        raise GeometryInputError(
+            f"backend='rust' needs CPU tensors, got device {device}; use backend='torch' or 'auto'"
+        )
     if backend == "auto":
         return "torch" if device.type == "cuda" else "rust"
     return backend
 
 
-def _as_numpy(x) -> np.ndarray:
+def _as_numpy(x, what: str = "input") -> np.ndarray:
     """A numpy view for the Rust core: CPU tensors share memory (no copy);
     non-native byte order is converted (a copy)."""
     if _is_tensor(x):
-        x = x.detach().resolve_conj().resolve_neg().numpy()
+        try:
+            x = x.detach().resolve_conj().resolve_neg().numpy()
+        except TypeError:  # a dtype numpy lacks (bfloat16, ...)
+            raise TypeError(f"{what} has dtype {_dtype_name(x)}; expected float32 or float64") from None
     if not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))
     return x
+
+
+def _numpy_tasks(tasks, noun: str) -> list[np.ndarray]:
+    return [_as_numpy(t, f"{noun} of task {i}") for i, t in enumerate(tasks)]
+
+
+def _out_view(buf) -> np.ndarray:
+    """An output buffer as the numpy array the core writes into: the caller's own
+    memory, never a converted copy (the core refuses what it cannot write)."""
+    return buf.detach().numpy() if _is_tensor(buf) else buf
 
 
 def _as_tensor(x):
     import torch
 
     return torch.from_numpy(_as_numpy(x)) if isinstance(x, np.ndarray) else x.detach()
+
+
+def _check_float_tensors(tensors, names: list[str], all_names: str) -> None:
+    dtypes = []
+    for x, name in zip(tensors, names, strict=True):
+        dtypes.append(_dtype_name(x))
+        if dtypes[-1] not in ("float32", "float64"):
+            raise TypeError(f"{name} has dtype {dtypes[-1]}; expected float32 or float64")
+    if len(set(dtypes)) > 1:
+        raise TypeError(f"{all_names} mix float32 and float64; convert them to one dtype")
+
+
+def _check_shape(x, ndim: int, what: str) -> tuple:
+    shape = tuple(x.shape)
+    if len(shape) != ndim:
+        raise GeometryInputError(f"{what} must be {ndim}-D, got shape {shape}")
+    if 0 in shape:
+        raise GeometryInputError(f"{what} is empty (shape {shape})")
+    return shape
+
+
+def _torch_tasks(tasks, per_task_ndim: int, noun: str) -> list:
+    """The tasks as tensors for the torch backend, checked as the core checks them."""
+    tensors = [_as_tensor(t) for t in tasks]
+    names = [f"{noun} of task {i}" for i in range(len(tensors))]
+    _check_float_tensors(tensors, names, "tasks")
+    shapes = [_check_shape(t, per_task_ndim, name) for t, name in zip(tensors, names, strict=True)]
+    for i, shape in enumerate(shapes):
+        if shape != shapes[0]:
+            dim = "d" if shape[0] != shapes[0][0] else "k"
+            raise GeometryInputError(
+                f"{names[i]} has shape {shape} but task 0 has {shapes[0]}: "
+                f"mismatched {dim}; all tasks need the same shape"
+            )
+    return tensors
+
+
+def _torch_pair(a, b, names: tuple[str, str], ndims: tuple[int, int]) -> tuple:
+    """Two inputs as tensors for the torch backend, checked as the core checks them."""
+    a, b = _as_tensor(a), _as_tensor(b)
+    _check_float_tensors((a, b), list(names), f"{names[0]} and {names[1]}")
+    for x, name, ndim in zip((a, b), names, ndims, strict=True):
+        _check_shape(x, ndim, name)
+    return a, b
 
 
 def _like(result: np.ndarray, kind: str):
@@ -404,7 +474,7 @@ def _check_finite(tasks, noun: str) -> None:
     finite = torch.stack([torch.isfinite(t).all() for t in tasks]).cpu()
     if not bool(finite.all()):
         bad = int((~finite).nonzero()[0, 0])
-        raise ValueError(f"{noun} of task {bad} contains NaN or inf")
+        raise GeometryInputError(f"{noun} of task {bad} contains NaN or inf")
 
 
 def _torch_frames(G, eps: float):
@@ -454,7 +524,9 @@ def _torch_geometry(tasks) -> SubspaceGeometry:
         for p, (s, t) in enumerate(pairs):
             angles[s, t] = angles[t, s] = theta[p]
     qr_pairs = ~np.eye(T, dtype=bool)
-    return SubspaceGeometry(angles.numpy(), _torch_mean_cosine(G), ranks.cpu().numpy().astype(np.int64), qr_pairs, "torch")
+    return SubspaceGeometry(
+        angles.numpy(), _torch_mean_cosine(G), ranks.cpu().numpy().astype(np.int64), qr_pairs, "torch"
+    )
 
 
 def _torch_mean_cosine(G) -> np.ndarray:
@@ -486,12 +558,26 @@ def _pcgrad_coefficients(gram: np.ndarray, orders: list[list[int]]) -> np.ndarra
 def _torch_pcgrad(tasks, orders, return_projected: bool):
     import torch
 
-    _check_finite(tasks, "gradient")
     G64 = torch.stack(tasks).to(torch.float64)
-    coef = torch.from_numpy(_pcgrad_coefficients((G64 @ G64.T).cpu().numpy(), orders)).to(G64.device)
+    gram = (G64 @ G64.T).cpu().numpy()
+    _check_gram_diagonal(gram, tasks)
+    coef = torch.from_numpy(_pcgrad_coefficients(gram, orders)).to(G64.device)
     dtype = tasks[0].dtype
     total = (coef.sum(0) @ G64).to(dtype)
     return ((coef @ G64).to(dtype) if return_projected else None), total
+
+
+def _check_gram_diagonal(gram: np.ndarray, tasks) -> None:
+    """NaN/inf in a gradient makes its squared norm on the Gram's diagonal NaN or
+    inf: the check costs no pass of its own, as in the Rust core."""
+    import torch
+
+    bad = np.flatnonzero(~np.isfinite(np.diag(gram)))
+    if bad.size:
+        t = int(bad[0])
+        if bool(torch.isfinite(tasks[t]).all()):
+            raise GeometryInputError(f"gradient of task {t} is too large: its squared norm overflows float64")
+        raise GeometryInputError(f"gradient of task {t} contains NaN or inf")
 
 
 def _torch_span_projection(g, G):
@@ -510,7 +596,7 @@ def _torch_halfspace(g1, g2):
 
     for name, x in (("g1", g1), ("g2", g2)):
         if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or inf")
+            raise GeometryInputError(f"{name} contains NaN or inf")
     a, b = g1.to(torch.float64), g2.to(torch.float64)
     dot = torch.dot(a, b)
     weight = torch.where(dot < 0, -dot / torch.dot(b, b), torch.zeros_like(dot))

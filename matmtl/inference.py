@@ -3,8 +3,16 @@
 >>> import matmtl
 >>> matmtl.predict("GaAs")                     # one input -> Prediction
 >>> matmtl.predict([structure, "NaCl", comp])  # a list -> pandas DataFrame
+>>> matmtl.predict("structures/")              # a folder, a glob or a file -> DataFrame
 >>> model = matmtl.load_model()                # the latest fine-tuned run; reuse it
 >>> model.predict(many_structures)
+
+Inputs: pymatgen Structure / Composition, a formula string (hydrates such as
+``CuSO4·5H2O`` or ``CuSO4.5H2O`` read as the sum CuSO4 + 5 H2O), ASE ``Atoms`` (through
+pymatgen's AseAtomsAdaptor), a CIF text, or paths (a Path, or a string with a ``/``, a
+glob pattern or a known suffix: see :mod:`matmtl.predict_io`). None, numbers, dicts and
+bytes raise :class:`~matmtl.errors.InputTypeError` (a TypeError) naming the input and its
+position.
 
 Outputs: ``gap_expt`` (band gap on the experimental scale, eV, from the fine-tuned
 head), ``e_form`` (DFT formation energy, eV/atom, from the DFT head), each with an
@@ -15,23 +23,62 @@ probability the material is a metal, gap 0) and ``spg_num`` (0 = no structure gi
 the model then uses its "unknown symmetry" token). A head the model does not have
 (e.g. e_form after ``finetune --aux none``) gives NaN with a note, never a stale number.
 
+A single-element input (Si, Cu, a diamond structure) gets ``e_form = 0`` eV/atom with
+std 0, by construction: the formation energy is measured from the elemental reference
+state, so it is 0 for the element itself (a metastable polymorph given as a structure
+lies somewhat above it; this model does not resolve that).
+
+``trust`` says how far to trust each row (empty: nothing to flag), "; "-separated:
+elements absent from the head's training data; a composition far from every training
+composition (distance and threshold: :mod:`matmtl.uncertainty`); isolated atoms or a
+vacuum layer in a structure; a structure given to a head trained on compositions only
+(its space group is outside what that head learned); the e_form = 0 rule above.
+
 Inputs the model cannot handle (unparsable formula, disordered structure, Molecule,
-an element never seen in training) raise DataError by default; ``on_bad="nan"``
-keeps the row with NaN predictions and the reason in the ``note`` column instead.
+an element never seen in training, more elements than the model takes, an unreadable
+file) raise DataError by default; ``on_bad="nan"`` keeps the row with NaN predictions
+and the reason in the ``note`` column instead. Any other ``on_bad`` is an error.
 """
+
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from . import uncertainty
-from .errors import DataError, MatmtlError
+from .errors import DataError, InputTypeError, MatmtlError
+from .predict_io import (
+    BadInput,
+    atoms_to_structure,
+    check_on_bad,
+    is_ase_atoms,
+    is_path_like,
+    read_inputs,
+)
 
-COLUMNS = ["input", "formula", "spg_num", "gap_expt", "gap_expt_std", "p_metal", "e_form", "e_form_std", "note"]
+COLUMNS = [
+    "input",
+    "formula",
+    "spg_num",
+    "gap_expt",
+    "gap_expt_std",
+    "p_metal",
+    "e_form",
+    "e_form_std",
+    "note",
+    "trust",
+]
+#: an empty slab at least this thick (Å) across the cell is a vacuum layer
+VACUUM_GAP = 7.0
+#: a site is isolated when no atom lies within max(ISOLATED_MIN, ISOLATED_FACTOR x its vdW radius)
+ISOLATED_FACTOR, ISOLATED_MIN = 2.4, 3.0
+_AXES = "abc"
 
 
 @dataclass
@@ -46,6 +93,7 @@ class Prediction:
     e_form_std: float
     spg_num: int  # 0 = unknown (no structure given)
     note: str = ""
+    trust: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,8 +109,11 @@ class Model:
         from .data import Featurizer
 
         fs = meta.get("featurizer") or {}
-        self.featurizer = Featurizer(max_elements=int(fs.get("max_elements", 10)), symprec=float(fs.get("symprec", 0.1)),
-                                     cache=False)
+        self.featurizer = Featurizer(
+            max_elements=int(fs.get("max_elements", 10)), symprec=float(fs.get("symprec", 0.1)), cache=False
+        )
+        self._domains: dict[str, Any] | None = None
+        self._domain_note = ""
 
     def __repr__(self) -> str:
         return f"matmtl.Model({self.path}, kind={self.meta.get('kind')}, tasks={self.tasks})"
@@ -72,130 +123,410 @@ class Model:
         return self.meta.get("metrics", {})
 
     def predict(self, x, *, on_bad: str = "raise", batch_size: int = 2048):
-        """A Prediction for one input (Structure, Composition or formula string), a
-        DataFrame (columns: COLUMNS) for a list/tuple of them."""
+        """A Prediction for one input (Structure, Composition, formula string, ASE
+        Atoms), a DataFrame (columns: COLUMNS) for a list/tuple of them or for paths
+        (a file, folder or glob pattern)."""
+        check_on_bad(on_bad)
+        if is_path_like(x):
+            items, labels = read_inputs([x], on_bad=on_bad)
+            return self.predict_frame(items, labels, on_bad=on_bad, batch_size=batch_size)
         single = _is_single(x)
         items = [x] if single else list(x)
         if not items:
             raise DataError("predict: empty input (give a Structure, Composition, formula string or a list of them)")
-        df = self.predict_frame(items, on_bad=on_bad, batch_size=batch_size)
+        labels = None
+        if not single and any(is_path_like(i) for i in items):
+            items, labels = _expand(items, on_bad)
+        df = self.predict_frame(items, labels, on_bad=on_bad, batch_size=batch_size)
         if single:
             row = df.iloc[0]
-            return Prediction(str(row["formula"]), float(row["gap_expt"]), float(row["gap_expt_std"]),
-                              float(row["p_metal"]), float(row["e_form"]), float(row["e_form_std"]),
-                              int(row["spg_num"]), str(row["note"]))
+            return Prediction(
+                str(row["formula"]),
+                float(row["gap_expt"]),
+                float(row["gap_expt_std"]),
+                float(row["p_metal"]),
+                float(row["e_form"]),
+                float(row["e_form_std"]),
+                int(row["spg_num"]),
+                str(row["note"]),
+                str(row["trust"]),
+            )
         return df
 
-    def predict_frame(self, items: Sequence, labels: Sequence[str] | None = None, *, on_bad: str = "raise",
-                      batch_size: int = 2048):
+    def predict_frame(
+        self, items: Sequence, labels: Sequence[str] | None = None, *, on_bad: str = "raise", batch_size: int = 2048
+    ):
+        """One row per item (see COLUMNS). Every per-input problem follows ``on_bad``."""
         import pandas as pd
 
-        if on_bad not in ("raise", "nan"):
-            raise ValueError(f"on_bad must be 'raise' or 'nan', got {on_bad!r}")
+        check_on_bad(on_bad)
         n = len(items)
         labels = list(labels) if labels is not None else [_label(x, i) for i, x in enumerate(items)]
-        comps, spg, notes = [None] * n, np.zeros(n, np.int64), [""] * n
+        if len(labels) != n:
+            raise MatmtlError(f"predict: {len(labels)} labels for {n} inputs")
+        comps, structs = [None] * n, [None] * n
+        spg, notes, formulas = np.zeros(n, np.int64), [""] * n, [""] * n
         for i, x in enumerate(items):
+            where = f"input {i} ({labels[i]})"
             try:
-                comps[i], spg[i] = _composition_and_symmetry(x, f"input {i} ({labels[i]})", self.featurizer.symprec)
+                comps[i], structs[i] = _to_model_input(x, where)
+                formulas[i] = _display_formula(comps[i])  # shown even if this model cannot use it
+                self._check_usable(comps[i], where)
+                if structs[i] is not None:
+                    from .data import symmetry_of
+
+                    spg[i] = symmetry_of(structs[i], self.featurizer.symprec)[0]
             except DataError as exc:
                 if on_bad == "raise":
                     raise
+                comps[i] = structs[i] = None
                 notes[i] = str(exc)
-        ok = np.array([c is not None for c in comps])
-        formulas = [c.reduced_formula if c is not None else "" for c in comps]
+        ok = np.array([c is not None for c in comps], dtype=bool)
         out = {k: np.full(n, np.nan) for k in ("gap_expt", "gap_expt_std", "p_metal", "e_form", "e_form_std")}
-        if ok.any():
-            good = np.flatnonzero(ok)
-            f = self.featurizer([comps[i] for i in good], spg=spg[good], where="predict")
-            unseen = self._unseen(f.z)
-            if unseen:
-                bad_rows = {r: s for r, s in unseen.items()}
-                if on_bad == "raise":
-                    r, syms = next(iter(bad_rows.items()))
-                    raise DataError(
-                        f"input {good[r]} ({labels[good[r]]}): element(s) {', '.join(syms)} never seen in training "
-                        f"by {self.path}; the model would extrapolate blindly, so it gives no number "
-                        f"(on_bad='nan' keeps such rows as NaN) [{len(bad_rows)} input(s) affected]")
-                for r, syms in bad_rows.items():
-                    notes[good[r]] = f"element(s) {', '.join(syms)} never seen in training"
-                keep = np.array([r not in bad_rows for r in range(len(good))])
-                good, f = good[keep], f.subset(np.flatnonzero(keep))
-            if len(good):
-                preds = self.net.predict_arrays(f.z, f.frac, f.spg, self.tasks, batch_size=batch_size)
-                if "gap_expt" in preds:
-                    out["gap_expt"][good] = preds["gap_expt"].mean(1)
-                    out["gap_expt_std"][good] = self._sigma("gap_expt", preds["gap_expt"].std(1))
-                    out["p_metal"][good] = preds["gap_expt_p_metal"].mean(1)
-                if "e_form" in preds:
-                    out["e_form"][good] = preds["e_form"].mean(1)
-                    out["e_form_std"][good] = self._sigma("e_form", preds["e_form"].std(1))
+        trust = [""] * n
+        good = np.flatnonzero(ok)
+        if len(good):
+            f, good = self._featurize(good, comps, spg, notes, labels, on_bad)
+        if len(good):
+            preds = self.net.predict_arrays(f.z, f.frac, f.spg, self.tasks, batch_size=batch_size)
+            if "gap_expt" in preds:
+                out["gap_expt"][good] = preds["gap_expt"].mean(1)
+                out["gap_expt_std"][good] = self._sigma("gap_expt", preds["gap_expt"].std(1))
+                out["p_metal"][good] = preds["gap_expt_p_metal"].mean(1)
+            if "e_form" in preds:
+                out["e_form"][good] = preds["e_form"].mean(1)
+                out["e_form_std"][good] = self._sigma("e_form", preds["e_form"].std(1))
+                single_el = np.array([len(comps[i].elements) == 1 for i in good], dtype=bool)
+                out["e_form"][good[single_el]] = 0.0  # the elemental reference state, by definition
+                out["e_form_std"][good[single_el]] = 0.0
+            flags = self._trust(good, comps, structs, spg, f)
+            for r, i in enumerate(good):
+                trust[i] = "; ".join(flags[r])
         missing = [t for t in ("gap_expt", "e_form") if t not in self.tasks]
         if missing:
             msg = f"this model has no {' / '.join(missing)} head ({self.meta.get('kind')} checkpoint {self.path})"
             notes = [f"{n_}; {msg}" if n_ else msg for n_ in notes]
-        df = pd.DataFrame({"input": labels, "formula": formulas, "spg_num": spg, **out, "note": notes})
+        df = pd.DataFrame({"input": labels, "formula": formulas, "spg_num": spg, **out, "note": notes, "trust": trust})
         return df[COLUMNS]
 
-    def _sigma(self, task: str, spread: np.ndarray) -> np.ndarray:
-        """The ensemble spread recalibrated on the run's held-out rows (matmtl.uncertainty)."""
-        return uncertainty.apply(spread, self.meta.get("uncertainty", {}).get(task))
+    def _featurize(self, good, comps, spg, notes, labels, on_bad):
+        """Features of the usable rows; a row the featurizer refuses follows ``on_bad``
+        (one by one only if the batch fails, so the usual path stays vectorised)."""
+        try:
+            return self.featurizer([comps[i] for i in good], spg=spg[good], where="predict"), good
+        except DataError:
+            pass
+        keep = []
+        for i in good:
+            try:
+                self.featurizer([comps[i]], spg=spg[[i]], where=f"input {i} ({labels[i]})")
+                keep.append(i)
+            except DataError as exc:
+                if on_bad == "raise":
+                    raise
+                notes[i] = str(exc)
+        good = np.asarray(keep, dtype=np.int64)
+        f = self.featurizer([comps[i] for i in good], spg=spg[good], where="predict") if len(good) else None
+        return f, good
 
-    def _unseen(self, z: np.ndarray) -> dict[int, list[str]]:
+    def _check_usable(self, comp, where: str) -> None:
+        """Per-input checks against this model: element count, training vocabulary."""
         from pymatgen.core import Element
 
         from .models import MAX_Z
 
-        vocab = [e for e in self.elements if e <= MAX_Z] or list(range(1, MAX_Z + 1))
-        known = np.zeros(max(int(z.max()), MAX_Z) + 1, dtype=bool)
-        known[0] = True
-        known[vocab] = True
-        bad = ~known[z]
-        return {int(r): sorted({Element.from_Z(int(v)).symbol for v in z[r][bad[r]]}) for r in np.flatnonzero(bad.any(1))}
+        limit = self.featurizer.max_elements
+        if len(comp.elements) > limit:
+            raise DataError(
+                f"{where}: {comp.formula!r} has {len(comp.elements)} elements; this model takes at most {limit}"
+            )
+        vocab = {e for e in self.elements if e <= MAX_Z} or set(range(1, MAX_Z + 1))
+        unseen = sorted({el.symbol for el in comp.elements if not isinstance(el, Element) or el.Z not in vocab})
+        if unseen:
+            raise DataError(
+                f"{where}: element(s) {', '.join(unseen)} never seen in training by {self.path}; the model "
+                "would extrapolate blindly, so it gives no number (on_bad='nan' keeps such rows as NaN)"
+            )
+
+    def _sigma(self, task: str, spread: np.ndarray) -> np.ndarray:
+        """The ensemble spread recalibrated on the run's held-out rows (matmtl.uncertainty)."""
+        return uncertainty.apply(spread, (self.meta.get("uncertainty") or {}).get(task))
+
+    # -- trust notes ------------------------------------------------------------------
+
+    def domains(self) -> dict[str, Any]:
+        """task -> uncertainty.Domain for the heads with a stored (or, for fine-tuning runs
+        on a named dataset made before domains were stored, reconstructed) training domain."""
+        if self._domains is None:
+            recs = dict(self.meta.get("domain") or {})
+            if "gap_expt" in self.tasks and "gap_expt" not in recs:
+                rec, self._domain_note = _reconstruct_domain(self.meta)
+                if rec is not None:
+                    recs["gap_expt"] = rec
+            self._domains = {t: uncertainty.Domain(r) for t, r in recs.items() if t in self.tasks and r}
+        return self._domains
+
+    def _trust(self, good: np.ndarray, comps, structs, spg, f) -> list[list[str]]:
+        from pymatgen.core import Element
+
+        flags: list[list[str]] = [[] for _ in good]
+        domains = self.domains()
+        main = "gap_expt" if "gap_expt" in domains else next(iter(domains), None)
+        if main is None and "gap_expt" in self.tasks:
+            note = self._domain_note or "no training-domain record in this checkpoint"
+            for fl in flags:
+                fl.append(f"{note}: distance to the training data not checked")
+        if main is not None:
+            dom = domains[main]
+            dist, idx = dom.nearest(f.z, f.frac)
+            known = {Element.from_Z(z).symbol for z in dom.elements}
+            for r, i in enumerate(good):
+                absent = sorted({el.symbol for el in comps[i].elements} - known)
+                if absent:
+                    flags[r].append(f"element(s) {', '.join(absent)} absent from the {main} training data")
+                if dom.threshold is not None and dist[r] > dom.threshold:
+                    flags[r].append(
+                        f"far from the {main} training compositions: nearest {dom.formula(int(idx[r]))!r} at "
+                        f"distance {dist[r]:.2f} > {dom.threshold:.2f} (the {dom.rec.get('percentile', 99):g}th "
+                        "percentile of training nearest-neighbour distances)"
+                    )
+        for r, i in enumerate(good):
+            s = structs[i]
+            if s is not None:
+                flags[r].extend(structure_flags(s))
+                for task, dom in domains.items():
+                    if task == "gap_expt" and spg[i] > 0 and dom.symmetry_fraction == 0:
+                        flags[r].append(
+                            f"structure given, but the {task} head was trained on compositions only: "
+                            f"space group {int(spg[i])} is outside what it learned (compare the formula's "
+                            "prediction)"
+                        )
+            if "e_form" in self.tasks and len(comps[i].elements) == 1:
+                flags[r].append("single element: e_form = 0 eV/atom by construction (elemental reference state)")
+        return flags
+
+
+def structure_flags(s) -> list[str]:
+    """Trust notes for a structure: isolated atoms (no neighbour within max(3 Å, 2.4 x the
+    site's van der Waals radius), periodic images included) and vacuum layers (an
+    atom-free slab at least VACUUM_GAP thick across the cell)."""
+    flags = []
+    n = len(s)
+    z = np.asarray(s.atomic_numbers)
+    cut = np.maximum(ISOLATED_MIN, ISOLATED_FACTOR * np.array([_vdw_radius(int(v)) for v in z]))
+    matrix = np.asarray(s.lattice.matrix)
+    fc = np.mod(s.frac_coords, 1.0)
+    if n <= 48:  # all pairs over the 27 nearest cells (exact for the distances that matter here)
+        shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], float)
+        cart = fc @ matrix
+        images = (shifts @ matrix)[:, None, :] + cart[None]  # (27, n, 3)
+        d = np.linalg.norm(cart[:, None, None, :] - images[None], axis=-1)  # (n, 27, n)
+        d[np.arange(n), 13, np.arange(n)] = np.inf  # shift (0, 0, 0) of the site itself
+        nearest = d.min(axis=(1, 2))
+    elif n <= 2000:
+        centers, _, _, dists = s.get_neighbor_list(float(cut.max()))
+        nearest = np.full(n, np.inf)
+        np.minimum.at(nearest, centers.astype(np.int64), dists)
+    else:
+        nearest = np.zeros(n)
+    iso = np.flatnonzero(nearest > cut)
+    if len(iso):
+        shown = ", ".join(f"{s[i].specie} (site {i})" for i in iso[:3]) + (" ..." if len(iso) > 3 else "")
+        flags.append(f"isolated atom(s): {shown} with no neighbour within {cut[iso[0]]:.1f} Å")
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(matrix), axis=0)  # distance between lattice planes
+    layers = []
+    for k in range(3):
+        x = np.sort(fc[:, k])
+        width = float(np.diff(np.concatenate([x, [x[0] + 1.0]])).max()) * spacing[k]
+        if width >= VACUUM_GAP:
+            layers.append((_AXES[k], width))
+    if layers:
+        flags.append("vacuum: an atom-free layer " + ", ".join(f"{w:.1f} Å thick along {a}" for a, w in layers))
+    return flags
+
+
+@lru_cache(maxsize=None)
+def _vdw_radius(z: int) -> float:
+    from pymatgen.core import Element
+
+    r = Element.from_Z(z).van_der_waals_radius
+    return float(r) if r else 2.0
+
+
+def _reconstruct_domain(meta: dict) -> tuple[dict | None, str]:
+    """The gap head's training domain of a fine-tuning run that did not store one,
+    rebuilt from its config (named datasets only: the same rows, fold and subsample)."""
+    cfg = meta.get("config") or {}
+    if meta.get("kind") != "finetune" or not isinstance(cfg, dict):
+        return None, "no training-domain record in this checkpoint"
+    dataset = str(cfg.get("dataset", ""))
+    try:
+        from .data import Featurizer, load_dataset
+        from .data.registry import get_spec
+        from .train.data import split_rows
+
+        get_spec(dataset)
+    except Exception:
+        return None, f"no training-domain record in this checkpoint (trained on {dataset!r})"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = load_dataset(dataset, cfg.get("data_dir"))
+            seed = int((cfg.get("train") or {}).get("seed", 0))
+            tr, _ = split_rows(ds, cfg.get("holdout_fold"), cfg.get("max_train_rows"), seed, shrink_test=False)
+            f = Featurizer()(ds.subset(tr).formulas, where=f"{dataset} training rows")
+        rec = uncertainty.training_domain(f.z, f.frac, np.zeros(len(f), np.int64))
+        if str(cfg.get("symmetry", "none")).lower() not in ("none", "false", ""):
+            rec["symmetry_fraction"] = None  # symmetry was attached in training: unknown share, no flag
+        return rec, ""
+    except Exception as exc:  # data gone, an older layout...: say so in the trust column
+        return None, f"training domain of {dataset!r} could not be rebuilt ({type(exc).__name__})"
+
+
+def _display_formula(comp) -> str:
+    """The reduced formula, except that a single element is its symbol (pymatgen writes
+    one H atom as "H2", its diatomic gas)."""
+    if len(comp.elements) == 1:
+        return comp.elements[0].symbol
+    return comp.reduced_formula
 
 
 def _is_single(x) -> bool:
-    from pymatgen.core import Composition, Structure
+    """One input (anything that is not a list-like of inputs)."""
+    import pandas as pd
 
-    return isinstance(x, (str, Composition, Structure)) or type(x).__name__ in ("Molecule", "IStructure")
+    if isinstance(x, (str, bytes, bytearray, dict)):
+        return True
+    if isinstance(x, (list, tuple, pd.Series, pd.Index)):
+        return False
+    if isinstance(x, np.ndarray):
+        return x.ndim == 0
+    if isinstance(x, (set, frozenset)):
+        raise InputTypeError("predict: a set has no order; pass a list so the rows match the inputs")
+    if isinstance(x, pd.DataFrame):
+        return True  # refused with a hint by _to_model_input
+    from pymatgen.core import Composition, IStructure
+
+    if isinstance(x, (Composition, IStructure)) or is_ase_atoms(x) or type(x).__name__ in ("Molecule", "IMolecule"):
+        return True
+    return not hasattr(x, "__iter__")
+
+
+def _expand(items: list, on_bad: str) -> tuple[list, list[str]]:
+    out, labels = [], []
+    for i, x in enumerate(items):
+        if is_path_like(x):
+            got, lab = read_inputs([x], on_bad=on_bad)
+            out.extend(got)
+            labels.extend(lab)
+        else:
+            out.append(x)
+            labels.append(_label(x, i))
+    return out, labels
 
 
 def _label(x, i: int) -> str:
     if isinstance(x, str):
-        return x
+        if "_cell_length_a" in x:
+            return f"CIF text#{i}"
+        text = " ".join(x.split()) if "\n" in x else x
+        return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(x, BadInput):
+        return f"#{i}"
     comp = getattr(x, "composition", x)
+    if is_ase_atoms(x):
+        comp = None
+        try:
+            return f"Atoms:{x.get_chemical_formula()}"
+        except Exception:
+            return f"Atoms#{i}"
     try:
-        return f"{type(x).__name__}:{comp.reduced_formula}"
+        return f"{type(x).__name__}:{_display_formula(comp)}"
     except Exception:
         return f"{type(x).__name__}#{i}"
 
 
-def _composition_and_symmetry(x, where: str, symprec: float):
-    from pymatgen.core import Composition, Structure
+def _to_model_input(x, where: str):
+    """(Composition, Structure or None) for one input, or DataError / InputTypeError."""
+    from pymatgen.core import Composition, IStructure
 
-    from .data import check_structure, parse_composition, symmetry_of
+    from .data import check_structure, parse_composition
+    from .data.validate import _type_hint
 
-    if isinstance(x, Structure) or type(x).__name__ == "Molecule":
+    if isinstance(x, BadInput):
+        raise DataError(x.reason)
+    if isinstance(x, np.str_):
+        x = str(x)
+    if isinstance(x, IStructure) or type(x).__name__ in ("Molecule", "IMolecule"):
         s = check_structure(x, where)
-        return parse_composition(s.composition, where), symmetry_of(s, symprec)[0]
-    if isinstance(x, (str, Composition)):
-        return parse_composition(x, where), 0
-    raise DataError(f"{where}: expected a pymatgen Structure, Composition or formula string, got {type(x).__name__}")
+        return parse_composition(s.composition, where), s
+    if is_ase_atoms(x):
+        s = check_structure(atoms_to_structure(x, where), where)
+        return parse_composition(s.composition, where), s
+    if isinstance(x, Composition):
+        return parse_composition(x, where), None
+    if isinstance(x, str):
+        if "_cell_length_a" in x:  # CIF text
+            return _cif_text(x, where)
+        try:
+            return parse_composition(x, where), None
+        except DataError as exc:
+            if x.strip() and os.path.exists(x.strip()):
+                raise DataError(
+                    f"{exc} (there is a file or folder named {x.strip()!r}: pass Path({x.strip()!r}) to read it)"
+                ) from None
+            raise
+    if isinstance(x, float) and x != x:  # an empty cell of a table
+        raise DataError(f"{where}: missing formula (an empty value)")
+    raise InputTypeError(
+        f"{where}: expected a pymatgen Structure, Composition, ASE Atoms or formula string, got "
+        f"{type(x).__name__}{_type_hint(x)}"
+    )
+
+
+def _cif_text(text: str, where: str):
+    import re
+
+    from pymatgen.core import Structure
+
+    from .data import check_structure, parse_composition
+
+    blocks = len(re.findall(r"^\s*data_", text, flags=re.M))
+    if blocks > 1:
+        raise DataError(
+            f"{where}: CIF text with {blocks} data blocks; save it to a .cif file and predict the file "
+            "(every block becomes a row)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = Structure.from_str(text, fmt="cif")
+    except Exception as exc:
+        raise DataError(f"{where}: unreadable CIF text ({' '.join(str(exc).split())[:200]})") from None
+    s = check_structure(s, where)
+    return parse_composition(s.composition, where), s
 
 
 # -- model discovery ---------------------------------------------------------------
 
-def load_model(path: str | Path | None = None, device: str = "cpu") -> Model:
-    """A reusable :class:`Model`. ``path``: a run folder (or its model.safetensors /
-    model.json); default: the latest fine-tuned run in the user cache."""
+
+def load_model(name: str | Path | None = None, device: str = "cpu") -> Model:
+    """A reusable :class:`Model`. ``name``: a shipped model's name (``matmtl models list``)
+    or a checkpoint path (a run folder, or its model.safetensors / model.json); default:
+    the latest fine-tuned run in the user cache, else the shipped default model."""
+    from . import zoo
     from .checkpoints import load_checkpoint
     from .train.runs import latest_run, runs_root
 
-    if path is None:
-        path = latest_run("finetune")
-        if path is None:
-            raise MatmtlError(f"no fine-tuned model in {runs_root()}; make one with `matmtl pretrain` then "
-                              "`matmtl finetune` (scripts/quickstart.sh does both), or pass a checkpoint path")
+    if name is None:
+        name = latest_run("finetune") or (zoo.DEFAULT_MODEL if zoo.shipped(zoo.DEFAULT_MODEL) else None)
+        if name is None:
+            raise MatmtlError(
+                f"no fine-tuned model in {runs_root()} and no shipped model; make one with "
+                "`matmtl pretrain` then `matmtl finetune` (scripts/quickstart.sh does both), or pass a "
+                "checkpoint path"
+            )
+    path = zoo.resolve(name)
     net, meta = load_checkpoint(path, device)
     from .checkpoints import resolve
 
@@ -210,6 +541,7 @@ def predict(x, model: Model | str | Path | None = None, *, on_bad: str = "raise"
     uncertainties) for a Structure, Composition, formula string or a list of them.
     ``model``: a Model, a checkpoint path, or None for the latest fine-tuned run (cached
     in-process)."""
+    check_on_bad(on_bad)
     if not isinstance(model, Model):
         from .checkpoints import resolve
         from .train.runs import latest_run
@@ -227,44 +559,6 @@ def predict(x, model: Model | str | Path | None = None, *, on_bad: str = "raise"
 
 
 # -- files ---------------------------------------------------------------------------
+# read_inputs (structure files, folders, globs, formula tables) lives in matmtl.predict_io
 
-STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".json")
-
-
-def read_inputs(paths: Iterable[str | Path]) -> tuple[list[Any], list[str]]:
-    """(items, labels) from CIF/POSCAR files and CSV files of formulas (a formula or
-    composition column; an id column, if present, labels the rows)."""
-    import pandas as pd
-    from pymatgen.core import Structure
-
-    items, labels = [], []
-    for p in paths:
-        p = Path(p)
-        if not p.is_file():
-            raise DataError(f"{p}: file not found")
-        name = p.name.lower()
-        if p.suffix.lower() in (".csv", ".tsv", ".txt") and not name.startswith(("poscar", "contcar")):
-            try:
-                df = pd.read_csv(p, sep="\t" if p.suffix.lower() == ".tsv" else ",")
-            except Exception as exc:
-                raise DataError(f"{p}: cannot read the table ({exc})") from None
-            lower = {c.lower(): c for c in df.columns}
-            col = next((lower[c] for c in ("formula", "composition", "formula_pretty", "reduced_formula") if c in lower), None)
-            if col is None:
-                raise DataError(f"{p}: no formula column (formula/composition); columns: {list(df.columns)}")
-            idc = next((lower[c] for c in ("id", "mbid", "material_id", "name") if c in lower), None)
-            for i, f in enumerate(df[col]):
-                items.append(f if isinstance(f, str) else str(f))
-                labels.append(f"{p.name}:{df[idc].iloc[i] if idc else i}")
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                s = Structure.from_file(str(p))
-        except Exception as exc:
-            raise DataError(f"{p}: not a readable structure file (CIF/POSCAR) ({str(exc)[:200]})") from None
-        items.append(s)
-        labels.append(p.name)
-    if not items:
-        raise DataError("predict: no inputs (give CIF/POSCAR files or a CSV of formulas)")
-    return items, labels
+__all__ = ["COLUMNS", "Model", "Prediction", "load_model", "predict", "read_inputs", "structure_flags"]

@@ -1,4 +1,5 @@
 """Scores of predictions against targets: the one place MAE/RMSE/R² are computed."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,10 +17,10 @@ def regression_metrics(y_true, y_pred) -> dict:
     y, p = y[ok], p[ok]
     err = p - y
     ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((err ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+    r2 = 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else float("nan")
     return {
         "mae": float(np.abs(err).mean()),
-        "rmse": float(np.sqrt((err ** 2).mean())),
+        "rmse": float(np.sqrt((err**2).mean())),
         "r2": r2,
         "max_error": float(np.abs(err).max()),
         "n": int(ok.sum()),

@@ -1,5 +1,6 @@
 """PNG plots for run folders: loss curves, parity plots and (when recorded) gradient
 gradient-geometry traces. Uses matplotlib's Agg backend (no display needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,7 +25,12 @@ def loss_curves(history: list[dict], path: Path, title: str = "") -> Path | None
     ep = [h["epoch"] for h in history]
     for k in sorted({k for h in history for k in h if k.startswith("loss")}):
         axes[0].plot(ep, [h.get(k, np.nan) for h in history], label=k)
-    axes[0].set_xlabel("epoch"), axes[0].set_ylabel("training loss"), axes[0].set_yscale("log"), axes[0].legend(fontsize=8)
+    (
+        axes[0].set_xlabel("epoch"),
+        axes[0].set_ylabel("training loss"),
+        axes[0].set_yscale("log"),
+        axes[0].legend(fontsize=8),
+    )
     for k in sorted({k for h in history for k in h if k.startswith(("val_mae", "mae"))}):
         axes[1].plot(ep, [h.get(k, np.nan) for h in history], marker=".", label=k)
     axes[1].set_xlabel("epoch"), axes[1].set_ylabel("held-out MAE"), axes[1].legend(fontsize=8)
@@ -64,13 +70,18 @@ def geometry_traces(records: list[dict], path: Path) -> Path | None:
         for j in range(i + 1, len(tasks)):
             label = f"{tasks[i]} | {tasks[j]}"
             ang = np.degrees(np.array([r["angles"][i][j] for r in records]))  # (steps, k)
-            line, = ax_a.plot(steps, ang[:, 0], label=f"{label}: smallest")
+            (line,) = ax_a.plot(steps, ang[:, 0], label=f"{label}: smallest")
             ax_a.plot(steps, ang[:, -1], ls="--", color=line.get_color(), label=f"{label}: largest")
             ax_c.plot(steps, [r["mean_cosine"][i][j] for r in records], color=line.get_color(), label=label)
     ax_a.set_ylim(0, 90), ax_a.set_xlabel("step"), ax_a.set_ylabel("principal angle (deg)")
     ax_a.set_title("task gradient subspaces"), ax_a.legend(fontsize=7)
     ax_c.axhline(0, color="k", lw=0.5)
-    ax_c.set_ylim(-1, 1), ax_c.set_xlabel("step"), ax_c.set_ylabel("cosine of mean task gradients"), ax_c.legend(fontsize=7)
+    (
+        ax_c.set_ylim(-1, 1),
+        ax_c.set_xlabel("step"),
+        ax_c.set_ylabel("cosine of mean task gradients"),
+        ax_c.legend(fontsize=7),
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

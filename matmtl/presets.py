@@ -1,5 +1,6 @@
 """Named sizes of the config dataclasses (``ModelConfig.preset``, ``TrainConfig.preset``):
 each class keeps a ``PRESETS`` table of overrides of its own defaults."""
+
 from __future__ import annotations
 
 from .errors import ConfigError

@@ -16,12 +16,25 @@ PCGrad on T gradients of length d (float32):
   rust_pcgrad  : matmtl.geometry.pcgrad (projected gradients and their sum)
   rust_pcgrad_out : the same, writing into output arrays reused from call to call (out=)
   rust_pcgrad_total : the same with return_projected=False (only the sum is written)
+  rust_pcgrad_total_out : only the sum, into a reused output array (what an optimiser
+                 step needs, as a training loop calls it)
+  torchjd_pcgrad : torchjd's PCGrad() aggregator on the (T, d) tensor (a Gramian, the
+                 weights, one weighted sum: the sum only); skipped with a note when
+                 torchjd is not installed (pip install torchjd; not a dependency)
   torch_pcgrad : the textbook torch implementation (Yu et al.: sequential dot
                  products and in-place projections), same visiting orders
   read_floor, read_floor_mt : as above, over the T gradients
+  read_floor_2pass_mt : two read passes (torch's sum on all threads, twice): the floor
+                 of PCGrad's sum, which must read the gradients once for their Gram and
+                 once more for the weighted sum (the weights depend on the whole Gram)
+  floor_out_mt : one read pass plus one copy of the T gradients (torch's copy_ on all
+                 threads): the least memory traffic of PCGrad with per-task outputs
 
-Each size runs in this one process; the table shows the median time and the ratio to
-rust (the JSON has seconds). Usage:
+Implementations of one size are timed round-robin (one call of each per round), so a
+change of machine load affects all of them alike; the table shows the median time, its
+ratio to rust, and the fastest call (on a machine other jobs share, the fastest call is
+the closest to the unshared speed). The JSON has seconds (median and min) and the
+target ratios of both under "ratios". Usage:
 
     python scripts/bench_geometry.py [--sizes 1000000,16,4 ...] [--json results/bench_geometry.json]
 """
@@ -44,10 +57,16 @@ from scipy.linalg import subspace_angles
 from matmtl import _core
 from matmtl import geometry as geo
 
+try:  # a benchmark-only peer, not a dependency of matmtl
+    from torchjd.aggregation import PCGrad as TorchjdPCGrad
+except ImportError:
+    TorchjdPCGrad = None
+
 DEFAULT_SIZES = [(100_000, 8, 2), (1_000_000, 16, 4), (4_000_000, 32, 3)]
 
 
-def median_seconds(fn, repeats: int, warmup: bool = True) -> float:
+def timed(fn, repeats: int, warmup: bool = True) -> list[float]:
+    """Seconds of `repeats` calls of fn (after one warm-up call)."""
     if warmup:
         fn()  # allocations, thread pools, page faults
     times = []
@@ -55,14 +74,40 @@ def median_seconds(fn, repeats: int, warmup: bool = True) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
-def read_floors(arrays, repeats: int) -> dict:
+def timed_round_robin(fns: dict, repeats: int) -> dict:
+    """Seconds of each function's calls, timed in turns (one call of each per round)
+    after one warm-up call each, so that load changes hit all of them alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def rows_of(times: dict, op: str, d: int, k: int, T: int) -> list[dict]:
+    """One row per implementation: the median and the fastest of its calls (on a
+    machine other jobs share, the fastest call is the closest to the unshared speed)."""
+    return [
+        {
+            **{"impl": name, "op": op, "d": d, "k": k, "T": T, "dtype": "float32"},
+            **{"seconds_median": statistics.median(ts), "seconds_min": min(ts), "calls": len(ts)},
+        }
+        for name, ts in times.items()
+    ]
+
+
+def read_floor_fns(arrays) -> dict:
     tensors = [torch.from_numpy(a) for a in arrays]
     return {
-        "read_floor": median_seconds(lambda: [np.add.reduce(a, axis=None) for a in arrays], repeats),
-        "read_floor_mt": median_seconds(lambda: [t.sum() for t in tensors], repeats),
+        "read_floor": lambda: [np.add.reduce(a, axis=None) for a in arrays],
+        "read_floor_mt": lambda: [t.sum() for t in tensors],
     }
 
 
@@ -81,15 +126,18 @@ def bench_angles(d: int, k: int, T: int, args) -> list[dict]:
     X = np.concatenate(tasks, axis=1)
     tensors = [torch.from_numpy(t) for t in tasks]
     scipy_repeats = args.scipy_repeats if args.scipy_repeats else (3 if d * k * T <= 2_000_000 else 1)
-    timings = {
-        "rust": median_seconds(lambda: geo.subspace_geometry(tasks), args.repeats),
-        "numpy_gram": median_seconds(lambda: X.T @ X, args.repeats),
-        **read_floors(tasks, args.repeats),
-        "torch_cpu": median_seconds(lambda: torch_batched_angles(tensors), args.torch_repeats),
+    fast = {"rust": lambda: geo.subspace_geometry(tasks), "numpy_gram": lambda: X.T @ X, **read_floor_fns(tasks)}
+    times = {
+        **timed_round_robin(fast, args.repeats),
+        "torch_cpu": timed(lambda: torch_batched_angles(tensors), args.torch_repeats),
         # No warm-up run for scipy: nothing to warm up, and seconds per pair.
-        "scipy": median_seconds(lambda: [subspace_angles(tasks[s], tasks[t]) for s, t in combinations(range(T), 2)], scipy_repeats, warmup=False),
+        "scipy": timed(
+            lambda: [subspace_angles(tasks[s], tasks[t]) for s, t in combinations(range(T), 2)],
+            scipy_repeats,
+            warmup=False,
+        ),
     }
-    return [{"impl": name, "op": "angles", "d": d, "k": k, "T": T, "dtype": "float32", "seconds_median": sec} for name, sec in timings.items()]
+    return rows_of(times, "angles", d, k, T)
 
 
 def torch_pcgrad_reference(grads: torch.Tensor, orders: list[list[int]]):
@@ -109,16 +157,56 @@ def bench_pcgrad(d: int, T: int, args) -> list[dict]:
     shared = rng.standard_normal(d, dtype=np.float32)
     grads = np.stack([0.3 * shared + rng.standard_normal(d, dtype=np.float32) for _ in range(T)])
     orders = geo.pcgrad_orders(T, args.seed)
-    buffers = (np.empty((T, d), np.float32), np.empty(d, np.float32))  # reused, as a training loop would
+    projected, total = np.empty((T, d), np.float32), np.empty(d, np.float32)  # reused, as a training loop would
     tensor = torch.from_numpy(grads)
-    timings = {
-        "rust_pcgrad": median_seconds(lambda: geo.pcgrad(grads, seed=args.seed), args.repeats),
-        "rust_pcgrad_out": median_seconds(lambda: geo.pcgrad(grads, seed=args.seed, out=buffers), args.repeats),
-        "rust_pcgrad_total": median_seconds(lambda: geo.pcgrad(grads, seed=args.seed, return_projected=False), args.repeats),
-        "torch_pcgrad": median_seconds(lambda: torch_pcgrad_reference(tensor, orders), args.torch_repeats),
-        **read_floors(list(grads), args.repeats),
+    tensors = list(tensor)
+    copy_target = torch.empty_like(tensor)
+    fns = {
+        "rust_pcgrad": lambda: geo.pcgrad(grads, seed=args.seed),
+        "rust_pcgrad_out": lambda: geo.pcgrad(grads, seed=args.seed, out=(projected, total)),
+        "rust_pcgrad_total": lambda: geo.pcgrad(grads, seed=args.seed, return_projected=False),
+        "rust_pcgrad_total_out": lambda: geo.pcgrad(grads, seed=args.seed, return_projected=False, out=(None, total)),
+        **read_floor_fns(list(grads)),
+        "read_floor_2pass_mt": lambda: [t.sum() for t in tensors + tensors],
+        "floor_out_mt": lambda: ([t.sum() for t in tensors], copy_target.copy_(tensor)),
     }
-    return [{"impl": name, "op": "pcgrad", "d": d, "k": 1, "T": T, "dtype": "float32", "seconds_median": sec} for name, sec in timings.items()]
+    if TorchjdPCGrad is not None:
+        aggregator = TorchjdPCGrad()
+        fns["torchjd_pcgrad"] = lambda: aggregator(tensor)
+    else:
+        print("note: torchjd is not installed, so its column is skipped (pip install torchjd)")
+    times = {
+        **timed_round_robin(fns, args.repeats),
+        "torch_pcgrad": timed(lambda: torch_pcgrad_reference(tensor, orders), args.torch_repeats),
+    }
+    return rows_of(times, "pcgrad", d, 1, T)
+
+
+# The issue-15 targets: (name, numerator impl, denominator impl, op). A ratio above 1
+# means the numerator takes longer.
+TARGET_RATIOS = [
+    ("angles_vs_read_floor_mt", "rust", "read_floor_mt", "angles"),
+    ("torchjd_vs_pcgrad_total_out", "torchjd_pcgrad", "rust_pcgrad_total_out", "pcgrad"),
+    ("torchjd_vs_pcgrad_total", "torchjd_pcgrad", "rust_pcgrad_total", "pcgrad"),
+    ("torchjd_vs_pcgrad_out", "torchjd_pcgrad", "rust_pcgrad_out", "pcgrad"),
+    ("pcgrad_total_out_vs_2pass_floor", "rust_pcgrad_total_out", "read_floor_2pass_mt", "pcgrad"),
+    ("pcgrad_total_vs_2pass_floor", "rust_pcgrad_total", "read_floor_2pass_mt", "pcgrad"),
+    ("pcgrad_out_vs_2pass_floor", "rust_pcgrad_out", "read_floor_2pass_mt", "pcgrad"),
+    ("pcgrad_out_vs_floor_out", "rust_pcgrad_out", "floor_out_mt", "pcgrad"),
+]
+
+
+def target_ratios(rows: list[dict], stat: str) -> dict:
+    """The ratios the targets refer to, per size (only those whose rows ran), of
+    the statistic `stat` ("seconds_median" or "seconds_min")."""
+    out = {}
+    sizes = sorted({(r["op"], r["d"], r["k"], r["T"]) for r in rows})
+    for op, d, k, T in sizes:
+        seconds = {r["impl"]: r[stat] for r in rows if (r["op"], r["d"], r["k"], r["T"]) == (op, d, k, T)}
+        for name, num, den, target_op in TARGET_RATIOS:
+            if op == target_op and num in seconds and den in seconds:
+                out[f"{name} (d={d}, k={k}, T={T})"] = round(seconds[num] / seconds[den], 3)
+    return out
 
 
 def machine(load_before: tuple) -> dict:
@@ -137,6 +225,7 @@ def machine(load_before: tuple) -> dict:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "torch": torch.__version__,
+        "torchjd": _torchjd_version(),
         "torch_threads": torch.get_num_threads(),
         "matmtl_core": _core.__version__,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
@@ -147,13 +236,24 @@ def machine(load_before: tuple) -> dict:
     }
 
 
+def _torchjd_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchjd")
+    except PackageNotFoundError:
+        return None
+
+
 def print_table(rows: list[dict]) -> None:
-    print(f"{'impl':<19}{'op':<8}{'d':>10}{'k':>4}{'T':>3}  {'dtype':<8}{'median ms':>12}{'vs rust':>10}")
+    print(f"{'impl':<23}{'op':<8}{'d':>10}{'k':>4}{'T':>3}  {'dtype':<8}{'median ms':>12}{'vs rust':>10}{'min ms':>10}")
     for row in rows:
         same = [r for r in rows if (r["op"], r["d"], r["k"], r["T"]) == (row["op"], row["d"], row["k"], row["T"])]
         rust = next(r for r in same if r["impl"] in ("rust", "rust_pcgrad"))
         ratio = row["seconds_median"] / rust["seconds_median"]
-        print(f"{row['impl']:<19}{row['op']:<8}{row['d']:>10}{row['k']:>4}{row['T']:>3}  {row['dtype']:<8}{row['seconds_median'] * 1e3:>12.3f}{ratio:>9.2f}x")
+        size = f"{row['op']:<8}{row['d']:>10}{row['k']:>4}{row['T']:>3}  {row['dtype']:<8}"
+        times = f"{row['seconds_median'] * 1e3:>12.3f}{ratio:>9.2f}x{row['seconds_min'] * 1e3:>10.3f}"
+        print(f"{row['impl']:<23}{size}{times}")
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
@@ -163,11 +263,19 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=parse_size, action="append", metavar="d,k,T", help="angle benchmark size (repeatable); default: the three standard sizes")
-    parser.add_argument("--repeats", type=int, default=11, help="timed runs for rust, numpy and the read floor")
+    parser.add_argument(
+        "--sizes",
+        type=parse_size,
+        action="append",
+        metavar="d,k,T",
+        help="angle benchmark size (repeatable); default: the three standard sizes",
+    )
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds for rust, numpy, torchjd and the floors")
     parser.add_argument("--torch-repeats", type=int, default=3)
     parser.add_argument("--scipy-repeats", type=int, default=0, help="default: 3 for small inputs, 1 above 2M values")
-    parser.add_argument("--pcgrad", type=parse_size, default=(10_000_000, 1, 8), metavar="d,1,T", help="PCGrad size (default 1e7,1,8)")
+    parser.add_argument(
+        "--pcgrad", type=parse_size, default=(10_000_000, 1, 8), metavar="d,1,T", help="PCGrad size (default 1e7,1,8)"
+    )
     parser.add_argument("--no-pcgrad", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -186,11 +294,22 @@ def main() -> None:
         print_table(new)
     print()
     print_table(rows)
+    ratios = {stat: target_ratios(rows, f"seconds_{stat}") for stat in ("median", "min")}
+    print(f"\n{'target ratio':<60}{'median':>8}{'min':>8}")
+    for name, value in ratios["median"].items():
+        print(f"{name:<60}{value:>8.2f}{ratios['min'][name]:>8.2f}")
     if args.json:
         from matmtl.io import atomic_write_json
 
-        atomic_write_json(args.json, {"results": rows, "machine": machine(load_before),
-                                      "command": " ".join(["python"] + sys.argv)})
+        atomic_write_json(
+            args.json,
+            {
+                "results": rows,
+                "ratios": ratios,
+                "machine": machine(load_before),
+                "command": " ".join(["python"] + sys.argv),
+            },
+        )
 
 
 if __name__ == "__main__":

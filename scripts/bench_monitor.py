@@ -12,10 +12,10 @@ Prints the mean and median step time of each and the overhead of the mean relati
 
     python scripts/bench_monitor.py --every 10 --k 4 [--device cuda] [--json results/bench_monitor.json]
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -78,8 +78,9 @@ def run(mode: str, args, device: str) -> list[float]:
         monitor = SyncTorchMonitor(args.every, args.k)
     elif mode == "grads_only":
         monitor = GradsOnlyMonitor(args.every, args.k)
-    mtl = MTLBackward(net.parameters(), net.encoder.parameters(), ["gap", "e_form"], monitor=monitor,
-                      surgery=args.surgery)
+    mtl = MTLBackward(
+        net.parameters(), net.encoder.parameters(), ["gap", "e_form"], monitor=monitor, surgery=args.surgery
+    )
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(args.batch, args.d_in, generator=g).to(device)
@@ -93,12 +94,16 @@ def run(mode: str, args, device: str) -> list[float]:
         if mtl.monitor_due():  # the encoder on k micro-batches (same total work as one pass)
             feats = [net.encoder(xc) for xc in torch.tensor_split(x, args.k)]
             ys = [torch.tensor_split(y[i], args.k) for i in range(2)]
-            losses = {t: [(h(zc).squeeze(-1) - ys[i][c]).abs().mean() for c, zc in enumerate(feats)]
-                      for i, (t, h) in enumerate(zip(["gap", "e_form"], net.heads))}
+            losses = {
+                t: [(h(zc).squeeze(-1) - ys[i][c]).abs().mean() for c, zc in enumerate(feats)]
+                for i, (t, h) in enumerate(zip(["gap", "e_form"], net.heads))
+            }
             mtl.backward_microbatches(losses, feats)
         else:
             z = net.encoder(x)
-            losses = {t: (h(z).squeeze(-1) - y[i]).abs().mean() for i, (t, h) in enumerate(zip(["gap", "e_form"], net.heads))}
+            losses = {
+                t: (h(z).squeeze(-1) - y[i]).abs().mean() for i, (t, h) in enumerate(zip(["gap", "e_form"], net.heads))
+            }
             mtl.backward(losses, z)
         opt.step()
         if device == "cuda":
@@ -120,8 +125,12 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--surgery", default="none", choices=["none", "pcgrad", "halfspace"],
-                    help="gradient surgery in every step (then every step computes per-task gradients)")
+    ap.add_argument(
+        "--surgery",
+        default="none",
+        choices=["none", "pcgrad", "halfspace"],
+        help="gradient surgery in every step (then every step computes per-task gradients)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     n_shared = sum(p.numel() for p in Net(args.d_in, args.width, args.depth).encoder.parameters())
@@ -132,27 +141,44 @@ def main(argv=None) -> int:
         for mode in per_mode:
             per_mode[mode] += run(mode, args, args.device)
     base = statistics.mean(per_mode["off"])
-    print(f"shared parameters d={n_shared:,}, k={args.k}, T=2, monitor every {args.every} steps, "
-          f"batch {args.batch}, surgery {args.surgery}, device {args.device}, torch threads {torch.get_num_threads()}")
+    print(
+        f"shared parameters d={n_shared:,}, k={args.k}, T=2, monitor every {args.every} steps, "
+        f"batch {args.batch}, surgery {args.surgery}, device {args.device}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'mode':<12}{'mean step (ms)':>16}{'median (ms)':>14}{'overhead':>10}")
     for mode, ts in per_mode.items():
         mean = statistics.mean(ts)
         results[mode] = {"mean_s": mean, "median_s": statistics.median(ts), "overhead_vs_off": mean / base - 1}
         print(f"{mode:<12}{1e3 * mean:>16.3f}{1e3 * statistics.median(ts):>14.3f}{100 * (mean / base - 1):>9.1f}%")
     grads = results["grads_only"]["mean_s"] / base - 1
-    split = {m: {"gradients": grads, "angles": results[m]["overhead_vs_off"] - grads} for m in ("rust_sync", "rust_bg", "torch_sync")}
+    split = {
+        m: {"gradients": grads, "angles": results[m]["overhead_vs_off"] - grads}
+        for m in ("rust_sync", "rust_bg", "torch_sync")
+    }
     for m, part in split.items():
-        print(f"{m}: {100 * results[m]['overhead_vs_off']:.1f}% = per-task gradients {100 * part['gradients']:.1f}% "
-              f"+ angles {100 * part['angles']:.1f}%")
+        print(
+            f"{m}: {100 * results[m]['overhead_vs_off']:.1f}% = per-task gradients {100 * part['gradients']:.1f}% "
+            f"+ angles {100 * part['angles']:.1f}%"
+        )
     if args.json:
         from matmtl.io import atomic_write_json
 
-        atomic_write_json(args.json, {
-            "results": results, "overhead_split": split, "d_shared": n_shared, "args": vars(args),
-            "command": "python " + " ".join(["scripts/bench_monitor.py", *(argv or sys.argv[1:])]),
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None},
-        })
+        atomic_write_json(
+            args.json,
+            {
+                "results": results,
+                "overhead_split": split,
+                "d_shared": n_shared,
+                "args": vars(args),
+                "command": "python " + " ".join(["scripts/bench_monitor.py", *(argv or sys.argv[1:])]),
+                "machine": {
+                    "platform": platform.platform(),
+                    "processor": platform.processor(),
+                    "torch": torch.__version__,
+                    "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None,
+                },
+            },
+        )
     return 0
 
 

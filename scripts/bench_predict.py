@@ -10,6 +10,7 @@ Prints items per second (median of --repeats) and the moyopy/spglib ratio; --jso
 
     python scripts/bench_predict.py [--model RUN_DIR] [--n 2000] [--json results/bench_predict.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,10 @@ def main(argv=None) -> int:
     }
     results = {k: {"items": n, "seconds_median": s, "per_second": n / s} for k, (n, s) in rows.items()}
     ratio = results["symmetry_moyopy"]["per_second"] / results["symmetry_spglib"]["per_second"]
-    print(f"{len(structures)} MP crystals (mean {np.mean([len(s) for s in structures]):.1f} sites), model {model.path}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"{len(structures)} MP crystals (mean {np.mean([len(s) for s in structures]):.1f} sites), model {model.path}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"{'what':<22}{'items':>8}{'per second':>14}")
     for k, r in results.items():
         print(f"{k:<22}{r['items']:>8}{r['per_second']:>14,.0f}")
@@ -73,13 +76,23 @@ def main(argv=None) -> int:
     if args.json:
         from matmtl.io import atomic_write_json
 
-        atomic_write_json(args.json, {
-            "results": results, "moyopy_over_spglib": ratio, "same_space_group": [same, len(sub)],
-            "model": str(model.path), "args": vars(args),
-            "command": "python " + " ".join(["scripts/bench_predict.py", *(argv or sys.argv[1:])]),
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpus": torch.get_num_threads(), "torch": torch.__version__},
-        })
+        atomic_write_json(
+            args.json,
+            {
+                "results": results,
+                "moyopy_over_spglib": ratio,
+                "same_space_group": [same, len(sub)],
+                "model": str(model.path),
+                "args": vars(args),
+                "command": "python " + " ".join(["scripts/bench_predict.py", *(argv or sys.argv[1:])]),
+                "machine": {
+                    "platform": platform.platform(),
+                    "processor": platform.processor(),
+                    "cpus": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                },
+            },
+        )
     return 0
 
 

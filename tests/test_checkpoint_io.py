@@ -4,25 +4,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tiny import tiny_model
 
-from matmtl.checkpoints import (CheckpointError, load_checkpoint, load_tensors, optimizer_tensors, restore_optimizer,
-                                save_checkpoint)
+from matmtl.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    load_tensors,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
+)
 from matmtl.errors import MatmtlError
 from matmtl.models import MultiTaskModel, TaskSpec
-
-from _tiny import tiny_model
 
 
 def _model():
     torch.manual_seed(1)
-    return MultiTaskModel(tiny_model(), [TaskSpec("e_form", mean=-1.2, std=1.1, unit="eV/atom"), TaskSpec("gap_expt", "hurdle")])
+    return MultiTaskModel(
+        tiny_model(), [TaskSpec("e_form", mean=-1.2, std=1.1, unit="eV/atom"), TaskSpec("gap_expt", "hurdle")]
+    )
 
 
 def test_round_trip_same_predictions(tmp_path):
     m = _model()
     save_checkpoint(tmp_path / "ck", m, {"kind": "test", "elements": [1, 8]})
     m2, meta = load_checkpoint(tmp_path / "ck")
-    z = np.array([[8, 26, 0]]); f = np.array([[0.6, 0.4, 0]], np.float32); s = np.array([0])
+    z = np.array([[8, 26, 0]])
+    f = np.array([[0.6, 0.4, 0]], np.float32)
+    s = np.array([0])
     a, b = m.predict_arrays(z, f, s), m2.predict_arrays(z, f, s)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])

@@ -1,4 +1,5 @@
 """The `matmtl data` commands, as a user runs them."""
+
 import json
 import subprocess
 import sys
@@ -27,8 +28,9 @@ def test_data_list_and_show():
 
 
 def test_unknown_dataset_is_one_clear_line():
-    proc = subprocess.run([sys.executable, "-m", "matmtl.cli", "data", "show", "nosuch"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "matmtl.cli", "data", "show", "nosuch"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "error: unknown dataset 'nosuch'" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -1,6 +1,7 @@
 """The training commands' boundary: every option value is checked where it enters, the
 error names the flag, no traceback reaches the user, and the defaults shown are the
 config dataclasses' own."""
+
 import pytest
 from typer.testing import CliRunner
 
@@ -10,36 +11,39 @@ from matmtl.config import FinetuneConfig, TrainConfig
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args, flag", [
-    (["pretrain", "--epochs", "0"], "--epochs"),
-    (["pretrain", "--dim", "0"], "--dim"),
-    (["pretrain", "--batch-size", "-5"], "--batch-size"),
-    (["pretrain", "--lr", "0"], "--lr"),
-    (["pretrain", "--lr", "-1e-3"], "--lr"),
-    (["pretrain", "--members", "0"], "--members"),
-    (["pretrain", "--sym-dropout", "1.5"], "--sym-dropout"),
-    (["pretrain", "--tasks", "e_form,magic"], "--tasks"),
-    (["pretrain", "--tasks", "gap_pbe"], "--tasks"),
-    (["pretrain", "--size", "huge"], "--size"),
-    (["pretrain", "--balance", "magic"], "--balance"),
-    (["pretrain", "--surgery", "magic"], "--surgery"),
-    (["pretrain", "--device", "tpu"], "--device"),
-    (["pretrain", "--holdout-fold", "7"], "--holdout-fold"),
-    (["pretrain", "--dataset", "oqmd"], "--dataset"),
-    (["pretrain", "--monitor-k", "1"], "--monitor-k"),
-    (["pretrain", "--monitor-every", "-1"], "--monitor-every"),
-    (["pretrain", "--max-rows", "0"], "--max-rows"),
-    (["pretrain", "--threads", "-2"], "--threads"),
-    (["finetune", "--aux", "dft_magic"], "--aux"),
-    (["finetune", "--aux-source", "magic"], "--aux-source"),
-    (["finetune", "--aux-weight", "-1"], "--aux-weight"),
-    (["finetune", "--soft-share", "-0.1"], "--soft-share"),
-    (["finetune", "--epochs", "0"], "--epochs"),
-    (["finetune", "--batch-size", "0"], "--batch-size"),
-    (["finetune", "--holdout-fold", "x"], "--holdout-fold"),
-    (["finetune", "--max-train-rows", "0"], "--max-train-rows"),
-    (["predict", "-f", "GaAs", "--on-bad", "foo"], "--on-bad"),
-])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["pretrain", "--epochs", "0"], "--epochs"),
+        (["pretrain", "--dim", "0"], "--dim"),
+        (["pretrain", "--batch-size", "-5"], "--batch-size"),
+        (["pretrain", "--lr", "0"], "--lr"),
+        (["pretrain", "--lr", "-1e-3"], "--lr"),
+        (["pretrain", "--members", "0"], "--members"),
+        (["pretrain", "--sym-dropout", "1.5"], "--sym-dropout"),
+        (["pretrain", "--tasks", "e_form,magic"], "--tasks"),
+        (["pretrain", "--tasks", "gap_pbe"], "--tasks"),
+        (["pretrain", "--size", "huge"], "--size"),
+        (["pretrain", "--balance", "magic"], "--balance"),
+        (["pretrain", "--surgery", "magic"], "--surgery"),
+        (["pretrain", "--device", "tpu"], "--device"),
+        (["pretrain", "--holdout-fold", "7"], "--holdout-fold"),
+        (["pretrain", "--dataset", "oqmd"], "--dataset"),
+        (["pretrain", "--monitor-k", "1"], "--monitor-k"),
+        (["pretrain", "--monitor-every", "-1"], "--monitor-every"),
+        (["pretrain", "--max-rows", "0"], "--max-rows"),
+        (["pretrain", "--threads", "-2"], "--threads"),
+        (["finetune", "--aux", "dft_magic"], "--aux"),
+        (["finetune", "--aux-source", "magic"], "--aux-source"),
+        (["finetune", "--aux-weight", "-1"], "--aux-weight"),
+        (["finetune", "--soft-share", "-0.1"], "--soft-share"),
+        (["finetune", "--epochs", "0"], "--epochs"),
+        (["finetune", "--batch-size", "0"], "--batch-size"),
+        (["finetune", "--holdout-fold", "x"], "--holdout-fold"),
+        (["finetune", "--max-train-rows", "0"], "--max-train-rows"),
+        (["predict", "-f", "GaAs", "--on-bad", "foo"], "--on-bad"),
+    ],
+)
 def test_bad_option_values_name_the_flag(args, flag, tmp_path, monkeypatch):
     monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path))
     r = runner.invoke(app, args)
@@ -59,20 +63,40 @@ def test_defaults_shown_are_the_configs():
         assert str(value) in text
 
 
-def test_ctrl_c_says_where_the_state_is_and_how_to_resume(tmp_path, monkeypatch, capsys):
-    from matmtl import cli
+def _interrupt(monkeypatch, tmp_path, after_save: bool):
     from matmtl.train import engine
 
-    def interrupted(self, stop_after=None):
-        self.epoch = 3
+    real = engine.Trainer.save_state
+
+    def save_then_ctrl_c(self):
+        if after_save:
+            real(self)
         raise KeyboardInterrupt
 
-    monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(engine.Trainer, "fit", interrupted)
-    monkeypatch.setattr("sys.argv", ["matmtl", "pretrain", "--max-rows", "100", "--size", "tiny", "--out",
-                                     str(tmp_path / "run")])
+    monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(engine.Trainer, "save_state", save_then_ctrl_c)
+    monkeypatch.setattr(
+        "sys.argv", ["matmtl", "pretrain", "--max-rows", "100", "--size", "tiny", "--out", str(tmp_path / "run")]
+    )
+
+
+def test_ctrl_c_says_where_the_state_is_and_how_to_resume(tmp_path, monkeypatch, capsys):
+    from matmtl import cli
+
+    _interrupt(monkeypatch, tmp_path, after_save=True)
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code == 130
     err = " ".join(capsys.readouterr().err.split())
-    assert "after epoch 3" in err and f"matmtl pretrain --resume --out {tmp_path / 'run'}" in err
+    assert "(after epoch 1)" in err and f"matmtl pretrain --resume --out {tmp_path / 'run'}" in err
+    assert (tmp_path / "run" / "state" / "state.json").is_file()
+
+
+def test_ctrl_c_before_the_first_saved_epoch_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    from matmtl import cli
+
+    _interrupt(monkeypatch, tmp_path, after_save=False)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 130
+    assert "was removed" in " ".join(capsys.readouterr().err.split()) and not (tmp_path / "run").exists()

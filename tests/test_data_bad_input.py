@@ -1,7 +1,7 @@
 """Bad input: single inputs get a clear error naming what and where; bulk tables have
 their bad rows reported (count and first examples) and left out, never silently."""
+
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -14,8 +14,13 @@ from matmtl.errors import DataError, DatasetNotFound
 
 @pytest.mark.parametrize(
     "formula,message",
-    [("Fe2O3)", "unparsable formula"), ("Xx2O", "unknown element"), ("", "empty formula"),
-     ("H2O-1", "unparsable formula"), ("nacl", "unparsable formula")],
+    [
+        ("Fe2O3)", "unparsable formula"),
+        ("Xx2O", "unknown element"),
+        ("", "empty formula"),
+        ("H2O-1", "unparsable formula"),
+        ("nacl", "unparsable formula"),
+    ],
 )
 def test_single_formula_errors_name_the_problem(formula, message):
     with pytest.raises(DataError, match=f"my input: {message}"):
@@ -46,19 +51,26 @@ def _write(tmp_path, name, frame):
 
 
 def test_bulk_bad_rows_are_reported_and_left_out(tmp_path):
-    frame = pd.DataFrame({
-        "id": ["a", "b", "c", "d", "e", "f", "g", "b"],
-        "formula": ["NaCl", "Fe2O3)", "Xx2", "GaAs", "Si", "ZnO", "MgO", "KCl"],
-        "band_gap": [8.5, 1.0, 2.0, np.nan, -0.5, np.inf, 7.8, 8.4],
-    })
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d", "e", "f", "g", "b"],
+            "formula": ["NaCl", "Fe2O3)", "Xx2", "GaAs", "Si", "ZnO", "MgO", "KCl"],
+            "band_gap": [8.5, 1.0, 2.0, np.nan, -0.5, np.inf, 7.8, 8.4],
+        }
+    )
     src = _write(tmp_path, "gaps.csv", frame)
     before = src.read_bytes()
     with pytest.warns(DataWarning) as rec:
         ds = load_table(src)
     msg = str(rec[0].message)
     assert "left out 6 of 8 rows" in msg
-    for reason in ("unparsable formula", "unknown element", "missing or non-finite band_gap",
-                   "negative band_gap (impossible)", "duplicated id"):
+    for reason in (
+        "unparsable formula",
+        "unknown element",
+        "missing or non-finite band_gap",
+        "negative band_gap (impossible)",
+        "duplicated id",
+    ):
         assert reason in msg
     assert "row 1 (id b): 'Fe2O3)'" in msg  # where, and what
     assert ds.formulas == ["Na1 Cl1", "Mg1 O1"]

@@ -1,4 +1,5 @@
 """Featurization and its on-disk cache."""
+
 import numpy as np
 import pytest
 from pymatgen.core import Composition, Lattice, Structure
@@ -77,16 +78,31 @@ def test_cif_structures_featurize_with_symmetry():
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_symmetry_agrees_with_spglib_on_mp_crystals():
     # moyopy does the search; spglib (pymatgen) is the reference MP used for spg_num
-    from matmtl.data.featurize import _spglib_symmetry, crystal_system, symmetry_of
     from pymatgen.core import Structure
+
+    from matmtl.data.featurize import _spglib_symmetry, crystal_system, symmetry_of
 
     ds = load_dataset("mp_cgcnn").subset(np.arange(40))
     for cif in ds.frame["cif"]:
         s = Structure.from_str(cif, fmt="cif")
         assert symmetry_of(s) == _spglib_symmetry(s, 0.1)
     assert [crystal_system(n) for n in (0, 1, 2, 3, 15, 16, 74, 75, 142, 143, 167, 168, 194, 195, 230)] == [
-        "unknown", "triclinic", "triclinic", "monoclinic", "monoclinic", "orthorhombic", "orthorhombic",
-        "tetragonal", "tetragonal", "trigonal", "trigonal", "hexagonal", "hexagonal", "cubic", "cubic"]
+        "unknown",
+        "triclinic",
+        "triclinic",
+        "monoclinic",
+        "monoclinic",
+        "orthorhombic",
+        "orthorhombic",
+        "tetragonal",
+        "tetragonal",
+        "trigonal",
+        "trigonal",
+        "hexagonal",
+        "hexagonal",
+        "cubic",
+        "cubic",
+    ]
     with pytest.raises(ValueError, match="0..230"):
         crystal_system(231)
 

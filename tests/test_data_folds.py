@@ -1,4 +1,5 @@
 """Matbench's official folds, checked against the official v0.1 test ids."""
+
 import numpy as np
 import pytest
 

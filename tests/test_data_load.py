@@ -1,4 +1,5 @@
 """Named datasets load from the offline mirror with the documented row counts and columns."""
+
 import json
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """The online path (matminer's load_dataset) tested offline: the test writes small
 files in matminer's own format into a data home and points matminer at it."""
+
 import gzip
 import json
 
@@ -19,8 +20,11 @@ def _write_matminer(path, columns, rows):
 
 
 def test_matminer_path_compositions(tmp_path, monkeypatch):
-    _write_matminer(tmp_path / "matbench_expt_gap.json.gz", ["composition", "gap expt"],
-                    [["Si1", 1.12], ["Ga1 As1", 1.42], ["Cu1", 0.0], ["Zz9", 1.0]])
+    _write_matminer(
+        tmp_path / "matbench_expt_gap.json.gz",
+        ["composition", "gap expt"],
+        [["Si1", 1.12], ["Ga1 As1", 1.42], ["Cu1", 0.0], ["Zz9", 1.0]],
+    )
     monkeypatch.setenv("MATMINER_DATA", str(tmp_path))
     with pytest.warns(UserWarning):  # 1 bad row; 4 rows where matbench has 4604
         ds = load_dataset("expt_gap", source="matminer")
@@ -33,8 +37,9 @@ def test_matminer_path_compositions(tmp_path, monkeypatch):
 def test_matminer_path_structures_get_symmetry(tmp_path, monkeypatch):
     nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]])
-    _write_matminer(tmp_path / "matbench_mp_e_form.json.gz", ["structure", "e_form"],
-                    [[nacl.as_dict(), -2.1], [si.as_dict(), 0.0]])
+    _write_matminer(
+        tmp_path / "matbench_mp_e_form.json.gz", ["structure", "e_form"], [[nacl.as_dict(), -2.1], [si.as_dict(), 0.0]]
+    )
     monkeypatch.setenv("MATMINER_DATA", str(tmp_path))
     with pytest.warns(UserWarning, match="expected 132752"):
         ds = load_dataset("mp", source="matminer")

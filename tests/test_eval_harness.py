@@ -1,6 +1,8 @@
 """Evaluation harness on real data with tiny settings: the official folds, the seeded
 training-fold subsamples, the baseline, the results JSON shape, resuming finished
 cells, and one quick end-to-end run of the neural variants."""
+
+import gzip
 import json
 
 import numpy as np
@@ -8,9 +10,11 @@ import pytest
 
 from matmtl.data import load_dataset, matbench_folds
 from matmtl.eval import EvalSettings, evaluate, protocol
-from matmtl.eval import runner as runner_mod
-from matmtl.eval.baseline import magpie_features, magpie_path
-from matmtl.eval.metrics import regression_metrics
+from matmtl.eval import baseline as baseline_mod
+from matmtl.eval.baseline import baseline_fp, magpie_features, magpie_path
+from matmtl.eval.cells import CellKey, CellStore
+from matmtl.eval.settings import QUICK
+from matmtl.metrics import regression_metrics
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +47,25 @@ def test_training_subsets_are_seeded_and_inside_the_training_fold(expt):
     # the very rows fine-tuning draws for --max-train-rows N
     assert np.array_equal(tr, split_rows(expt, 1, len(tr), 0, shrink_test=False)[0])
     assert np.array_equal(protocol.train_test(expt, 1, 1.0)[0], tr_full)
-    itr, iva = protocol.inner_split(len(tr_full))
-    assert len(iva) == round(len(tr_full) / 5) and not set(itr) & set(iva)
 
 
 def _baseline_settings(tmp_path, **kw):
-    return EvalSettings(**{"variants": ("rf_magpie",), "folds": (0, 1), "fractions": (), "skip_mp": True, "quick": True,
-                           "out": str(tmp_path / "results"), "markdown": str(tmp_path / "docs" / "results.md"),
-                           "work_dir": str(tmp_path / "work"), "progress": False, "command": "test-baseline", **kw})
+    return EvalSettings(
+        **{
+            "variants": ("rf_magpie",),
+            "folds": (0, 1),
+            "fractions": (),
+            "skip_mp": True,
+            "quick": True,
+            "out": str(tmp_path / "results"),
+            "markdown": str(tmp_path / "docs" / "results.md"),
+            "work_dir": str(tmp_path / "work"),
+            "progress": False,
+            "command": "test-baseline",
+            "force": True,
+            **kw,
+        }
+    )
 
 
 def test_baseline_on_a_tiny_subset_and_the_json_shape(tmp_path, expt):
@@ -70,11 +85,11 @@ def test_baseline_on_a_tiny_subset_and_the_json_shape(tmp_path, expt):
     # the stored predictions reproduce the fold scores; training rows = the seeded quick cap
     y = expt.target("gap_expt")
     fold_maes = []
+    store, fp = CellStore(tmp_path / "work"), baseline_fp(_baseline_settings(tmp_path), len(expt))
     for k in (0, 1):
-        ev = runner_mod.Evaluation(_baseline_settings(tmp_path))
-        rec = ev.store.get(runner_mod.CellKey("expt_gap", "rf_magpie", k), ev.baseline_fp())
-        tr, te = protocol.train_test(expt, k, 1.0, 0, runner_mod.QUICK["expt_cap"])
-        assert rec["n_train"] == len(tr) == runner_mod.QUICK["expt_cap"] and rec["n_test"] == len(te)
+        rec = store.get(CellKey("expt_gap", "rf_magpie", k), fp)
+        tr, te = protocol.train_test(expt, k, 1.0, 0, QUICK["expt_cap"])
+        assert rec["n_train"] == len(tr) == QUICK["expt_cap"] and rec["n_test"] == len(te)
         m = regression_metrics(y[te], rec["pred"])
         assert m["mae"] == pytest.approx(rec["metrics"]["mae"]) and m["r2"] == pytest.approx(rec["metrics"]["r2"])
         fold_maes.append(m["mae"])
@@ -83,7 +98,7 @@ def test_baseline_on_a_tiny_subset_and_the_json_shape(tmp_path, expt):
     assert "`rf_magpie`" in page and "test-baseline" in page and "Quick smoke-test settings" in page
     assert not (tmp_path / "results" / "mp_e_form.json").exists()
     # the Magpie table is cached on disk as a plain npz
-    tr, te = protocol.train_test(expt, 0, 1.0, 0, runner_mod.QUICK["expt_cap"])
+    tr, te = protocol.train_test(expt, 0, 1.0, 0, QUICK["expt_cap"])
     formulas = [expt.formulas[i] for i in np.concatenate([tr, te])]
     with np.load(magpie_path(formulas), allow_pickle=False) as z:
         X = z["X"]
@@ -91,24 +106,26 @@ def test_baseline_on_a_tiny_subset_and_the_json_shape(tmp_path, expt):
     assert np.array_equal(magpie_features(formulas)[0], X)
 
 
-def test_finished_cells_are_not_run_again(tmp_path, monkeypatch):
+def test_finished_cells_are_not_run_again(tmp_path, monkeypatch, expt):
     calls = []
-    real = runner_mod.Evaluation._run_baseline
+    real = baseline_mod.BaselineCells.compute
 
     def counting(self, fold, fraction):
         calls.append((fold, fraction))
         return real(self, fold, fraction)
 
-    monkeypatch.setattr(runner_mod.Evaluation, "_run_baseline", counting)
+    monkeypatch.setattr(baseline_mod.BaselineCells, "compute", counting)
     first = evaluate(_baseline_settings(tmp_path))
     assert sorted(calls) == [(0, 1.0), (1, 1.0)]
     calls.clear()
     again = evaluate(_baseline_settings(tmp_path))  # everything cached
     assert calls == []
-    assert again["expt_gap"]["variants"]["rf_magpie"]["fold_mae"] == first["expt_gap"]["variants"]["rf_magpie"]["fold_mae"]
+    assert (
+        again["expt_gap"]["variants"]["rf_magpie"]["fold_mae"] == first["expt_gap"]["variants"]["rf_magpie"]["fold_mae"]
+    )
     # a "killed" evaluation: fold 1's cell never finished -> only that cell runs
-    ev = runner_mod.Evaluation(_baseline_settings(tmp_path))
-    ev.store.path(runner_mod.CellKey("expt_gap", "rf_magpie", 1), ev.baseline_fp()).unlink()
+    fp = baseline_fp(_baseline_settings(tmp_path), len(expt))
+    CellStore(tmp_path / "work").path(CellKey("expt_gap", "rf_magpie", 1), fp).unlink()
     evaluate(_baseline_settings(tmp_path))
     assert calls == [(1, 1.0)]
     calls.clear()
@@ -117,17 +134,28 @@ def test_finished_cells_are_not_run_again(tmp_path, monkeypatch):
 
 
 def test_quick_end_to_end_neural_variants(tmp_path):
-    s = EvalSettings(folds=(0,), fractions=(0.5, 1.0), quick=True, out=str(tmp_path / "results"),
-                     markdown=str(tmp_path / "results.md"), work_dir=str(tmp_path / "work"), progress=False,
-                     command="test-quick")
+    from matmtl.errors import MatmtlError
+    from matmtl.eval.submission import check_submission
+
+    s = EvalSettings(
+        folds=(0,),
+        fractions=(0.5, 1.0),
+        quick=True,
+        out=str(tmp_path / "results"),
+        markdown=str(tmp_path / "results.md"),
+        work_dir=str(tmp_path / "work"),
+        progress=False,
+        command="test-quick",
+    )
     res = evaluate(s)
+    assert res["expt_gap"]["settings"]["finetune_train"]["epochs"] == 2  # the finetune-tiny preset
     expt = res["expt_gap"]
     for name in ("rf_magpie", "scratch", "finetune", "finetune_anchor_replay", "finetune_anchor_distill"):
         v = expt["variants"][name]
         assert v["status"] == "done", name
         assert np.isfinite(v["mae_mean"]) and len(v["fold_mae"]) == 1 and v["r2"] is not None
     pc = expt["variants"]["finetune_anchor_pcgrad"]
-    assert pc["status"] == "done" or (pc["status"] == "not available" and pc["reason"])
+    assert pc["status"] == "done" and pc["anchor_source_per_fold"]["0"] in ("replay", "distill")
     fg = expt["forgetting"]
     for name in ("finetune", "finetune_anchor"):
         assert fg[name]["before"] > 0 and fg[name]["after"] > 0
@@ -135,51 +163,119 @@ def test_quick_end_to_end_neural_variants(tmp_path):
     de = expt["data_efficiency"]
     assert set(de["variants"]) == {"scratch", "finetune", "finetune_anchor"}
     assert de["variants"]["finetune"]["0.5"]["mae_mean"] > 0
-    assert expt["anchor_selection"]["folds"]["0"]["chosen"] in ("replay", "distill")
+    # the protocol: every run's own validation rows chose its epoch and metal cut, and the anchor source
+    assert (
+        expt["settings"]["finetune_train"]["val_fraction"] == 0.1 and expt["settings"]["eval"]["anchor"] == "validation"
+    )
+    cells = {
+        p.parent.parent.name: json.loads(p.read_text())
+        for p in (tmp_path / "work" / "cells" / "expt_gap").glob("*/*/fold0-frac1.json")
+    }
+    for name in ("scratch", "finetune", "finetune_anchor_replay", "finetune_anchor_distill", "finetune_anchor_pcgrad"):
+        v, c = expt["variants"][name], cells[name]
+        assert c["validation"]["rows"] == c["validation_rows"] == 20 and c["n_train"] == 180  # 10% of the 200 rows
+        assert v["fold_validation_mae"] == [c["validation"]["mae"]] and 1 <= v["fold_best_epoch"][0] <= 2
+        assert "metal_cut" in c["validation"] and "calibration" in c["validation"]
+        assert c["metrics"]["mae"] == pytest.approx(c["metrics"]["finetune_reported_mae"], abs=1e-6)  # one test pass
+    sel = expt["anchor_selection"]["folds"]["0"]
+    r, d = (cells[f"finetune_anchor_{a}"]["validation"]["mae"] for a in ("replay", "distill"))
+    assert sel["rule"] == "validation" and (sel["replay"], sel["distill"]) == (r, d)
+    assert sel["chosen"] == ("replay" if r <= d else "distill") == pc["anchor_source_per_fold"]["0"]
+    assert cells["finetune_anchor_pcgrad"]["spec"]["aux_source"] == sel["chosen"]
+    assert sorted(p.name for p in (tmp_path / "work" / "cells").iterdir()) == ["expt_gap", "forgetting", "mp"]
+    # the per-fold test predictions: matbench ids, targets and predictions that re-score to the table
+    out = tmp_path / "results"
+    preds = json.loads((out / "expt_gap_predictions.json").read_text())
+    ds = load_dataset("expt_gap")
+    te = ds.folds()[0][1]
+    assert preds["folds"]["0"]["ids"] == ds.frame["id"].to_numpy()[te].tolist()
+    y = np.asarray(preds["folds"]["0"]["target"])
+    for name in ("rf_magpie", "scratch", "finetune", "finetune_anchor_replay", "finetune_anchor_distill"):
+        mae = np.abs(np.asarray(preds["variants"][name]["0"]) - y).mean()
+        assert mae == pytest.approx(expt["variants"][name]["fold_mae"][0], abs=1e-4), name
+    # the matbench results file of the submission variant, in the official format (fold 0 only here)
+    with gzip.open(out / "results.json.gz", "rt") as fh:
+        sub = json.load(fh)
+    with gzip.open(protocol.official_results_file(), "rt") as fh:
+        official = json.load(fh)
+    assert list(sub) == list(official) and check_submission(sub, official) == []
+    task = sub["tasks"]["matbench_expt_gap"]
+    assert list(task) == list(official["tasks"]["matbench_expt_gap"]) and list(task["results"]) == ["fold_0"]
+    fold = task["results"]["fold_0"]
+    assert list(fold) == list(official["tasks"]["matbench_expt_gap"]["results"]["fold_0"])
+    assert set(fold["data"]) == set(official["tasks"]["matbench_expt_gap"]["results"]["fold_0"]["data"])
+    assert fold["scores"]["mae"] == pytest.approx(expt["variants"]["finetune_anchor_replay"]["fold_mae"][0])
+    assert fold["parameters"]["variant"] == "finetune_anchor_replay" and fold["parameters"]["validation_rows"] == 20
+    assert sub["user_metadata"]["is_complete"] is False and sub["user_metadata"]["quick"] is True
+    assert expt["files"]["submission"]["file"] == "results.json.gz" and expt["files"]["submission"]["folds"] == [0]
+    for f in out.iterdir():
+        assert f.stat().st_size < 1 << 20, f  # every results file stays under 1 MiB
     rel = expt["relatedness"]["variants"]
     assert rel["finetune"]["pairs"] == {}  # single task: nothing to relate
     assert any(rel[n]["pairs"] for n in ("finetune_anchor_replay", "finetune_anchor_distill"))
     for name, unit in (("mp_e_form", "eV/atom"), ("mp_gap", "eV")):
         mp = json.loads((tmp_path / "results" / f"{name}.json").read_text())
         assert mp["unit"] == unit and mp["folds"] == [0]
-        assert mp["variants"]["pretrain"]["mae_mean"] > 0 and mp["variants"]["pretrain"]["mae_composition_only_mean"] > 0
+        assert (
+            mp["variants"]["pretrain"]["mae_mean"] > 0 and mp["variants"]["pretrain"]["mae_composition_only_mean"] > 0
+        )
     assert (tmp_path / "results" / "expt_gap_data_efficiency.png").stat().st_size > 1000
     page = (tmp_path / "results.md").read_text()
     assert "matbench_mp_e_form" in page and "Data efficiency" in page and "Forgetting" in page
     # run folders of finished cells are not kept (their numbers are in the cell records)
     assert not list((tmp_path / "work" / "runs" / "expt_gap").rglob("model.safetensors"))
     # a re-run from cached cells reports the same forgetting, "before" included
+    with pytest.raises(MatmtlError, match="force"):  # the results of the first run are not replaced silently
+        evaluate(s)
+    s.force = True
     again = evaluate(s)["expt_gap"]["forgetting"]
-    assert again["finetune"]["before"] == fg["finetune"]["before"] and again["finetune"]["after"] == fg["finetune"]["after"]
+    assert (
+        again["finetune"]["before"] == fg["finetune"]["before"]
+        and again["finetune"]["after"] == fg["finetune"]["after"]
+    )
 
 
 def test_a_cell_killed_mid_training_resumes_to_the_same_numbers(tmp_path, monkeypatch):
     import functools
+    import importlib
 
-    import matmtl.train.finetune as ft_mod
     from matmtl.errors import MatmtlError
 
     def settings(name, **kw):
-        return EvalSettings(**{"variants": ("finetune",), "folds": (0,), "fractions": (), "skip_mp": True, "quick": True,
-                               "out": str(tmp_path / name / "results"), "markdown": None,
-                               "work_dir": str(tmp_path / name / "work"), "progress": False, **kw})
+        return EvalSettings(
+            **{
+                "variants": ("finetune",),
+                "folds": (0,),
+                "fractions": (),
+                "skip_mp": True,
+                "quick": True,
+                "out": str(tmp_path / name / "results"),
+                "page": False,
+                "force": True,
+                "work_dir": str(tmp_path / name / "work"),
+                "progress": False,
+                **kw,
+            }
+        )
 
+    # the module, not the function: `matmtl.train.finetuning` holds it
+    ft_mod = importlib.import_module("matmtl.train.finetuning")
     whole = evaluate(settings("whole"))["expt_gap"]["variants"]["finetune"]
     ckpt = next((tmp_path / "whole" / "work" / "runs" / "pretrain").glob("*/fold0"))
     real = ft_mod.finetune
 
     @functools.wraps(real)
-    def killed_after_one_epoch(**kw):
-        return real(**{**kw, "stop_after": 1})
+    def killed_after_one_epoch(config, out=None, **kw):
+        return real(config, out, **{**kw, "stop_after": 1})
 
     monkeypatch.setattr(ft_mod, "finetune", killed_after_one_epoch)
     with pytest.raises(MatmtlError, match="did not finish"):
         evaluate(settings("killed", checkpoint=str(ckpt)))
     monkeypatch.setattr(ft_mod, "finetune", real)
-    from matmtl.eval import neural
+    from matmtl.eval import finetune_cells
 
-    states, prep = [], neural.prepare_run_dir
-    monkeypatch.setattr(neural, "prepare_run_dir", lambda d: states.append(prep(d)) or states[-1])
+    states, prep = [], finetune_cells.prepare_run_dir
+    monkeypatch.setattr(finetune_cells, "prepare_run_dir", lambda d: states.append(prep(d)) or states[-1])
     resumed = evaluate(settings("killed", checkpoint=str(ckpt)))["expt_gap"]["variants"]["finetune"]
     assert states == ["resume"]  # continued from the saved epoch, not restarted
     assert resumed["fold_mae"] == pytest.approx(whole["fold_mae"], rel=1e-9, abs=1e-12)
@@ -191,18 +287,17 @@ def test_matmtl_evaluate_command_reaches_the_harness():
     from matmtl.cli import app
 
     res = CliRunner().invoke(app, ["evaluate", "--help"])
-    assert res.exit_code == 0 and "usage: matmtl evaluate" in res.output and "--variants" in res.output
+    assert res.exit_code == 0 and "usage: matmtl evaluate" in res.output.lower() and "--variants" in res.output
     res = CliRunner().invoke(app, ["evaluate", "--folds", "9"])
-    assert res.exit_code == 1 and "folds must be" in res.output
+    assert res.exit_code == 2 and "--folds" in res.output and "0..4" in res.output
     res = CliRunner().invoke(app, ["evaluate", "--no-such-option"])
     assert res.exit_code == 2
 
 
 def test_efficiency_folds_default_to_the_folds_and_must_be_among_them():
     from matmtl.errors import MatmtlError
-    from matmtl.eval.runner import EvalSettings
 
     assert EvalSettings(folds=(0, 2)).efficiency_folds == (0, 2)
     assert EvalSettings(folds=(0, 2), efficiency_folds=(2,)).efficiency_folds == (2,)
-    with pytest.raises(MatmtlError, match="efficiency-folds"):
+    with pytest.raises(MatmtlError, match=r"EvalSettings\.efficiency_folds"):  # the library names its parameter
         EvalSettings(folds=(0,), efficiency_folds=(1,))

@@ -1,13 +1,15 @@
 """Evaluation harness, pure parts: fold aggregation vs numpy, the cell cache, the
 relatedness summary, the markdown generator and the command line (no training)."""
+
 import json
 
 import numpy as np
 import pytest
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
+from matmtl.eval import cli as eval_cli
 from matmtl.eval.cells import CellKey, CellStore, fingerprint
-from matmtl.eval.cli import build_parser, cli_main
+from matmtl.eval.cli import cli_main
 from matmtl.eval.metrics import aggregate_folds, regression_metrics
 from matmtl.eval.relatedness import average_over_folds, summarize_records
 from matmtl.eval.report import LEADERBOARD, render_markdown
@@ -71,9 +73,15 @@ def test_cell_store_roundtrip_and_fingerprint(tmp_path):
 
 
 def test_relatedness_summary_both_record_shapes():
-    geo = [{"step": s, "tasks": ["gap_expt", "e_form"], "mean_cosine": [[1, c], [c, 1]],
-            "angles": [[[0, 0], [a, 90 * np.pi / 180]], [[a, 1.2], [0, 0]]]}
-           for s, c, a in ((0, 0.5, 0.1), (10, -0.1, 0.3), (20, 0.2, 0.2))]
+    geo = [
+        {
+            "step": s,
+            "tasks": ["gap_expt", "e_form"],
+            "mean_cosine": [[1, c], [c, 1]],
+            "angles": [[[0, 0], [a, 90 * np.pi / 180]], [[a, 1.2], [0, 0]]],
+        }
+        for s, c, a in ((0, 0.5, 0.1), (10, -0.1, 0.3), (20, 0.2, 0.2))
+    ]
     s = summarize_records(geo)["gap_expt|e_form"]
     assert s["records"] == 3 and s["cosine_mean"] == pytest.approx(0.2)
     assert s["conflict_share"] == pytest.approx(1 / 3) and s["cosine_last_third"] == pytest.approx(0.2)
@@ -86,19 +94,61 @@ def test_relatedness_summary_both_record_shapes():
 
 
 def _results():
-    v = {"status": "done", "mae_mean": 0.4123, "mae_std": 0.0111, "fold_mae": [0.41, 0.42, 0.40, 0.41, 0.42],
-         "rmse": 0.77, "r2": 0.71, "command": "matmtl evaluate --variants rf_magpie", "hardware": "TestCPU x2", "seconds": 99}
-    expt = {"protocol": "matbench_v0.1", "task": "matbench_expt_gap", "unit": "eV", "folds": [0, 1, 2, 3, 4],
-            "variants": {"rf_magpie": v, "finetune": {"status": "not run", "mae_mean": None, "mae_std": None,
-                                                      "fold_mae": [None] * 5, "rmse": None, "r2": None}},
-            "forgetting": {"finetune": {"before": 0.09, "after": None}}, "data_efficiency": {"fractions": [0.5, 1.0], "variants": {}},
-            "relatedness": {"note": "no neural variant has run yet", "variants": {}},
-            "command": "matmtl evaluate --variants rf_magpie", "hardware": "TestCPU x2", "seconds": 120, "quick": False}
-    mp = {"protocol": "matbench_v0.1", "task": "matbench_mp_e_form", "unit": "eV/atom", "folds": [0],
-          "variants": {"pretrain": {**v, "mae_mean": 0.0612, "mae_std": 0.0, "fold_mae": [0.0612],
-                                    "mae_composition_only_mean": 0.0701, "mae_composition_only_std": 0.0,
-                                    "fold_mae_composition_only": [0.0701]}},
-          "subset_note": "Folds evaluated: [0]", "command": "matmtl evaluate", "hardware": "TestCPU x2"}
+    v = {
+        "status": "done",
+        "mae_mean": 0.4123,
+        "mae_std": 0.0111,
+        "fold_mae": [0.41, 0.42, 0.40, 0.41, 0.42],
+        "rmse": 0.77,
+        "r2": 0.71,
+        "command": "matmtl evaluate --variants rf_magpie",
+        "hardware": "TestCPU x2",
+        "seconds": 99,
+    }
+    expt = {
+        "protocol": "matbench_v0.1",
+        "task": "matbench_expt_gap",
+        "unit": "eV",
+        "folds": [0, 1, 2, 3, 4],
+        "variants": {
+            "rf_magpie": v,
+            "finetune": {
+                "status": "not run",
+                "mae_mean": None,
+                "mae_std": None,
+                "fold_mae": [None] * 5,
+                "rmse": None,
+                "r2": None,
+            },
+        },
+        "forgetting": {"finetune": {"before": 0.09, "after": None}},
+        "data_efficiency": {"fractions": [0.5, 1.0], "variants": {}},
+        "relatedness": {"note": "no neural variant has run yet", "variants": {}},
+        "command": "matmtl evaluate --variants rf_magpie",
+        "hardware": "TestCPU x2",
+        "seconds": 120,
+        "quick": False,
+    }
+    mp = {
+        "protocol": "matbench_v0.1",
+        "task": "matbench_mp_e_form",
+        "unit": "eV/atom",
+        "folds": [0],
+        "variants": {
+            "pretrain": {
+                **v,
+                "mae_mean": 0.0612,
+                "mae_std": 0.0,
+                "fold_mae": [0.0612],
+                "mae_composition_only_mean": 0.0701,
+                "mae_composition_only_std": 0.0,
+                "fold_mae_composition_only": [0.0701],
+            }
+        },
+        "subset_note": "Folds evaluated: [0]",
+        "command": "matmtl evaluate",
+        "hardware": "TestCPU x2",
+    }
     return expt, mp
 
 
@@ -120,14 +170,176 @@ def test_markdown_is_generated_from_the_results():
     json.dumps(expt)  # the shapes stay JSON-able
 
 
+def test_one_regression_metrics():
+    import matmtl.metrics
+
+    assert regression_metrics is matmtl.metrics.regression_metrics  # eval re-exports the one implementation
+
+
 def test_cli_parses_options_and_rejects_bad_ones(capsys):
-    a = build_parser().parse_args(["--variants", "rf_magpie,finetune", "--folds", "0,3", "--fractions", "0.1,1",
-                                   "--train-config", "epochs=3,lr=1e-3", "--mp-folds", "all", "--quick"])
-    assert a.variants == ("rf_magpie", "finetune") and a.folds == (0, 3) and a.fractions == (0.1, 1.0)
-    assert a.train_config == {"epochs": "3", "lr": "1e-3"} and a.mp_folds == (0, 1, 2, 3, 4) and a.quick
-    assert build_parser().parse_args(["--variants", "all"]).variants[0] == "rf_magpie"
-    assert build_parser().parse_args(["--fractions", "none"]).fractions == ()
-    assert cli_main(["--variants", "bogus"]) == 2
+    assert eval_cli.parse_variants("rf_magpie,finetune") == ("rf_magpie", "finetune")
+    assert eval_cli.parse_variants("all")[0] == "rf_magpie" and "rf_magpie" not in eval_cli.parse_variants("neural")
+    assert eval_cli.parse_folds("3,0") == (0, 3) and eval_cli.parse_folds("all") == (0, 1, 2, 3, 4)
+    assert eval_cli.parse_fractions("0.1,1") == (0.1, 1.0) and eval_cli.parse_fractions("none") == ()
+    assert eval_cli.parse_mp_folds("all") == (0, 1, 2, 3, 4) and eval_cli.parse_mp_folds("auto") is None
+    assert eval_cli.parse_mp_folds("none") == ()
+    # K=V overrides: JSON literals, checked by the config dataclass itself
+    assert eval_cli.parse_overrides("epochs=3,lr=1e-3,device=cpu", "train") == {
+        "epochs": 3,
+        "lr": 1e-3,
+        "device": "cpu",
+    }
+    assert eval_cli.parse_overrides("dim=64", "model") == {"dim": 64}
+    for bad in ("epochs=0", "nope=1", "lr=fast", "epochs"):
+        with pytest.raises(eval_cli.typer.BadParameter):
+            eval_cli.parse_overrides(bad, "train")
+    for parse, bad in (
+        (eval_cli.parse_folds, "5"),
+        (eval_cli.parse_folds, "0,0"),
+        (eval_cli.parse_fractions, "0,1"),
+        (eval_cli.parse_variants, "bogus"),
+        (eval_cli.parse_efficiency_variants, "rf"),
+    ):
+        with pytest.raises(eval_cli.typer.BadParameter):
+            parse(bad)
+    capsys.readouterr()
     assert cli_main(["--help"]) == 0
-    assert cli_main(["--folds", "7", "--out", "unused"]) == 1  # a clean error, not a traceback
-    assert "--folds" in capsys.readouterr().err
+    assert "--force" in capsys.readouterr().out
+    for argv, flag in (
+        (["--variants", "bogus"], "--variants"),
+        (["--folds", "7"], "--folds"),
+        (["--monitor-k", "1"], "--monitor-k"),
+        (["--anchor", "best"], "--anchor"),
+        (["--train-config", "epochs=-1"], "--train-config"),
+        (["--folds", "0", "--efficiency-folds", "1"], "--efficiency-folds"),
+    ):
+        assert cli_main(argv) == 2, argv  # bad arguments: a message naming the flag, not a traceback
+        assert flag in capsys.readouterr().err, argv
+
+
+def test_library_errors_name_parameters():
+    from matmtl.errors import ConfigError
+    from matmtl.eval import EvalSettings
+
+    for kw, name in (
+        ({"folds": (7,)}, "EvalSettings.folds"),
+        ({"fractions": (0,)}, "EvalSettings.fractions"),
+        ({"anchor": "best"}, "EvalSettings.anchor"),
+        ({"monitor_k": 1}, "EvalSettings.monitor_k"),
+        ({"train_overrides": {"epochs": 0}}, "EvalSettings.train_overrides: TrainConfig.epochs"),
+        ({"model_overrides": {"width": 3}}, "EvalSettings.model_overrides"),
+        ({"pretrain_tasks": ("gap_pbe",)}, "EvalSettings.pretrain_tasks"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            EvalSettings(**kw)
+        assert name in str(info.value) and "--" not in str(info.value), kw
+
+
+def test_quick_uses_the_tiny_presets():
+    from matmtl.config import TrainConfig
+    from matmtl.eval import EvalSettings
+    from matmtl.models import ModelConfig
+
+    s = EvalSettings(quick=True, train_overrides={"lr": 3e-4})
+    assert s.finetune_train("cpu") == TrainConfig.preset("finetune-tiny", lr=3e-4)
+    c = s.pretrain_config("cpu", 0)
+    assert c.model == ModelConfig.preset("tiny") and c.train == TrainConfig.preset("tiny")
+    full = EvalSettings()
+    assert full.finetune_train("cpu") == TrainConfig.preset("finetune")
+    assert full.pretrain_config("cuda", 0).model == ModelConfig.preset("large")
+    assert full.pretrain_config("cpu", 0).train == TrainConfig.preset("default")
+
+
+def test_evaluate_cmd_registers_in_a_typer_app():
+    """`app.command("evaluate")(evaluate_cmd)`, as matmtl.cli registers it."""
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False)
+    app.command("evaluate")(eval_cli.evaluate_cmd)
+    app.command("other")(lambda: None)
+    res = CliRunner().invoke(app, ["evaluate", "--help"], prog_name="matmtl")
+    assert res.exit_code == 0 and "matmtl evaluate" in res.output and "--force" in res.output
+    res = CliRunner().invoke(app, ["evaluate", "--anchor", "best"], prog_name="matmtl")
+    assert res.exit_code == 2 and "--anchor" in res.output
+
+
+def test_protocol_settings_reach_the_finetune_configs_and_fingerprints(tmp_path):
+    from pathlib import Path
+
+    from matmtl.config import TrainConfig
+    from matmtl.eval import EvalSettings
+    from matmtl.eval.finetune_cells import FinetuneCells
+    from matmtl.eval.settings import VARIANTS
+
+    d = EvalSettings()
+    preset = TrainConfig.preset("finetune")
+    assert (d.val_fraction, d.patience) == (preset.val_fraction, preset.patience)  # the preset's defaults
+    assert d.anchor == "validation" and d.symmetry == "none" and d.submission_variant == "finetune_anchor_replay"
+    s = EvalSettings(val_fraction=0.2, patience=5, symmetry="mp_ground_state")
+    assert (s.finetune_train("cpu").val_fraction, s.finetune_train("cpu").patience) == (0.2, 5)
+
+    class Pre:  # only the checkpoint identity is read by the fingerprint and the config
+        identity = {"data_sha256": "x"}
+
+    def cells(settings):
+        return FinetuneCells(settings, "cpu", tmp_path, None, Pre())
+
+    c = cells(s).config(VARIANTS["finetune_anchor_replay"], Path("ckpt"), 0, None)
+    assert c.symmetry == "mp_ground_state" and c.train.val_fraction == 0.2 and c.train.patience == 5
+    spec = VARIANTS["finetune"]
+    fps = {cells(EvalSettings(**kw)).fp(spec) for kw in ({}, {"symmetry": "mp_ground_state"}, {"patience": 3})}
+    fps |= {cells(EvalSettings(val_fraction=0.2)).fp(spec)}
+    assert len(fps) == 4  # each protocol setting makes other cells
+    assert cells(EvalSettings()).fp(spec) == cells(EvalSettings()).fp(spec)
+
+
+def test_protocol_settings_are_checked():
+    from matmtl.errors import ConfigError
+    from matmtl.eval import EvalSettings
+
+    for kw, name in (
+        ({"symmetry": "spglib"}, "EvalSettings.symmetry"),
+        ({"val_fraction": 1.5}, "EvalSettings.val_fraction"),
+        ({"patience": -1}, "EvalSettings.patience"),
+        ({"val_fraction": 0.0}, "EvalSettings.anchor"),  # choosing on validation rows needs some
+        ({"train_overrides": {"val_fraction": 0.2}}, "EvalSettings.train_overrides"),
+        ({"submission_variant": "best"}, "EvalSettings.submission_variant"),
+        ({"anchor": "inner"}, "EvalSettings.anchor"),  # the inner 80/20 runs are gone
+    ):
+        with pytest.raises(ConfigError) as info:
+            EvalSettings(**kw)
+        assert name in str(info.value), kw
+    assert EvalSettings(val_fraction=0.0, anchor="replay").val_fraction == 0.0  # a fixed source needs none
+
+
+def test_anchor_source_from_the_validation_maes():
+    from matmtl.errors import MatmtlError
+    from matmtl.eval.finetune_cells import choose_anchor
+
+    def rec(mae):
+        return {"validation": {"rows": 368, "mae": mae}}
+
+    assert choose_anchor(rec(0.30), rec(0.31)) == {
+        "replay": 0.30,
+        "distill": 0.31,
+        "validation_rows": 368,
+        "chosen": "replay",
+        "rule": "validation",
+    }
+    assert choose_anchor(rec(0.32), rec(0.31))["chosen"] == "distill"
+    assert choose_anchor(rec(0.31), rec(0.31))["chosen"] == "replay"  # a tie keeps replay
+    with pytest.raises(MatmtlError, match="no validation MAE"):
+        choose_anchor({"validation": None}, rec(0.3))
+
+
+def test_cli_protocol_options(capsys):
+    for argv, flag in (
+        (["--anchor", "inner"], "--anchor"),
+        (["--symmetry", "spglib"], "--symmetry"),
+        (["--val-fraction", "2"], "--val-fraction"),
+        (["--patience", "-1"], "--patience"),
+        (["--submission-variant", "best"], "--submission-variant"),
+    ):
+        assert cli_main(argv) == 2, argv
+        assert flag in capsys.readouterr().err, argv

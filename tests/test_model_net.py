@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from _tiny import tiny_model
 
 from matmtl.models import MAX_Z, MultiTaskModel, TaskSpec, crystal_system_of_spg, element_table
-
-from _tiny import tiny_model
 
 
 def test_element_table_covers_h_to_lr():
@@ -13,8 +12,26 @@ def test_element_table_covers_h_to_lr():
     assert np.all(t[0] == 0) and np.all(np.abs(t[1:]).sum(1) > 0)
 
 
-@pytest.mark.parametrize("spg,cs", [(0, 0), (1, 1), (2, 1), (3, 2), (15, 2), (16, 3), (74, 3), (75, 4), (142, 4),
-                                    (143, 5), (167, 5), (168, 6), (194, 6), (195, 7), (230, 7)])
+@pytest.mark.parametrize(
+    "spg,cs",
+    [
+        (0, 0),
+        (1, 1),
+        (2, 1),
+        (3, 2),
+        (15, 2),
+        (16, 3),
+        (74, 3),
+        (75, 4),
+        (142, 4),
+        (143, 5),
+        (167, 5),
+        (168, 6),
+        (194, 6),
+        (195, 7),
+        (230, 7),
+    ],
+)
 def test_crystal_system_of_spg(spg, cs):
     assert crystal_system_of_spg(np.array([spg]))[0] == cs
 

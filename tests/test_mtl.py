@@ -1,10 +1,22 @@
 """matmtl.mtl on small models where the right answer is known."""
+
 import numpy as np
 import pytest
 import torch
 
-from matmtl.mtl import (GeometryMonitor, GradNorm, HalfSpace, MTLBackward, PCGrad, Static, Sum, Uncertainty,
-                        balancer_from, shared_grads, surgery_from)
+from matmtl.mtl import (
+    GeometryMonitor,
+    GradNorm,
+    HalfSpace,
+    MTLBackward,
+    PCGrad,
+    Static,
+    Sum,
+    Uncertainty,
+    balancer_from,
+    shared_grads,
+    surgery_from,
+)
 
 
 class TwoHead(torch.nn.Module):
@@ -47,8 +59,9 @@ def test_fast_path_equals_weighted_sum_backward(balancer):
     ref, model = TwoHead(), TwoHead()
     z, out = ref(x)
     (2.0 * ((out["a"] - ya) ** 2).mean() + 0.5 * ((out["b"] - yb) ** 2).mean()).backward()
-    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balancer=balancer,
-                      weights={"a": 2.0, "b": 0.5})
+    mtl = MTLBackward(
+        model.parameters(), model.encoder.parameters(), ["a", "b"], balancer=balancer, weights={"a": 2.0, "b": 0.5}
+    )
     z, out = model(x)
     mtl.backward({"a": ((out["a"] - ya) ** 2).mean(), "b": ((out["b"] - yb) ** 2).mean()}, z)
     assert torch.allclose(_flat_grad(model.parameters()), _flat_grad(ref.parameters()), atol=1e-6)
@@ -183,8 +196,13 @@ def test_identical_tasks_angles_zero_and_surgery_has_no_effect():
         model = TwoHead()
         with torch.no_grad():  # two identical heads on one target: identical tasks
             model.heads["b"].load_state_dict(model.heads["a"].state_dict())
-        mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery=surgery,
-                          monitor=GeometryMonitor(every=1, k=4))
+        mtl = MTLBackward(
+            model.parameters(),
+            model.encoder.parameters(),
+            ["a", "b"],
+            surgery=surgery,
+            monitor=GeometryMonitor(every=1, k=4),
+        )
         _step(model, mtl, x, ya, ya, 4)
         grads[surgery.name] = _flat_grad(model.encoder.parameters())
         records = mtl.close()
@@ -202,8 +220,14 @@ def test_opposed_tasks_pcgrad_removes_the_conflict():
     with torch.no_grad():  # head b = -head a, same target: the tasks pull the encoder apart
         for pb, pa in zip(model.heads["b"].parameters(), model.heads["a"].parameters()):
             pb.copy_(-pa)
-    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery=PCGrad(), seed=3,
-                      monitor=GeometryMonitor(every=1, k=2))
+    mtl = MTLBackward(
+        model.parameters(),
+        model.encoder.parameters(),
+        ["a", "b"],
+        surgery=PCGrad(),
+        seed=3,
+        monitor=GeometryMonitor(every=1, k=2),
+    )
     z, losses = _losses(model, x, ya, 0.3 * ya)
     params = list(model.encoder.parameters())
     g = shared_grads([losses["a"], losses["b"]], z, params)
@@ -222,8 +246,9 @@ def test_opposed_tasks_pcgrad_removes_the_conflict():
 def test_halfspace_update_does_not_increase_the_anchor_loss():
     x, ya, yb = _data(64)
     model = TwoHead()
-    mtl = MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], surgery=HalfSpace("a"),
-                      weights={"b": 0.1})
+    mtl = MTLBackward(
+        model.parameters(), model.encoder.parameters(), ["a", "b"], surgery=HalfSpace("a"), weights={"b": 0.1}
+    )
     z, losses = _losses(model, x, ya, yb)
     params = list(model.encoder.parameters())
     g_anchor = shared_grads([losses["b"]], z, params)[0]
@@ -279,14 +304,18 @@ def test_heads_reading_two_batches_through_one_encoder():
         assert torch.allclose(row, ref, atol=1e-6)
 
 
-@pytest.mark.parametrize("make", [Static, Uncertainty, lambda: GradNorm(alpha=0.5, lr=0.05), Sum, PCGrad,
-                                  lambda: HalfSpace("b")])
+@pytest.mark.parametrize(
+    "make", [Static, Uncertainty, lambda: GradNorm(alpha=0.5, lr=0.05), Sum, PCGrad, lambda: HalfSpace("b")]
+)
 def test_strategies_round_trip_through_json(make):
     import json
 
     obj = make()
-    back = (balancer_from if hasattr(obj, "needs_grads") and obj.name in ("static", "uncertainty", "gradnorm")
-            else surgery_from)(json.loads(json.dumps(obj.to_dict())))
+    back = (
+        balancer_from
+        if hasattr(obj, "needs_grads") and obj.name in ("static", "uncertainty", "gradnorm")
+        else surgery_from
+    )(json.loads(json.dumps(obj.to_dict())))
     assert back == obj and type(back) is type(obj) and repr(back) == repr(obj)
 
 
@@ -296,8 +325,18 @@ def test_state_dict_restores_a_gradnorm_run():
     runs = []
     for _ in range(2):
         model = TwoHead()
-        runs.append((model, MTLBackward(model.parameters(), model.encoder.parameters(), ["a", "b"], balancer=GradNorm(),
-                                        monitor=GeometryMonitor(every=2, k=2))))
+        runs.append(
+            (
+                model,
+                MTLBackward(
+                    model.parameters(),
+                    model.encoder.parameters(),
+                    ["a", "b"],
+                    balancer=GradNorm(),
+                    monitor=GeometryMonitor(every=2, k=2),
+                ),
+            )
+        )
     (m1, a), (m2, b) = runs
     for _ in range(3):
         _step(m1, a, x, ya, 10 * yb, 2)

@@ -1,18 +1,20 @@
 """matmtl.predict / load_model / `matmtl predict` on a tiny fine-tuned model."""
+
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+from _tiny import tiny_ft, tiny_pretrain
 from pymatgen.core import Composition, Lattice, Molecule, Structure
 from typer.testing import CliRunner
 
 import matmtl
 from matmtl.checkpoints import CheckpointError
 from matmtl.cli import app
-from matmtl.errors import DataError, MatmtlError
 from matmtl.config import FinetuneConfig
+from matmtl.errors import DataError, MatmtlError
 from matmtl.train import finetune, pretrain
-
-from _tiny import tiny_ft, tiny_pretrain
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,9 @@ def cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MATMTL_CACHE_DIR", str(root))
         pretrain(tiny_pretrain(max_rows=300), progress=False)
-        finetune(FinetuneConfig(aux_source="distill", max_train_rows=200, train=tiny_ft()), progress=False)
+        finetune(
+            FinetuneConfig(aux_source="distill", max_train_rows=200, holdout_fold=0, train=tiny_ft()), progress=False
+        )
     return root
 
 
@@ -51,8 +55,18 @@ def test_single_inputs_give_a_prediction(use_cache):
 
 def test_list_gives_a_dataframe(use_cache):
     df = matmtl.predict([si(), "NaCl", Composition("GaAs")])
-    assert list(df.columns) == ["input", "formula", "spg_num", "gap_expt", "gap_expt_std", "p_metal", "e_form",
-                                "e_form_std", "note"]
+    assert list(df.columns) == [
+        "input",
+        "formula",
+        "spg_num",
+        "gap_expt",
+        "gap_expt_std",
+        "p_metal",
+        "e_form",
+        "e_form_std",
+        "note",
+        "trust",
+    ]
     assert df["spg_num"].tolist() == [227, 0, 0] and df["gap_expt"].notna().all()
 
 
@@ -108,13 +122,32 @@ def test_cli_predict_files_and_formulas(use_cache, tmp_path):
     si().to(filename=str(tmp_path / "POSCAR"), fmt="poscar")
     pd.DataFrame({"formula": ["GaN", "Og2"]}).to_csv(tmp_path / "f.csv", index=False)
     out = tmp_path / "pred.csv"
-    r = CliRunner().invoke(app, ["predict", str(tmp_path / "nacl.cif"), str(tmp_path / "POSCAR"), str(tmp_path / "f.csv"),
-                                 "-f", "ZnO", "--out", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "nacl.cif"),
+            str(tmp_path / "POSCAR"),
+            str(tmp_path / "f.csv"),
+            "-f",
+            "ZnO",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out)
     assert df["formula"].tolist() == ["NaCl", "Si", "GaN", "Og", "ZnO"]
     assert df.loc[[0, 1], "spg_num"].tolist() == [225, 227]
-    assert df.loc[3, "gap_expt"] != df.loc[3, "gap_expt"]  # NaN with a note, not a number
+    assert {"gap_expt (eV)", "gap_expt_std (eV)", "e_form (eV/atom)", "e_form_std (eV/atom)"} <= set(df.columns)
+    assert df.loc[3, "gap_expt (eV)"] != df.loc[3, "gap_expt (eV)"]  # NaN with a note, not a number
+    r = CliRunner().invoke(app, ["predict", "-f", "GaN", "-f", "Si", "--out", str(tmp_path / "pred.json")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "pred.json").read_text())  # JSON, not CSV, when the name says .json
+    assert doc["units"]["gap_expt"] == "eV" and [p["formula"] for p in doc["predictions"]] == ["GaN", "Si"]
+    for bad in (str(tmp_path), str(tmp_path / "pred.txt")):
+        r = CliRunner().invoke(app, ["predict", "-f", "GaN", "--out", bad])
+        assert r.exit_code == 2 and "--out" in r.output
     r = CliRunner().invoke(app, ["predict", "-f", "GaAs", "--csv"])
     assert r.exit_code == 0 and "gap_expt" in r.output
 
@@ -122,12 +155,50 @@ def test_cli_predict_files_and_formulas(use_cache, tmp_path):
 def test_cli_pretrain_finetune_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path / "c"))
     run = CliRunner()
-    r = run.invoke(app, ["pretrain", "--max-rows", "200", "--epochs", "1", "--dim", "32", "--layers", "1",
-                         "--members", "2", "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "pre")])
+    r = run.invoke(
+        app,
+        [
+            "pretrain",
+            "--max-rows",
+            "200",
+            "--epochs",
+            "1",
+            "--dim",
+            "32",
+            "--layers",
+            "1",
+            "--members",
+            "2",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "pre"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "pre" / "model.safetensors").exists()
-    r = run.invoke(app, ["finetune", "--checkpoint", str(tmp_path / "pre"), "--max-train-rows", "100", "--epochs", "1",
-                         "--aux", "dft_energy", "--aux-source", "replay", "--threads", "1", "--out", str(tmp_path / "ft")])
+    r = run.invoke(
+        app,
+        [
+            "finetune",
+            "--checkpoint",
+            str(tmp_path / "pre"),
+            "--max-train-rows",
+            "100",
+            "--epochs",
+            "1",
+            "--aux",
+            "dft_energy",
+            "--aux-source",
+            "replay",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "ft"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = run.invoke(app, ["predict", "-f", "GaAs", "--model", str(tmp_path / "ft"), "--csv"])
     assert r.exit_code == 0 and "GaAs" in r.output
@@ -149,7 +220,8 @@ def test_uncertainty_is_the_recalibrated_ensemble_spread(use_cache):
     m = matmtl.load_model()
     rec = m.meta["uncertainty"]["gap_expt"]
     assert rec["rows"] > 0 and rec["a"] >= 0 and rec["b"] > 0
-    assert m.metrics["holdout"]["gap_expt"]["calibration"] == rec
+    assert m.metrics["validation"]["gap_expt"]["calibration"] == rec  # fitted on validation rows, not test rows
+    assert set(m.metrics["holdout"]["gap_expt"]["calibrated_coverage"]) == {"within_1sigma", "within_2sigma"}
     raw = m.net.predict_arrays(*_features(m, ["GaAs", "ZnO"]), ["gap_expt"])["gap_expt"].std(1)
     np.testing.assert_allclose(m.predict(["GaAs", "ZnO"])["gap_expt_std"], uncertainty.apply(raw, rec), rtol=1e-6)
     # the distilled e_form head keeps the calibration of the pretrained checkpoint
@@ -159,3 +231,11 @@ def test_uncertainty_is_the_recalibrated_ensemble_spread(use_cache):
 def _features(m, formulas):
     f = m.featurizer(formulas)
     return f.z, f.frac, f.spg
+
+
+def test_trust_column_on_a_trained_model(use_cache):
+    m = matmtl.load_model()
+    df = m.predict(["GaAs", si(), "Si"])
+    assert m.domains()["gap_expt"].threshold is not None  # stored in the checkpoint, or rebuilt from its config
+    assert "trained on compositions only" in df.loc[1, "trust"]
+    assert (df.loc[[1, 2], "e_form"] == 0).all() and "e_form = 0 eV/atom" in df.loc[2, "trust"]

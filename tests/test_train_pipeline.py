@@ -1,17 +1,17 @@
 """Pretrain -> finetune -> predict on tiny settings, determinism, resume, run folders."""
+
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from _tiny import tiny_finetune, tiny_ft, tiny_pretrain, tiny_train
 from safetensors.torch import load_file
 
 from matmtl.config import FinetuneConfig, MTLConfig, PretrainConfig
 from matmtl.errors import ConfigError, MatmtlError
 from matmtl.mtl import GradNorm, HalfSpace, PCGrad, Uncertainty
 from matmtl.train import finetune, pretrain, resume
-
-from _tiny import tiny_finetune, tiny_ft, tiny_pretrain, tiny_train
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,27 @@ def _weights(run_dir, name="model.safetensors"):
 
 def test_pretrain_writes_a_complete_run_folder(pretrained):
     d = pretrained.run_dir
-    for f in ("model.safetensors", "model.json", "metrics.json", "config.json", "history.json", "loss_curves.png",
-              "parity_e_form.png", "parity_gap_pbe.png", "state/state.safetensors", "state/state.json"):
+    for f in (
+        "model.safetensors",
+        "model.json",
+        "metrics.json",
+        "config.json",
+        "history.json",
+        "loss_curves.png",
+        "parity_e_form.png",
+        "parity_gap_pbe.png",
+        "state/state.safetensors",
+        "state/state.json",
+    ):
         assert (d / f).is_file(), f
     m = pretrained.metrics
     assert set(m["holdout"]) == {"e_form", "gap_pbe"}
     assert m["holdout"]["e_form"]["rows"] == 100 and np.isfinite(m["holdout"]["e_form"]["mae"])
-    assert m["data"]["e_form"]["train_rows"] == 400
+    assert m["data"]["e_form"]["train_rows"] + m["data"]["e_form"]["validation_rows"] == 400
+    assert m["data"]["e_form"]["validation_rows"] > 0 and set(m["validation"]) == {"e_form", "gap_pbe"}
+    # the kept weights are the best validation epoch's
+    scores = [h["val_mae_e_form"] for h in pretrained.history]
+    assert m["best_epoch"] == 1 + int(np.argmin(scores)) and m["best_validation_score"] == min(scores)
 
 
 def test_two_seeded_runs_are_identical(tmp_path):
@@ -76,8 +90,17 @@ def test_default_run_folders_are_distinct(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("source", ["replay", "distill"])
 def test_finetune_with_anchor(pretrained, tmp_path, source):
-    res = finetune(tiny_finetune(pretrained.run_dir, aux=("dft_energy", "dft_gap"), aux_source=source,
-                                 max_train_rows=200, replay_max_rows=300), tmp_path / "ft", progress=False)
+    res = finetune(
+        tiny_finetune(
+            pretrained.run_dir,
+            aux=("dft_energy", "dft_gap"),
+            aux_source=source,
+            max_train_rows=200,
+            replay_max_rows=300,
+        ),
+        tmp_path / "ft",
+        progress=False,
+    )
     m = res.metrics
     assert m["aux"] == ["e_form", "gap_pbe"] and m["aux_source"] == source
     assert "gap_expt" in m["holdout"] and m["holdout"]["gap_expt"]["rows"] == 921
@@ -89,21 +112,41 @@ def test_finetune_with_anchor(pretrained, tmp_path, source):
 
 
 def test_finetune_without_anchor_drops_stale_heads(pretrained, tmp_path):
-    res = finetune(tiny_finetune(pretrained.run_dir, aux=(), max_train_rows=150, train=tiny_ft(epochs=1)),
-                   tmp_path / "ft", progress=False)
+    res = finetune(
+        tiny_finetune(pretrained.run_dir, aux=(), max_train_rows=150, train=tiny_ft(epochs=1)),
+        tmp_path / "ft",
+        progress=False,
+    )
     assert set(res.metrics["dropped_heads"]) == {"e_form", "gap_pbe"}
 
 
 def test_finetune_user_file_with_bad_rows(pretrained, tmp_path):
-    rows = [("GaAs", 1.42), ("Si", 1.12), ("NaCl", 8.5), ("Cu", 0.0), ("ZnO", 3.3), ("Xx2O", 1.0), ("GaN", -3.4),
-            ("Fe2O3", 2.2), ("MgO", 7.8), ("Al", 0.0), ("AlN", 6.0), ("CdTe", 1.5)]
+    rows = [
+        ("GaAs", 1.42),
+        ("Si", 1.12),
+        ("NaCl", 8.5),
+        ("Cu", 0.0),
+        ("ZnO", 3.3),
+        ("Xx2O", 1.0),
+        ("GaN", -3.4),
+        ("Fe2O3", 2.2),
+        ("MgO", 7.8),
+        ("Al", 0.0),
+        ("AlN", 6.0),
+        ("CdTe", 1.5),
+    ]
     csv = tmp_path / "gaps.csv"
     pd.DataFrame(rows, columns=["formula", "band_gap"]).to_csv(csv, index=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = finetune(tiny_finetune(pretrained.run_dir, dataset=str(csv), aux_source="distill", holdout_fold=None,
-                                     train=tiny_ft(epochs=1)), tmp_path / "ft", progress=False)
-    assert res.metrics["train_rows"] == 10
+        res = finetune(
+            tiny_finetune(
+                pretrained.run_dir, dataset=str(csv), aux_source="distill", holdout_fold=None, train=tiny_ft(epochs=1)
+            ),
+            tmp_path / "ft",
+            progress=False,
+        )
+    assert res.metrics["train_rows"] + res.metrics["validation_rows"] == 10
     assert res.metrics["bad_rows"]["n_bad"] == 2
     assert any("left out 2" in str(w.message) for w in caught)
 
@@ -126,15 +169,21 @@ def test_aux_dft_gap_needs_a_gap_head(tmp_path):
     assert not (tmp_path / "f").exists()
 
 
-@pytest.mark.parametrize("source, mtl", [
-    ("replay", MTLConfig(balancer=Uncertainty())),
-    ("replay", MTLConfig(balancer=GradNorm(alpha=1.0), surgery=PCGrad())),
-    ("replay", MTLConfig(surgery=HalfSpace(), soft_share=0.1)),
-    ("distill", MTLConfig(surgery=PCGrad(), monitor_every=2, monitor_k=2)),
-])
+@pytest.mark.parametrize(
+    "source, mtl",
+    [
+        ("replay", MTLConfig(balancer=Uncertainty())),
+        ("replay", MTLConfig(balancer=GradNorm(alpha=1.0), surgery=PCGrad())),
+        ("replay", MTLConfig(surgery=HalfSpace(), soft_share=0.1)),
+        ("distill", MTLConfig(surgery=PCGrad(), monitor_every=2, monitor_k=2)),
+    ],
+)
 def test_finetune_with_each_mtl_option(pretrained, tmp_path, source, mtl):
-    res = finetune(tiny_finetune(pretrained.run_dir, aux_source=source, max_train_rows=96, replay_max_rows=128,
-                                 mtl=mtl), tmp_path / "ft", progress=False)
+    res = finetune(
+        tiny_finetune(pretrained.run_dir, aux_source=source, max_train_rows=96, replay_max_rows=128, mtl=mtl),
+        tmp_path / "ft",
+        progress=False,
+    )
     assert np.isfinite(res.metrics["holdout"]["gap_expt"]["mae"])
     stored = _read(res.run_dir / "config.json")  # the run records its multi-task settings, typed on reading
     assert stored["mtl"]["balancer"] == mtl.balancer.to_dict() and stored["mtl"]["surgery"] == mtl.surgery.to_dict()
@@ -150,8 +199,12 @@ def test_finetune_with_each_mtl_option(pretrained, tmp_path, source, mtl):
 
 
 def test_monitored_gradnorm_run_resumes_exactly(pretrained, tmp_path):
-    cfg = tiny_finetune(pretrained.run_dir, max_train_rows=96, replay_max_rows=128,
-                        mtl=MTLConfig(balancer=GradNorm(), monitor_every=3, monitor_k=2))
+    cfg = tiny_finetune(
+        pretrained.run_dir,
+        max_train_rows=96,
+        replay_max_rows=128,
+        mtl=MTLConfig(balancer=GradNorm(), monitor_every=3, monitor_k=2),
+    )
     full = finetune(cfg, tmp_path / "full", progress=False)
     finetune(cfg, tmp_path / "part", stop_after=1, progress=False)
     resumed = resume(tmp_path / "part", progress=False)
@@ -201,8 +254,9 @@ def test_a_run_folder_of_the_previous_format_still_resumes(pretrained, tmp_path)
     multi-task state is under "combiner", as matmtl 0.1 wrote them."""
     import json
 
-    cfg = tiny_finetune(pretrained.run_dir, max_train_rows=96, replay_max_rows=128,
-                        mtl=MTLConfig(balancer=GradNorm(), surgery=PCGrad()))
+    cfg = tiny_finetune(
+        pretrained.run_dir, max_train_rows=96, replay_max_rows=128, mtl=MTLConfig(balancer=GradNorm(), surgery=PCGrad())
+    )
     full = finetune(cfg, tmp_path / "full", progress=False)
     finetune(cfg, tmp_path / "old", stop_after=1, progress=False)
     new = _read(tmp_path / "old" / "config.json")
@@ -223,11 +277,94 @@ def test_a_config_from_a_newer_matmtl_is_refused(pretrained, tmp_path):
     from matmtl.config import config_from_dict
 
     d = _read(pretrained.run_dir / "config.json")
-    assert config_from_dict(d) == PretrainConfig(**{k: getattr(config_from_dict(d), k) for k in ("tasks",)},
-                                                 **{k: getattr(config_from_dict(d), k) for k in
-                                                    ("holdout_fold", "max_rows", "model", "train", "mtl")})
+    assert config_from_dict(d) == PretrainConfig(
+        **{k: getattr(config_from_dict(d), k) for k in ("tasks",)},
+        **{k: getattr(config_from_dict(d), k) for k in ("holdout_fold", "max_rows", "model", "train", "mtl")},
+    )
     with pytest.raises(ConfigError, match="newer than this matmtl reads"):
         config_from_dict({**d, "version": 99})
     with pytest.raises(ConfigError, match="unknown setting"):
         config_from_dict({**d, "warp_speed": 9})
     assert json.loads(json.dumps(d)) == d
+
+
+def test_nothing_is_fitted_on_the_test_rows(pretrained, tmp_path):
+    """Scrambling the held-out fold's labels changes its score and nothing else: the
+    weights, the chosen epoch, the metal cut and the calibration come from training and
+    validation rows only."""
+    from matmtl.data import load_dataset
+
+    ds = load_dataset("expt_gap")
+    table = ds.frame.iloc[:300][["id", "formula", "gap_expt"]].copy()
+    table.to_csv(tmp_path / "a.csv", index=False)
+    _, test = load_dataset(str(tmp_path / "a.csv")).folds()[0]
+    rng = np.random.default_rng(0)
+    table.loc[table.index[test], "gap_expt"] = rng.permutation(table["gap_expt"].to_numpy()[test]) + 1.0
+    table.to_csv(tmp_path / "b.csv", index=False)
+    runs = [
+        finetune(
+            tiny_finetune(
+                pretrained.run_dir, dataset=str(tmp_path / f"{n}.csv"), aux_source="distill", train=tiny_ft(epochs=3)
+            ),
+            tmp_path / n,
+            progress=False,
+        )
+        for n in ("a", "b")
+    ]
+    (a, b) = runs
+    wa, wb = _weights(a.run_dir), _weights(b.run_dir)
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert a.metrics["validation"] == b.metrics["validation"] and a.metrics["best_epoch"] == b.metrics["best_epoch"]
+    assert a.metrics["holdout"]["gap_expt"]["mae"] != b.metrics["holdout"]["gap_expt"]["mae"]
+    from matmtl.checkpoints import load_checkpoint
+
+    (ma, meta_a), (mb, meta_b) = load_checkpoint(a.run_dir), load_checkpoint(b.run_dir)
+    assert meta_a["uncertainty"] == meta_b["uncertainty"]
+    assert ma.tasks["gap_expt"].metal_cut == mb.tasks["gap_expt"].metal_cut
+
+
+def test_validation_rows_are_a_seeded_part_of_the_training_rows():
+    from matmtl.train.data import split_validation
+    from matmtl.train.engine import TaskData
+
+    n = 200
+    data = TaskData(
+        np.arange(n)[:, None], np.ones((n, 1), np.float32), np.zeros(n, np.int64), {"t": np.arange(n, dtype=np.float32)}
+    )
+    tr, va = split_validation(data, 0.1, seed=3)
+    assert len(va) == 20 and len(tr) == 180
+    assert not set(tr.z[:, 0]) & set(va.z[:, 0]) and set(tr.z[:, 0]) | set(va.z[:, 0]) == set(range(n))
+    assert np.array_equal(split_validation(data, 0.1, seed=3)[1].z, va.z)
+    assert not np.array_equal(split_validation(data, 0.1, seed=4)[1].z, va.z)
+    assert len(split_validation(data, 0.0, seed=3)[1]) == 0
+
+
+def test_early_stopping_keeps_the_best_epoch_and_resumes_exactly(pretrained, tmp_path):
+    from matmtl.train.selection import BestEpoch
+
+    best = BestEpoch("val", patience=2)
+    model = torch_linear()
+    for epoch, score in enumerate([3.0, 2.0, 2.5, 2.4], start=1):
+        best.update(epoch, {"val": score}, model)
+    assert best.epoch == 2 and best.stop(4) and not best.stop(3)
+    cfg = tiny_finetune(
+        pretrained.run_dir, max_train_rows=150, aux_source="distill", train=tiny_ft(epochs=4, patience=1, lr=5e-2)
+    )
+    full = finetune(cfg, tmp_path / "full", progress=False)
+    finetune(cfg, tmp_path / "part", stop_after=1, progress=False)
+    resumed = resume(tmp_path / "part", progress=False)
+    assert full.metrics["best_epoch"] == resumed.metrics["best_epoch"]
+    assert (
+        full.metrics["epochs"] == resumed.metrics["epochs"]
+        and full.metrics["validation"] == resumed.metrics["validation"]
+    )
+    scores = [h["val_mae_gap_expt"] for h in full.history]
+    assert full.metrics["best_epoch"] == 1 + int(np.argmin(scores))
+    if full.metrics["stopped_early"]:
+        assert full.metrics["epochs"] - full.metrics["best_epoch"] == 1
+
+
+def torch_linear():
+    import torch
+
+    return torch.nn.Linear(2, 1)

@@ -1,4 +1,5 @@
 """Recalibrated ensemble spreads (matmtl.uncertainty) and their use in predictions."""
+
 import numpy as np
 import pytest
 

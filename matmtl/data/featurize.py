@@ -1,10 +1,12 @@
 """Turning compositions and structures into model inputs, cached on disk.
 
-Inputs are formula strings, Compositions, Structures or CIF texts. A featurized input is: the atomic numbers of its elements and their fractions
+Inputs are formula strings, Compositions, Structures or CIF texts. A featurized input
+is: the atomic numbers of its elements and their fractions
 (padded to ``max_elements``) and, when known, its space-group number (0 = unknown:
 experimental compositions come without a structure). Symmetry analysis is the slow
 part for structures, so bulk results are cached under the user cache, keyed by a
 hash of the inputs and the featurizer settings: a second run skips the work."""
+
 from __future__ import annotations
 
 import io
@@ -15,7 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from pymatgen.core import Composition, Structure
-from tqdm.auto import tqdm
+from rich.progress import track
 
 from ..errors import DataError
 from ..io import atomic_write, cache_dir, sha256_of
@@ -46,8 +48,9 @@ def symmetry_of(structure: Structure, symprec: float = 0.1) -> tuple[int, str]:
     fallback for the rare cell moyopy rejects."""
     import moyopy
 
-    cell = moyopy.Cell(structure.lattice.matrix.tolist(), structure.frac_coords.tolist(),
-                       list(structure.atomic_numbers))
+    cell = moyopy.Cell(
+        structure.lattice.matrix.tolist(), structure.frac_coords.tolist(), list(structure.atomic_numbers)
+    )
     for prec in (symprec, symprec * 10):
         try:
             number = int(moyopy.MoyoDataset(cell, symprec=prec).number)
@@ -108,8 +111,11 @@ class Featurizer:
         keys = [_content_key(x) for x in items]
         path = None
         if self.cache and len(items) >= self.min_cached_rows:
-            digest = sha256_of(json.dumps(self.settings(), sort_keys=True), "\n".join(keys),
-                               b"" if spg_given is None else spg_given.tobytes())
+            digest = sha256_of(
+                json.dumps(self.settings(), sort_keys=True),
+                "\n".join(keys),
+                b"" if spg_given is None else spg_given.tobytes(),
+            )
             path = cache_dir() / "features" / f"{digest}.npz"
             hit = _load(path)
             if hit is not None:
@@ -124,9 +130,14 @@ class Featurizer:
         z = np.zeros((n, e), dtype=np.int64)
         frac = np.zeros((n, e), dtype=np.float32)
         spg = np.zeros(n, dtype=np.int64)
-        # a bar only where it helps: big batches on a terminal (tqdm hides it elsewhere)
-        rows = tqdm(enumerate(items), total=n, desc=f"featurizing {where}", unit="row",
-                    disable=None if n >= 20000 or _has_structures(items) else True, leave=False)
+        # a bar only where it helps: big batches or structures (rich draws it on a terminal only)
+        rows = track(
+            enumerate(items),
+            total=n,
+            description=f"featurizing {where}",
+            disable=not (n >= 20000 or _has_structures(items)),
+            transient=True,
+        )
         for i, x in rows:
             label = f"{where} {i}" if n > 1 else where
             if _is_cif(x):
@@ -193,4 +204,13 @@ def _save(path: Path, feats: Features) -> None:
         np.savez(buf, z=feats.z, frac=feats.frac, spg=feats.spg)
         tmp.write_bytes(buf.getvalue())
 
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    except OSError as exc:  # a full disk or a read-only cache costs the cache, not the run
+        import warnings
+
+        warnings.warn(
+            f"featurization cache not written ({exc}); the features are recomputed next time",
+            RuntimeWarning,
+            stacklevel=3,
+        )

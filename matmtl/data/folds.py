@@ -1,5 +1,6 @@
 """Matbench v0.1's official 5-fold splits: KFold(n_splits=5, shuffle=True,
 random_state=18012019) over each dataset's original row order."""
+
 from __future__ import annotations
 
 import gzip

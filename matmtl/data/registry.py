@@ -1,6 +1,7 @@
 """The named datasets matmtl knows: where each comes from, its columns, units,
 licence and citation. `data/manifest.json` in the repository is generated from
 this registry (`matmtl data manifest`) and a test keeps the two in sync."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

@@ -5,6 +5,7 @@ the online path for real users, matminer's ``load_dataset`` (figshare downloads)
 Every reader returns a raw pandas table with matmtl's column names
 (``id``, ``formula``, optional ``spg_num``/``crys_sys``/``mp_id``/``cif``, targets).
 Nothing is ever written into a data source."""
+
 from __future__ import annotations
 
 import bz2
@@ -39,7 +40,11 @@ def explicit_dir(data_dir: str | os.PathLike | None) -> Path | None:
 def mirror_dirs() -> list[Path]:
     """Candidate offline mirrors: ``../shared/data`` beside the repository (editable
     installs and source trees), then beside / below the working directory."""
-    cands = [_REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
+    cands = [
+        _REPO_ROOT.parent / "shared" / "data",
+        Path.cwd().parent / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+    ]
     seen, out = set(), []
     for c in cands:
         c = c.resolve()
@@ -140,21 +145,94 @@ def from_matminer_frame(raw: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     return out
 
 
-def read_user_file(path: Path) -> pd.DataFrame:
-    """A user's CSV or JSON table (JSON: records or pandas' column orient)."""
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+(?:[eE][-+]?\d+)?\s*$")
+
+
+def read_user_file(path: Path, sep: str | None = None) -> pd.DataFrame:
+    """A user's CSV/TSV or JSON table (JSON: records or pandas' column orient).
+
+    ``sep=None`` detects the separator of a .csv: a comma, else (when the header holds
+    no comma) ``;``, a tab or ``|``; a ``;``-separated file whose numbers use a decimal
+    comma ("1,42") is read as such. ``frame.attrs`` records ``separator`` and ``decimal``."""
     if not path.is_file():
-        raise DatasetNotFound(f"{path}: no such file")
+        raise DatasetNotFound(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
     suffixes = "".join(path.suffixes[-2:]).lower()
     try:
-        if suffixes.endswith((".csv", ".csv.gz", ".csv.bz2")):
-            return pd.read_csv(path)
+        if suffixes.endswith((".csv", ".csv.gz", ".csv.bz2", ".tsv", ".tsv.gz", ".txt")):
+            default = "\t" if ".tsv" in suffixes else ","
+            return _read_delimited(path, sep or default, detect=sep is None)
         if suffixes.endswith((".json", ".json.gz", ".json.bz2")):
             return pd.read_json(path)
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({_one_line(exc)}); save the file as UTF-8") from None
     except (pd.errors.EmptyDataError, ValueError, OSError) as exc:
-        raise DataError(f"{path}: could not be read as a table ({exc})") from exc
-    raise DataError(f"{path}: unsupported file type; use .csv or .json (optionally .gz/.bz2)")
+        raise DataError(f"{path}: could not be read as a table ({_one_line(exc)})") from exc
+    raise DataError(f"{path}: unsupported file type; use .csv, .tsv or .json (optionally .gz/.bz2)")
+
+
+def _read_delimited(path: Path, sep: str, detect: bool) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, sep=sep)
+    except pd.errors.ParserError as exc:
+        head = _first_line(path)
+        other = next((c for c in (";", "\t", "|") if c in head and c != sep), None)
+        if detect and other:
+            frame = pd.read_csv(path, sep=other)
+            sep = other
+        else:
+            hint = f" (the header holds {other!r}: is it {other!r}-separated? pass sep={other!r})" if other else ""
+            raise DataError(
+                f"{path}: could not be read as a {_sep_name(sep)}-separated table ({_one_line(exc)}){hint}"
+            ) from None
+    if detect and frame.shape[1] == 1:
+        header = str(frame.columns[0])
+        other = next((c for c in (";", "\t", "|") if c in header), None)
+        if other:
+            frame = pd.read_csv(path, sep=other)
+            sep = other
+    header = [str(c).strip() for c in pd.read_csv(path, sep=sep, header=None, nrows=1).iloc[0].tolist()]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:  # pandas would silently rename the second one ("gap" -> "gap.1")
+        raise DataError(f"{path}: repeated column name(s) {repeated} in the header")
+    decimal = "."
+    if sep != ",":
+        comma_cols = [
+            c
+            for c in frame.columns
+            if frame[c].dtype == object
+            and frame[c]
+            .dropna()
+            .map(lambda v: bool(_DECIMAL_COMMA.match(str(v))))
+            .pipe(lambda m: len(m) > 0 and bool(m.all()))
+        ]
+        if comma_cols:
+            frame = pd.read_csv(path, sep=sep, decimal=",")
+            decimal = ","
+    frame.attrs["separator"], frame.attrs["decimal"] = sep, decimal
+    return frame
+
+
+def _first_line(path: Path) -> str:
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else bz2.open if path.suffix == ".bz2" else open
+    try:
+        with opener(path, "rt", errors="replace") as fh:
+            return fh.readline()
+    except OSError:
+        return ""
+
+
+def _sep_name(sep: str) -> str:
+    return {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}.get(sep, repr(sep))
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def describe_sources(spec: DatasetSpec, data_dir=None) -> str:

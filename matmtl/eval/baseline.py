@@ -9,16 +9,21 @@ column medians. The featurized table is cached on disk under
 ``matmtl.io.cache_dir()/features/magpie-<hash>.npz`` (atomic write; loaded with
 ``allow_pickle=False``).
 """
+
 from __future__ import annotations
 
 import inspect
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..io import atomic_write, cache_dir, sha256_of
+from ..metrics import regression_metrics
+from . import protocol
+from .cells import CellKey, Cells, fingerprint
+from .scoring import expt_gap
+from .settings import EvalSettings
 
 RF_DEFAULTS = {"n_estimators": 500, "random_state": 0, "n_jobs": -1}
 
@@ -53,16 +58,13 @@ def magpie_features(formulas: list[str], progress: bool = False) -> tuple[np.nda
         except (OSError, ValueError, KeyError):
             pass  # unreadable: featurize again and replace it
     from pymatgen.core import Composition
+    from rich.progress import track
 
     ep, _ = _element_property()
-    rows = []
-    t0 = time.time()
+    items = track(formulas, description="magpie features", disable=not progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # matminer's imputation notice, once per call
-        for i, f in enumerate(formulas):
-            rows.append(ep.featurize(Composition(f)))
-            if progress and i and i % 1000 == 0:
-                print(f"  magpie: {i}/{len(formulas)} compositions ({time.time() - t0:.0f}s)")
+        rows = [ep.featurize(Composition(f)) for f in items]
     X = np.asarray(rows, dtype=np.float64)
     labels = list(ep.feature_labels())
 
@@ -93,3 +95,53 @@ def fit_predict_rf(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
     rf = RandomForestRegressor(**{**RF_DEFAULTS, **rf_kw})
     rf.fit(fill(X_train), np.asarray(y_train, dtype=np.float64))
     return rf.predict(fill(X_test))
+
+
+def baseline_fp(settings: EvalSettings, n_rows: int) -> str:
+    """The fingerprint of the baseline cells (``n_rows``: rows of expt_gap)."""
+    return fingerprint(
+        {
+            "kind": "rf_magpie",
+            "rf": {**RF_DEFAULTS, "n_estimators": settings.rf_trees, "random_state": settings.seed},
+            "featurizer": featurizer_id(),
+            "cap": settings.cap,
+            "seed": settings.seed,
+            "rows": n_rows,
+        }
+    )
+
+
+class BaselineCells:
+    """The baseline's cells: one (fold, fraction) each, on the rows the neural variants
+    train on at that fraction."""
+
+    def __init__(self, settings: EvalSettings, cells: Cells):
+        self.s, self.cells = settings, cells
+        self._magpie_all: np.ndarray | None = None
+
+    @property
+    def ds(self):
+        return expt_gap(self.s.data_dir)
+
+    def cell(self, fold: int, fraction: float = 1.0) -> dict:
+        key = CellKey("expt_gap", "rf_magpie", fold, fraction)
+        return self.cells.run(key, baseline_fp(self.s, len(self.ds)), lambda: self.compute(fold, fraction))
+
+    def compute(self, fold: int, fraction: float) -> dict:
+        tr, te = protocol.train_test(self.ds, fold, fraction, self.s.seed, self.s.cap)
+        formulas = self.ds.formulas
+        if self.s.quick:  # featurize only the rows this cell needs
+            X, _ = magpie_features([formulas[i] for i in np.concatenate([tr, te])])
+            Xtr, Xte = X[: len(tr)], X[len(tr) :]
+        else:
+            if self._magpie_all is None:
+                self._magpie_all, _ = magpie_features(formulas, progress=self.s.progress)
+            Xtr, Xte = self._magpie_all[tr], self._magpie_all[te]
+        y = self.ds.target("gap_expt")
+        pred = fit_predict_rf(Xtr, y[tr], Xte, n_estimators=self.s.rf_trees, random_state=self.s.seed)
+        return {
+            "metrics": regression_metrics(y[te], pred),
+            "n_train": len(tr),
+            "n_test": len(te),
+            "pred": pred.tolist(),
+        }

@@ -12,9 +12,14 @@ by an evaluation with the same settings; changing a setting runs the cell afresh
 cells in progress, and those continue from their last saved epoch (the training run
 folders under ``<work_dir>/runs`` are resumable too).
 """
+
 from __future__ import annotations
 
 import json
+import os
+import platform
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +55,7 @@ class CellStore:
         self.root = Path(root)
 
     def path(self, key: CellKey, fp: str) -> Path:
-        return (self.root / "cells" / key.task / key.variant / fp /
-                f"fold{key.fold}-frac{frac_label(key.fraction)}.json")
+        return self.root / "cells" / key.task / key.variant / fp / f"fold{key.fold}-frac{frac_label(key.fraction)}.json"
 
     def get(self, key: CellKey, fp: str) -> dict | None:
         """The finished record of a cell, or None (missing, unfinished or unreadable)."""
@@ -70,3 +74,100 @@ class CellStore:
         record = {**record, "key": key.to_dict(), "fingerprint": fp, "status": "done"}
         atomic_write_json(self.path(key, fp), record)
         return record
+
+
+class Cells:
+    """Runs cells through a :class:`CellStore`: a finished cell is read back, a missing
+    one is computed, stamped with its provenance (command, hardware, seconds, load
+    average) and stored atomically. Each cell is reported on ``console``."""
+
+    def __init__(self, store: CellStore, console, *, command: str, hardware: str):
+        self.store, self.console = store, console
+        self.command, self.hardware = command, hardware
+        self.memo: dict[tuple[CellKey, str], dict] = {}
+        self.n = 0
+
+    def run(self, key: CellKey, fp: str, compute: Callable[[], dict]) -> dict:
+        """The record of cell ``key`` under fingerprint ``fp``."""
+        if (key, fp) in self.memo:
+            return self.memo[(key, fp)]
+        self.n += 1
+        tag = f"[cyan][{self.n}][/] {key.label()}"
+        rec = self.store.get(key, fp)
+        if rec is not None:
+            self.console.print(f"{tag}: [dim]cached[/] {brief(rec)}")
+        else:
+            self.console.print(f"{tag}: running ...")
+            t0 = time.time()
+            rec = compute()
+            rec.update(
+                seconds=round(time.time() - t0, 1),
+                command=self.command,
+                hardware=self.hardware,
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                load_average=load_average(),
+            )
+            rec = self.store.put(key, fp, rec)
+            self.console.print(f"{tag}: [green]done[/] in {rec['seconds']:.0f}s {brief(rec)}")
+        self.memo[(key, fp)] = rec
+        return rec
+
+    def compute_seconds(self) -> float:
+        """Compute time of every cell this evaluation used (cached ones included)."""
+        return round(sum(r.get("seconds") or 0 for r in self.memo.values()), 1)
+
+
+def brief(rec: dict) -> str:
+    """A cell's headline number for the log."""
+    m = rec.get("metrics") or {}
+    if "mae" in m:
+        return f"MAE {m['mae']:.4f}"
+    if "before" in rec:
+        return f"e_form MAE {rec['before']:.4f}"
+    return ", ".join(f"{t} MAE {v['mae']:.4f}" for t, v in rec.items() if isinstance(v, dict) and "mae" in v)
+
+
+def prepare_run_dir(run_dir: Path) -> str:
+    """The state of a cell's training run folder: 'done' (finished checkpoint), 'resume'
+    (a resumable state) or 'new' (absent; a folder that can be neither finished nor
+    resumed is moved aside, never deleted)."""
+    if (run_dir / "model.json").is_file():
+        return "done"
+    if (run_dir / "config.json").is_file() and (run_dir / "state" / "state.json").is_file():
+        return "resume"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return "new"
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages (the machine may be shared: timings depend on it)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):  # pragma: no cover
+        return None
+
+
+def hardware_string(device: str) -> str:
+    """CPU model, cores available, memory, GPU (when used), torch and OS."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count()
+    try:
+        mem = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        mem = ""
+    import torch
+
+    gpu = f"GPU {torch.cuda.get_device_name(0)}" if device == "cuda" else "no GPU (CPU only)"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {cores} cores available{mem}; {gpu}; torch {torch.__version__}; {system}"

@@ -1,39 +1,22 @@
 """Scores of one fold and their aggregation over folds (the matbench conventions).
 
-* per fold: MAE, RMSE, R² (1 - SS_res/SS_tot, as sklearn's ``r2_score``) and max error;
+* per fold: MAE, RMSE, R² (1 - SS_res/SS_tot, as sklearn's ``r2_score``) and max error,
+  by :func:`matmtl.metrics.regression_metrics` (re-exported here);
 * over folds: ``mae_mean`` and ``mae_std`` of the per-fold MAEs, with the population
   standard deviation (``np.std``, ddof=0) as matbench's ``scores`` use it; ``rmse`` and
   ``r2`` are the means of the per-fold values (the per-fold lists are kept too).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from ..metrics import regression_metrics
 
-def regression_metrics(y_true, y_pred) -> dict:
-    """MAE, RMSE, R² and max |error| of one fold (finite pairs only)."""
-    y = np.asarray(y_true, dtype=np.float64)
-    p = np.asarray(y_pred, dtype=np.float64)
-    if y.shape != p.shape:
-        raise ValueError(f"y_true {y.shape} and y_pred {p.shape} differ in shape")
-    ok = np.isfinite(y) & np.isfinite(p)
-    if not ok.any():
-        raise ValueError("no finite (target, prediction) pairs to score")
-    y, p = y[ok], p[ok]
-    err = p - y
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((err ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
-    return {
-        "mae": float(np.abs(err).mean()),
-        "rmse": float(np.sqrt((err ** 2).mean())),
-        "r2": r2,
-        "max_error": float(np.abs(err).max()),
-        "n": int(ok.sum()),
-        "n_nonfinite": int((~ok).sum()),
-    }
+__all__ = ["aggregate_folds", "mean_std", "regression_metrics"]
 
 
 def aggregate_folds(per_fold: Sequence[dict | None], folds: Sequence[int] | None = None) -> dict:
@@ -50,7 +33,7 @@ def aggregate_folds(per_fold: Sequence[dict | None], folds: Sequence[int] | None
         "fold_rmse": [None if m is None else m["rmse"] for m in per_fold],
         "fold_r2": [None if m is None else m["r2"] for m in per_fold],
         "folds": folds,
-        "folds_done": [f for f, m in zip(folds, per_fold) if m is not None],
+        "folds_done": [f for f, m in zip(folds, per_fold, strict=True) if m is not None],
     }
     if not done:
         out.update(mae_mean=None, mae_std=None, rmse=None, r2=None)

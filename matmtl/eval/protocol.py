@@ -9,19 +9,22 @@
   ``finetune(max_train_rows=N)`` draws them (:func:`matmtl.train.data.split_rows`,
   rng ``[seed, 17]``), so the baseline and the neural variants at one fraction train on
   the same rows.
-* **Selection.** The one choice the harness makes from data (which anchor source the
-  PCGrad and data-efficiency runs use, ``--anchor inner``) is made on an inner
-  validation split of the training fold (matbench's KFold rule applied to the training
-  rows, inner fold 0: 80/20); the test fold is never looked at. All other settings are
-  fixed defaults decided before any evaluation.
+* **Selection.** Every fine-tuning run holds out a seeded share of its own training
+  rows (``TrainConfig.val_fraction``) as validation rows. They choose the kept epoch
+  (early stopping with ``patience``), the hurdle head's metal cut, the uncertainty
+  calibration and, per fold, the anchor source of the PCGrad and data-efficiency runs
+  (``--anchor validation``: the lower validation MAE of the replay and distill runs).
+  The test fold is predicted once, at the end; nothing is fitted on it. All other
+  settings are fixed defaults decided before any evaluation.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from ..data.folds import N_FOLDS, matbench_folds, official_test_ids
+from ..data.folds import N_FOLDS, official_test_ids
 
 PROTOCOL = "matbench_v0.1"
 MATBENCH_TASK = {"expt_gap": "matbench_expt_gap", "mp": "matbench_mp_e_form", "mp_gap": "matbench_mp_gap"}
@@ -46,8 +49,9 @@ def n_train_rows(ds, fold: int, fraction: float, cap: int | None = None) -> int 
     return None if rows >= n else rows
 
 
-def train_test(ds, fold: int, fraction: float = 1.0, seed: int = 0, cap: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def train_test(
+    ds, fold: int, fraction: float = 1.0, seed: int = 0, cap: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The training rows at ``fraction`` of fold ``fold`` and the full test fold.
 
     The draw is the one ``finetune(max_train_rows=N)`` makes
@@ -60,13 +64,6 @@ def train_test(ds, fold: int, fraction: float = 1.0, seed: int = 0, cap: int | N
         rng = np.random.default_rng([seed, 17])
         train = np.sort(rng.choice(train, n, replace=False))
     return np.asarray(train), np.asarray(test)
-
-
-def inner_split(n_train: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inner (train, validation) positions into a training fold of ``n_train`` rows:
-    matbench's KFold rule applied to the training rows, inner fold 0 (80/20). This is
-    the split ``finetune(dataset=<training-fold table>, holdout_fold=0)`` uses."""
-    return matbench_folds(n_train)[0]
 
 
 def official_results_file(data_dir: str | Path | None = None) -> Path | None:
@@ -90,9 +87,9 @@ def check_official_folds(ds, task: str, results_file: str | Path | None = None, 
     fold. Returns ``{"checked": bool, "match": bool|None, "file": str|None, "sizes": [...]}``."""
     path = Path(results_file) if results_file else official_results_file(data_dir)
     ids = ds.frame["id"].to_numpy()
-    sizes = [int(len(te)) for _, te in ds.folds()]
+    sizes = [len(te) for _, te in ds.folds()]
     if path is None or not path.is_file():
         return {"checked": False, "match": None, "file": None, "sizes": sizes}
     official = official_test_ids(path, MATBENCH_TASK.get(task, task))
-    match = all(set(ids[te].tolist()) == off for (_, te), off in zip(ds.folds(), official))
+    match = all(set(ids[te].tolist()) == off for (_, te), off in zip(ds.folds(), official, strict=True))
     return {"checked": True, "match": bool(match), "file": str(path), "sizes": sizes}

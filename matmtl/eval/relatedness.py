@@ -11,6 +11,7 @@ Per task pair and run: the mean over records of each principal angle (degrees), 
 mean, minimum and last-third mean of the mean-gradient cosine, and the share of
 records with a negative cosine (conflicting gradients). Folds are then averaged.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,11 +50,15 @@ def summarize_records(records: list[dict]) -> dict:
     out = {}
     for pair, rows in series.items():
         cos = np.array([r["cosine"] for r in rows])
-        last = cos[len(cos) - max(1, len(cos) // 3):]
+        last = cos[len(cos) - max(1, len(cos) // 3) :]
         s = {
-            "records": len(rows), "first_step": int(rows[0]["step"]), "last_step": int(rows[-1]["step"]),
-            "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-            "cosine_first_third": float(cos[: max(1, len(cos) // 3)].mean()), "cosine_last_third": float(last.mean()),
+            "records": len(rows),
+            "first_step": int(rows[0]["step"]),
+            "last_step": int(rows[-1]["step"]),
+            "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()),
+            "cosine_first_third": float(cos[: max(1, len(cos) // 3)].mean()),
+            "cosine_last_third": float(last.mean()),
             "conflict_share": float((cos < 0).mean()),
         }
         angs = [r["angles_deg"] for r in rows if "angles_deg" in r]
@@ -73,8 +78,14 @@ def average_over_folds(per_fold: dict[int, dict]) -> dict:
     for pair in pairs:
         rows = [s[pair] for s in per_fold.values() if pair in s]
         agg = {"folds": len(rows)}
-        for key in ("cosine_mean", "cosine_min", "cosine_first_third", "cosine_last_third", "conflict_share",
-                    "principal_angle_min_deg_mean"):
+        for key in (
+            "cosine_mean",
+            "cosine_min",
+            "cosine_first_third",
+            "cosine_last_third",
+            "conflict_share",
+            "principal_angle_min_deg_mean",
+        ):
             vals = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
             if vals:
                 agg[key] = float(np.mean(vals))

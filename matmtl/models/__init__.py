@@ -1,6 +1,16 @@
 """Models: the shared composition/symmetry encoder and the multi-task heads."""
+
 from .elements import CRYSTAL_SYSTEMS, MAX_Z, crystal_system_of_spg, element_table
 from .net import Encoder, Head, ModelConfig, MultiTaskModel, TaskSpec
 
-__all__ = ["CRYSTAL_SYSTEMS", "MAX_Z", "crystal_system_of_spg", "element_table", "Encoder", "Head",
-           "ModelConfig", "MultiTaskModel", "TaskSpec"]
+__all__ = [
+    "CRYSTAL_SYSTEMS",
+    "MAX_Z",
+    "crystal_system_of_spg",
+    "element_table",
+    "Encoder",
+    "Head",
+    "ModelConfig",
+    "MultiTaskModel",
+    "TaskSpec",
+]

@@ -1,5 +1,6 @@
 """Element embeddings from data a package ships (matminer's matscholar_els.json,
 200-d word embeddings of the elements H..Lr) and space-group -> crystal-system tokens."""
+
 from __future__ import annotations
 
 import json

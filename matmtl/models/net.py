@@ -18,78 +18,33 @@ spread is the reported uncertainty. Heads:
   positive gap ``softplus(raw)``; the point prediction is 0 when the metal probability
   is over 0.5, else the positive gap (MAE-friendly).
 """
+
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import ModelConfig
 from .elements import MAX_Z, crystal_system_of_spg, element_table
 
 
 @dataclass
-class ModelConfig:
-    dim: int = 192
-    layers: int = 3
-    heads: int = 4
-    ff_mult: int = 2
-    dropout: float = 0.0
-    spg_dim: int = 32
-    head_hidden: int = 128
-    members: int = 4  # ensemble members per task head (uncertainty)
-    embedding: str = "matscholar_els"
-    n_fourier: int = 8
-
-    # name -> overrides of the defaults above (the CPU default); "small" is the old name of "default"
-    PRESETS = {
-        "tiny": dict(dim=32, layers=1, heads=2, head_hidden=32, members=2, spg_dim=8),
-        "small": {},
-        "default": {},
-        "large": dict(dim=256, layers=4),
-    }
-
-    def __post_init__(self) -> None:
-        from ..errors import ConfigError
-
-        for name in ("dim", "layers", "heads", "ff_mult", "spg_dim", "head_hidden", "members", "n_fourier"):
-            v = getattr(self, name)
-            low = 0 if name == "layers" else 1
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ConfigError(f"ModelConfig.{name} must be an integer >= {low}, got {v!r}")
-        if self.dim % self.heads:
-            raise ConfigError(f"ModelConfig.dim ({self.dim}) must be a multiple of ModelConfig.heads ({self.heads})")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
-
-    @classmethod
-    def preset(cls, name: str = "default", **overrides) -> "ModelConfig":
-        """A named size (``tiny``, ``default`` = ``small``, ``large``) with ``overrides`` on top."""
-        from ..presets import from_preset
-
-        return from_preset(cls, name, overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-
-@dataclass
 class TaskSpec:
-    """One prediction target. ``mean``/``std`` normalise regression targets."""
+    """One prediction target. ``mean``/``std`` normalise regression targets; a hurdle
+    head predicts 0 (a metal) where a member's metal probability exceeds ``metal_cut``
+    (chosen on the run's validation rows)."""
 
     name: str
     kind: str = "regression"  # or "hurdle"
     unit: str = ""
     mean: float = 0.0
     std: float = 1.0
+    metal_cut: float = 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,7 +76,10 @@ class Encoder(nn.Module):
         self.spg_emb = nn.Embedding(231, cfg.spg_dim)
         self.cs_emb = nn.Embedding(len(_CS), cfg.spg_dim)
         self.mix = nn.Sequential(
-            nn.Linear(2 * cfg.dim + cfg.spg_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim), nn.SiLU(),
+            nn.Linear(2 * cfg.dim + cfg.spg_dim, cfg.dim),
+            nn.SiLU(),
+            nn.Linear(cfg.dim, cfg.dim),
+            nn.SiLU(),
         )
         self.norm = nn.LayerNorm(cfg.dim)
         self.register_buffer("spg_to_cs", torch.from_numpy(crystal_system_of_spg(np.arange(231))), persistent=False)
@@ -215,13 +173,15 @@ class MultiTaskModel(nn.Module):
         """(B, members) predictions in the task's units."""
         if task.kind == "hurdle":
             gap = F.softplus(raw[..., 1])
-            return torch.where(torch.sigmoid(raw[..., 0]) > 0.5, torch.zeros_like(gap), gap)
+            return torch.where(torch.sigmoid(raw[..., 0]) > task.metal_cut, torch.zeros_like(gap), gap)
         return raw[..., 0] * task.std + task.mean
 
     @torch.no_grad()
-    def predict_arrays(self, z: np.ndarray, frac: np.ndarray, spg: np.ndarray, tasks: list[str] | None = None,
-                       batch_size: int = 2048) -> dict[str, np.ndarray]:
-        """(n, members) predictions per task in the task's units, plus ``<task>_p_metal`` for hurdle heads."""
+    def predict_arrays(
+        self, z: np.ndarray, frac: np.ndarray, spg: np.ndarray, tasks: list[str] | None = None, batch_size: int = 2048
+    ) -> dict[str, np.ndarray]:
+        """(n, members) predictions per task in the task's units, plus ``<task>_p_metal`` (metal
+        probability) and ``<task>_positive`` (the gap if not a metal) for hurdle heads."""
         was = self.training
         self.eval()
         names = tasks or list(self.heads)
@@ -230,7 +190,7 @@ class MultiTaskModel(nn.Module):
         # rows grouped by element count: a batch is only as wide as its widest row
         order = np.argsort((np.asarray(z) > 0).sum(1), kind="stable")
         for s in range(0, len(z), batch_size):
-            rows = order[s:s + batch_size]
+            rows = order[s : s + batch_size]
             zb = torch.as_tensor(z[rows], device=device)
             fb = torch.as_tensor(frac[rows], device=device)
             sb = torch.as_tensor(spg[rows], device=device)
@@ -240,6 +200,7 @@ class MultiTaskModel(nn.Module):
                 out.setdefault(name, []).append(self.point(task, raw[name]).cpu().numpy())
                 if task.kind == "hurdle":
                     out.setdefault(f"{name}_p_metal", []).append(torch.sigmoid(raw[name][..., 0]).cpu().numpy())
+                    out.setdefault(f"{name}_positive", []).append(F.softplus(raw[name][..., 1]).cpu().numpy())
         self.train(was)
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))

@@ -1,4 +1,5 @@
 """One call in place of ``loss.backward()`` for a multi-task model."""
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -71,8 +72,10 @@ class MTLBackward:
         self.tasks = list(tasks)
         for name, obj, kind in (("balancer", balancer, Balancer), ("surgery", surgery, Surgery)):
             if obj is not None and not isinstance(obj, kind):
-                raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__} object "
-                                f"(e.g. {'GradNorm()' if kind is Balancer else 'PCGrad()'}), got {obj!r}")
+                raise TypeError(
+                    f"{name} must be a {kind.__module__}.{kind.__name__} object "
+                    f"(e.g. {'GradNorm()' if kind is Balancer else 'PCGrad()'}), got {obj!r}"
+                )
         self.balancer = (balancer or Static()).setup(self.tasks, weights)
         self.surgery = (surgery or Sum()).setup(self.tasks)
         if soft_share < 0:
@@ -134,7 +137,12 @@ class MTLBackward:
         d = sum(p.numel() for p in self.shared)
         p0 = self.shared[0]
         buf = self._grad_buffer
-        if buf is None or tuple(buf.shape) != (len(self.tasks), k, d) or buf.device != p0.device or buf.dtype != p0.dtype:
+        if (
+            buf is None
+            or tuple(buf.shape) != (len(self.tasks), k, d)
+            or buf.device != p0.device
+            or buf.dtype != p0.dtype
+        ):
             buf = self._grad_buffer = torch.empty(len(self.tasks), k, d, dtype=p0.dtype, device=p0.device)
         return buf
 
@@ -182,13 +190,15 @@ class MTLBackward:
                 gs = [None] * len(self.shared)
             else:
                 gs = torch.autograd.grad(loss, self.shared, retain_graph=True, allow_unused=True)
-            rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, self.shared)]))
+            rows.append(
+                torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, self.shared)])
+            )
         return torch.stack(rows)
 
     def _add_to_shared(self, update: torch.Tensor) -> None:
         offset = 0
         for p in self.shared:
-            g = update[offset: offset + p.numel()].view_as(p).to(p.dtype)
+            g = update[offset : offset + p.numel()].view_as(p).to(p.dtype)
             offset += p.numel()
             p.grad = g.clone() if p.grad is None else p.grad + g
 
@@ -219,7 +229,11 @@ class MTLBackward:
 
     def config(self) -> dict:
         """The settings (JSON-ready), as stored in a checkpoint's metadata."""
-        return {"tasks": self.tasks, "weights": dict(zip(self.tasks, self.balancer.prior.tolist())),
-                "balancer": self.balancer.to_dict(), "surgery": self.surgery.to_dict(),
-                "soft_share": self.soft_share,
-                "monitor": None if self.monitor is None else {"every": self.monitor.every, "k": self.monitor.k}}
+        return {
+            "tasks": self.tasks,
+            "weights": dict(zip(self.tasks, self.balancer.prior.tolist())),
+            "balancer": self.balancer.to_dict(),
+            "surgery": self.surgery.to_dict(),
+            "soft_share": self.soft_share,
+            "monitor": None if self.monitor is None else {"every": self.monitor.every, "k": self.monitor.k},
+        }

@@ -19,6 +19,7 @@ A balancer is configured by its constructor and bound to the tasks by
 :meth:`Balancer.setup` (MTLBackward calls it); ``to_dict()``/``balancer_from()`` give a
 JSON form for run configs, ``state_dict()``/``load_state_dict()`` what a resumed run needs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,8 +72,6 @@ class Balancer(Strategy):
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
 
 
 class Static(Balancer):

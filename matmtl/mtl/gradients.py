@@ -16,6 +16,7 @@ micro-batch's part of the graph only: k small batched passes that add up to T
 backward passes of the whole batch, not T·k. Summed over micro-batches they give
 the tasks' full gradients, so a monitored step needs no further backward pass.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -23,14 +24,15 @@ from typing import Sequence
 import torch
 
 
-def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor], batch: int,
-          out: torch.Tensor | None = None) -> torch.Tensor:
+def _flat(
+    grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor], batch: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """(batch, d): the per-parameter gradients side by side, written into ``out`` if given."""
     if out is None:
         out = torch.empty(batch, sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
     offset = 0
     for g, p in zip(grads, params):
-        cols = out[:, offset: offset + p.numel()]
+        cols = out[:, offset : offset + p.numel()]
         cols.zero_() if g is None else cols.copy_(g.reshape(batch, -1))
         offset += p.numel()
     return out
@@ -40,8 +42,9 @@ def _as_tuple(features) -> tuple[torch.Tensor, ...]:
     return tuple(features) if isinstance(features, (tuple, list)) else (features,)
 
 
-def shared_grads(losses: Sequence[torch.Tensor], features, params: Sequence[torch.Tensor],
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+def shared_grads(
+    losses: Sequence[torch.Tensor], features, params: Sequence[torch.Tensor], out: torch.Tensor | None = None
+) -> torch.Tensor:
     """(R, d) matrix: the gradient of each scalar loss with respect to the shared
     parameters ``params`` (flattened and concatenated), via ``features``: the shared
     representation, or a tuple of them when the heads read several batches (e.g. the
@@ -62,21 +65,25 @@ def shared_grads(losses: Sequence[torch.Tensor], features, params: Sequence[torc
     stacked = [torch.stack(rows) for rows in dz]  # per feature tensor: (R, *shape)
     # 2. all R signals through the encoder in one batched backward
     try:
-        grads = torch.autograd.grad(feats, params, grad_outputs=stacked, is_grads_batched=True,
-                                    retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            feats, params, grad_outputs=stacked, is_grads_batched=True, retain_graph=True, allow_unused=True
+        )
         return _flat(grads, params, r, out)
     except RuntimeError:  # an op without a batching rule: one encoder pass per loss
         if out is None:
             out = torch.empty(r, sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
         for i in range(r):
-            gi = torch.autograd.grad(feats, params, grad_outputs=[s[i] for s in stacked],
-                                     retain_graph=True, allow_unused=True)
-            _flat([None if g is None else g.unsqueeze(0) for g in gi], params, 1, out[i: i + 1])
+            gi = torch.autograd.grad(
+                feats, params, grad_outputs=[s[i] for s in stacked], retain_graph=True, allow_unused=True
+            )
+            _flat([None if g is None else g.unsqueeze(0) for g in gi], params, 1, out[i : i + 1])
         return out
 
 
 def chunked_shared_grads(
-    losses: dict[str, Sequence[torch.Tensor]], chunks: Sequence, params: Sequence[torch.Tensor],
+    losses: dict[str, Sequence[torch.Tensor]],
+    chunks: Sequence,
+    params: Sequence[torch.Tensor],
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(T, k, d): the gradient of task t's loss on micro-batch c (``losses[t][c]``,

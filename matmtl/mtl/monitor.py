@@ -14,13 +14,13 @@ takes about a millisecond for d ~ 1e6, while a background thread would only comp
 with the training's own threads for the same cores (measured in
 ``scripts/bench_monitor.py``: the rust_bg vs rust_sync rows).
 """
+
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
-
 
 
 class GeometryMonitor:

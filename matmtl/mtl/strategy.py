@@ -1,5 +1,6 @@
 """What balancers and surgeries share: a name, settings as JSON (``to_dict``), equality
 and repr by those settings, and construction back from a name or that JSON form."""
+
 from __future__ import annotations
 
 

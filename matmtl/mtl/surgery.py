@@ -13,6 +13,7 @@ one update direction. Each surgery is a small callable object,
   anchors' own weighted gradients are added (which keeps g_a·update >= 0 for one anchor).
   ``main`` is the main task's name or its position in the task list (default: the first).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,6 @@ class Surgery(Strategy):
 
     def __call__(self, weighted: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         raise NotImplementedError
-
-
 
 
 class Sum(Surgery):

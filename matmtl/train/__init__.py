@@ -2,12 +2,24 @@
 
 ``pretrain(PretrainConfig(...))``, ``finetune(FinetuneConfig(...))`` and
 ``resume(run_dir)``; the settings are in :mod:`matmtl.config`."""
+
 from ..config import FinetuneConfig, MTLConfig, PretrainConfig, TrainConfig
 from .engine import Source, TaskData, Trainer
-from .finetune import finetune
+from .finetuning import finetune
 from .fit import RunResult
-from .pretrain import pretrain
-from .resume import resume
+from .pretraining import pretrain
+from .resuming import resume
 
-__all__ = ["PretrainConfig", "FinetuneConfig", "MTLConfig", "TrainConfig", "Source", "TaskData", "Trainer",
-           "RunResult", "pretrain", "finetune", "resume"]
+__all__ = [
+    "PretrainConfig",
+    "FinetuneConfig",
+    "MTLConfig",
+    "TrainConfig",
+    "Source",
+    "TaskData",
+    "Trainer",
+    "RunResult",
+    "pretrain",
+    "finetune",
+    "resume",
+]

@@ -1,4 +1,5 @@
 """From matmtl.data datasets to training arrays (TaskData) with matbench folds."""
+
 from __future__ import annotations
 
 import warnings
@@ -6,8 +7,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..data import DataWarning, Featurizer, load_dataset
 from ..config import DFT_TASKS
+from ..data import DataWarning, Featurizer, load_dataset
 from ..errors import MatmtlError
 from .engine import TaskData
 
@@ -33,8 +34,9 @@ def _load(name: str, data_dir: str | None):
         return load_dataset(name, data_dir)
 
 
-def split_rows(ds, holdout_fold: int | None, max_rows: int | None, seed: int,
-               shrink_test: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(
+    ds, holdout_fold: int | None, max_rows: int | None, seed: int, shrink_test: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(train positions, held-out positions) into ``ds.frame``; matbench's official fold
     when ``holdout_fold`` is given. ``max_rows`` subsamples the training rows (and the
     held-out rows to a quarter of it, unless ``shrink_test`` is False) for quick runs."""
@@ -51,11 +53,20 @@ def split_rows(ds, holdout_fold: int | None, max_rows: int | None, seed: int,
     return np.asarray(train), np.asarray(test)
 
 
+def empty(tasks) -> TaskData:
+    """No rows (with a target column per task)."""
+    return TaskData(
+        np.zeros((0, 10), np.int64),
+        np.zeros((0, 10), np.float32),
+        np.zeros(0, np.int64),
+        {t: np.zeros(0, np.float32) for t in tasks},
+    )
+
+
 def to_taskdata(ds, pos: np.ndarray, columns: dict[str, str], featurizer: Featurizer | None = None) -> TaskData:
     """Featurize rows ``pos`` of ``ds``; ``columns`` maps task name -> target column."""
     if len(pos) == 0:
-        return TaskData(np.zeros((0, 10), np.int64), np.zeros((0, 10), np.float32), np.zeros(0, np.int64),
-                        {t: np.zeros(0, np.float32) for t in columns})
+        return empty(columns)
     sub = ds.subset(pos)
     f = sub.features(featurizer or Featurizer())
     return TaskData(f.z, f.frac, f.spg, {t: sub.target(c).astype(np.float32) for t, c in columns.items()})
@@ -64,15 +75,19 @@ def to_taskdata(ds, pos: np.ndarray, columns: dict[str, str], featurizer: Featur
 def concat(parts: list[TaskData], tasks: list[str]) -> TaskData:
     """Union of row sets; a task a part lacks is NaN (masked in the loss)."""
     parts = [p for p in parts if len(p)]
+    if not parts:  # e.g. no held-out rows at all
+        return empty(tasks)
     return TaskData(
-        np.concatenate([p.z for p in parts]), np.concatenate([p.frac for p in parts]),
+        np.concatenate([p.z for p in parts]),
+        np.concatenate([p.frac for p in parts]),
         np.concatenate([p.spg for p in parts]),
         {t: np.concatenate([p.targets.get(t, np.full(len(p), np.nan, np.float32)) for p in parts]) for t in tasks},
     )
 
 
-def dft_split(tasks: list[str], holdout_fold: int | None, max_rows: int | None, seed: int,
-              data_dir: str | None = None) -> tuple[TaskData, TaskData, dict]:
+def dft_split(
+    tasks: list[str], holdout_fold: int | None, max_rows: int | None, seed: int, data_dir: str | None = None
+) -> tuple[TaskData, TaskData, dict]:
     """Training and held-out rows for DFT tasks: the union of each task's dataset (masked
     losses: a row carries only its own dataset's label). Each dataset is split by its
     own official matbench fold."""
@@ -87,3 +102,44 @@ def dft_split(tasks: list[str], holdout_fold: int | None, max_rows: int | None, 
         tests.append(to_taskdata(ds, te, {t: col}))
         info[t] = {"dataset": ds.name, "source": ds.source, "train_rows": int(len(tr)), "holdout_rows": int(len(te))}
     return concat(trains, tasks), concat(tests, tasks), info
+
+
+def split_validation(data: TaskData, fraction: float, seed: int) -> tuple[TaskData, TaskData]:
+    """(training rows, validation rows): a seeded ``fraction`` of a run's own training
+    rows, held out for best-epoch selection, the metal cut and the uncertainty
+    calibration. Never the test rows."""
+    n_val = int(round(fraction * len(data)))
+    if n_val == 0 or n_val >= len(data):
+        return data, data.subset(np.arange(0))
+    order = np.random.default_rng([seed, 4242]).permutation(len(data))
+    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
+
+
+def composition_keys(z: np.ndarray, frac: np.ndarray) -> list[tuple]:
+    """A hashable key per row for its reduced composition (elements with fractions)."""
+    out = []
+    for zr, fr in zip(np.asarray(z), np.asarray(frac, dtype=np.float64)):
+        m = zr > 0
+        out.append(tuple(sorted(zip(zr[m].tolist(), np.round(fr[m] / fr[m].sum(), 4).tolist()))))
+    return out
+
+
+@lru_cache(maxsize=2)
+def mp_ground_state_symmetry(data_dir: str | None = None) -> dict[tuple, int]:
+    """Reduced composition -> space group of its Materials Project ground state (the
+    polymorph with the lowest formation energy in matbench mp_e_form)."""
+    ds = _load("mp", data_dir)
+    data = to_taskdata(ds, np.arange(len(ds)), {"e_form": "e_form"})
+    best: dict[tuple, tuple[float, int]] = {}
+    for key, e, g in zip(composition_keys(data.z, data.frac), data.targets["e_form"].tolist(), data.spg.tolist()):
+        if g > 0 and (key not in best or e < best[key][0]):
+            best[key] = (e, g)
+    return {k: g for k, (_, g) in best.items()}
+
+
+def attach_symmetry(data: TaskData, lookup: dict[tuple, int]) -> tuple[TaskData, int]:
+    """``data`` with each composition's MP ground-state space group where MP has the
+    composition (others keep 0, "unknown"); and how many rows got one."""
+    spg = np.array([lookup.get(k, 0) for k in composition_keys(data.z, data.frac)], dtype=np.int64)
+    spg = np.where(data.spg > 0, data.spg, spg)  # a given structure's own symmetry wins
+    return TaskData(data.z, data.frac, spg, data.targets, data.boot), int((spg > 0).sum())

@@ -6,6 +6,7 @@ dropout masks and bootstrap draws an uninterrupted run would; with the same thre
 count on CPU a seeded run repeats bit for bit. The learning rate is a pure function
 of the step (linear warm-up, cosine decay), so no scheduler state is needed.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..checkpoints import (CheckpointError, load_tensors, optimizer_tensors, read_json, restore_optimizer,
-                           save_tensors)
+from ..checkpoints import CheckpointError, load_tensors, optimizer_tensors, read_json, restore_optimizer, save_tensors
 from ..config import MTLConfig, TrainConfig
 from ..io import atomic_write_json, sha256_of
 from ..metrics import regression_metrics
 from ..models import MultiTaskModel, TaskSpec
 from ..mtl import GeometryMonitor, MTLBackward
+from .selection import BestEpoch
 
 
 @dataclass
@@ -43,8 +44,13 @@ class TaskData:
         return len(self.z)
 
     def subset(self, idx) -> "TaskData":
-        return TaskData(self.z[idx], self.frac[idx], self.spg[idx], {k: v[idx] for k, v in self.targets.items()},
-                        None if self.boot is None else self.boot[idx])
+        return TaskData(
+            self.z[idx],
+            self.frac[idx],
+            self.spg[idx],
+            {k: v[idx] for k, v in self.targets.items()},
+            None if self.boot is None else self.boot[idx],
+        )
 
     def with_bootstrap(self, members: int, seed: int) -> "TaskData":
         rng = np.random.default_rng([seed, 7919])
@@ -107,7 +113,7 @@ def epoch_batches(data: TaskData, batch_size: int, rng: np.random.Generator) -> 
     """Shuffled batches grouped by element count (less padding = faster steps)."""
     width = (data.z > 0).sum(1)
     order = np.lexsort((rng.random(len(data)), width))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -135,10 +141,21 @@ class Trainer:
     """Runs epochs over a main source (+ auxiliary sources), saving a resumable state
     (``state/``) atomically after every epoch."""
 
-    def __init__(self, model: MultiTaskModel, cfg: TrainConfig, mtl: MTLConfig, sources: list[Source],
-                 state_dir: Path, evaluate: Callable[[MultiTaskModel, bool], dict] | None = None, *,
-                 weights: dict[str, float] | None = None, reference: list[torch.Tensor] | None = None,
-                 progress: bool = True, label: str = "train"):
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        cfg: TrainConfig,
+        mtl: MTLConfig,
+        sources: list[Source],
+        state_dir: Path,
+        evaluate: Callable[[MultiTaskModel], dict] | None = None,
+        *,
+        weights: dict[str, float] | None = None,
+        reference: list[torch.Tensor] | None = None,
+        select: str | None = None,
+        progress: bool = True,
+        label: str = "train",
+    ):
         self.model, self.cfg, self.sources = model, cfg, sources
         self.state_dir = Path(state_dir)
         self.evaluate = evaluate
@@ -154,14 +171,21 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.history: list[dict] = []
+        self.best = BestEpoch(select if evaluate is not None else None, cfg.patience)
+        self.stopped_early = False
         self._tensors = [self._to_tensors(s.data) for s in sources]
         self._zero = torch.zeros((), device=self.device)  # the loss of a task without rows in a batch
 
     def _to_tensors(self, d: TaskData) -> dict:
         dev = self.device
-        out = {"z": torch.as_tensor(d.z, device=dev), "frac": torch.as_tensor(d.frac, device=dev),
-               "spg": torch.as_tensor(d.spg, device=dev),
-               "boot": torch.as_tensor(d.boot if d.boot is not None else np.ones((len(d), self.model.cfg.members), np.float32), device=dev)}
+        out = {
+            "z": torch.as_tensor(d.z, device=dev),
+            "frac": torch.as_tensor(d.frac, device=dev),
+            "spg": torch.as_tensor(d.spg, device=dev),
+            "boot": torch.as_tensor(
+                d.boot if d.boot is not None else np.ones((len(d), self.model.cfg.members), np.float32), device=dev
+            ),
+        }
         out["y"] = {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=dev) for k, v in d.targets.items()}
         return out
 
@@ -170,11 +194,21 @@ class Trainer:
         opt_t, opt_meta = optimizer_tensors(self.opt)
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"opt.{k}": v for k, v in opt_t.items()})
+        tensors.update(self.best.tensors())
         save_tensors(self.state_dir / "state.safetensors", tensors)
-        atomic_write_json(self.state_dir / "state.json", {
-            "epoch": self.epoch, "step": self.step, "history": self.history, "optimizer": opt_meta,
-            "mtl": self.mtl.state_dict(), "tensors_sha256": _tensor_digest(tensors),
-        })
+        atomic_write_json(
+            self.state_dir / "state.json",
+            {
+                "epoch": self.epoch,
+                "step": self.step,
+                "history": self.history,
+                "optimizer": opt_meta,
+                "mtl": self.mtl.state_dict(),
+                "best": self.best.state_dict(),
+                "stopped_early": self.stopped_early,
+                "tensors_sha256": _tensor_digest(tensors),
+            },
+        )
 
     def load_state(self) -> bool:
         js = self.state_dir / "state.json"
@@ -186,24 +220,45 @@ class Trainer:
             raise CheckpointError(f"{self.state_dir / 'state.safetensors'}: does not match {js} (interrupted write?)")
         model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_sd, strict=True)
-        restore_optimizer(self.opt, {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("opt.")},
-                          meta["optimizer"])
+        restore_optimizer(
+            self.opt, {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("opt.")}, meta["optimizer"]
+        )
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
         self.mtl.load_state_dict(meta.get("mtl", meta.get("combiner", {})))  # "combiner": run folders of 0.1
+        self.best.load(meta.get("best", {}), tensors)
+        self.stopped_early = bool(meta.get("stopped_early", False))
         return True
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs or self.stopped_early
 
     # -- training ----------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> list[dict]:
         """Train up to ``cfg.epochs`` (from the loaded state, if any). ``stop_after``
         stops after that many epochs of this call (used to test resuming)."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         done_here = 0
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        ]
         with Progress(*columns, disable=not self.progress, transient=False) as bar:
             overall = bar.add_task(f"{self.label}", total=self.total_steps, completed=self.step, info="")
-            while self.epoch < self.cfg.epochs:
+            while not self.finished:
                 if stop_after is not None and done_here >= stop_after:
                     break
                 t0 = time.time()
@@ -212,20 +267,28 @@ class Trainer:
                 done_here += 1
                 row = {"epoch": self.epoch, "seconds": round(time.time() - t0, 2), **logs}
                 if self.evaluate is not None:
-                    row.update(self.evaluate(self.model, False))
+                    row.update(self.evaluate(self.model))
                 self.history.append(row)
+                self.best.update(self.epoch, row, self.model)
+                self.stopped_early = self.best.stop(self.epoch) and self.epoch < self.cfg.epochs
                 self.save_state()
-                info = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "seconds") and isinstance(v, float))
+                info = " ".join(
+                    f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "seconds") and isinstance(v, float)
+                )
                 if self.progress:
-                    bar.console.print(f"[dim]{self.label} epoch {self.epoch}/{self.cfg.epochs} ({row['seconds']:.0f}s): {info}[/]")
+                    bar.console.print(
+                        f"[dim]{self.label} epoch {self.epoch}/{self.cfg.epochs} ({row['seconds']:.0f}s): {info}[/]"
+                    )
         return self.history
 
     def _run_epoch(self, bar, overall) -> dict:
         cfg, model = self.cfg, self.model
         seed = (cfg.seed * 1_000_003 + self.epoch) % (2**63)
         torch.manual_seed(seed)
-        plans = [epoch_batches(s.data, s.batch_size, np.random.default_rng([cfg.seed, self.epoch, i]))
-                 for i, s in enumerate(self.sources)]
+        plans = [
+            epoch_batches(s.data, s.batch_size, np.random.default_rng([cfg.seed, self.epoch, i]))
+            for i, s in enumerate(self.sources)
+        ]
         model.train()
         sums: dict[str, float] = {}
         n = 0
@@ -241,10 +304,10 @@ class Trainer:
                 parts = [np.array_split(r, k) for r in rows]
                 feats, per_chunk = [], {t: [] for t in self.mtl.tasks}
                 for c in range(k):
-                    f, l = self._forward([p[c] for p in parts])
+                    f, chunk_losses = self._forward([p[c] for p in parts])
                     feats.append(f)
                     for t in per_chunk:
-                        per_chunk[t].append(l.get(t, self._zero))
+                        per_chunk[t].append(chunk_losses.get(t, self._zero))
                 losses = {t: torch.stack(v).mean() for t, v in per_chunk.items()}
                 logged = self.mtl.backward_microbatches(per_chunk, feats)
             else:
@@ -279,21 +342,38 @@ class Trainer:
             h = self.model.encoder(z, frac, spg)
             feats.append(h)
             for name in src.tasks:
-                loss = task_loss(self.model.tasks[name], self.model.heads[name](h), tens["y"][name][idx], tens["boot"][idx])
+                loss = task_loss(
+                    self.model.tasks[name], self.model.heads[name](h), tens["y"][name][idx], tens["boot"][idx]
+                )
                 if loss is not None:
                     losses[task_key(name, src, losses)] = loss
         return tuple(feats), losses
 
 
-def build_mtl(model: MultiTaskModel, tasks: list[str], weights: dict[str, float], cfg: MTLConfig,
-              reference: list[torch.Tensor] | None, seed: int) -> MTLBackward:
+def build_mtl(
+    model: MultiTaskModel,
+    tasks: list[str],
+    weights: dict[str, float],
+    cfg: MTLConfig,
+    reference: list[torch.Tensor] | None,
+    seed: int,
+) -> MTLBackward:
     """The run's MTLBackward (after the model has moved to its device), with fresh
     strategy objects: the config's are templates and never carry a run's state."""
     cfg = cfg.fresh()
     monitor = GeometryMonitor(cfg.monitor_every, cfg.monitor_k) if cfg.monitor_every and len(tasks) > 1 else None
-    return MTLBackward(model.parameters(), model.shared_parameters(), tasks, balancer=cfg.balancer,
-                       weights={t: float(weights.get(t, 1.0)) for t in tasks}, surgery=cfg.surgery,
-                       soft_share=cfg.soft_share, reference=reference, monitor=monitor, seed=seed)
+    return MTLBackward(
+        model.parameters(),
+        model.shared_parameters(),
+        tasks,
+        balancer=cfg.balancer,
+        weights={t: float(weights.get(t, 1.0)) for t in tasks},
+        surgery=cfg.surgery,
+        soft_share=cfg.soft_share,
+        reference=reference,
+        monitor=monitor,
+        seed=seed,
+    )
 
 
 def task_key(name: str, src: Source, taken) -> str:

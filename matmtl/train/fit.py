@@ -1,5 +1,6 @@
 """What pretraining and fine-tuning share: starting a run folder from a config, the fit
 loop around :class:`~matmtl.train.engine.Trainer`, and the run's result."""
+
 from __future__ import annotations
 
 import time
@@ -9,12 +10,12 @@ from typing import Callable
 
 import torch
 
-from ..config import RunConfig, TrainConfig, config_from_dict
 from ..checkpoints import read_json
+from ..config import RunConfig, TrainConfig, config_from_dict
 from ..io import atomic_write_json
 from ..models import MultiTaskModel
 from .engine import Source, Trainer, pick_device
-from .runs import new_run_dir
+from .runs import RunDir, claim_run_dir
 
 
 @dataclass
@@ -25,11 +26,17 @@ class RunResult:
     finished: bool = True
 
 
-def start_run(config: RunConfig, out: str | Path | None) -> Path:
-    """A new, empty run folder holding the run's config.json."""
-    run_dir = new_run_dir(config.kind, out)
-    atomic_write_json(run_dir / "config.json", {**config.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return run_dir
+def start_run(config: RunConfig, out: str | Path | None) -> RunDir:
+    """A new run folder, locked for this process, holding the run's config.json. Use it
+    as a context manager around the training: a run that fails before its first saved
+    epoch leaves no folder behind, and no other process can write into it meanwhile."""
+    run = claim_run_dir(config.kind, out)
+    try:
+        atomic_write_json(run.path / "config.json", {**config.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    except BaseException:
+        run.discard()
+        raise
+    return run
 
 
 def read_config(run_dir: Path) -> RunConfig:
@@ -53,11 +60,17 @@ class Fit:
 
     @property
     def finished(self) -> bool:
-        return self.trainer.epoch >= self.trainer.cfg.epochs
+        return self.trainer.finished
 
     def summary(self) -> dict:
-        return {"epochs": self.trainer.epoch, "train_seconds": round(sum(h["seconds"] for h in self.history), 1),
-                "this_call_seconds": round(self.seconds, 1)}
+        t = self.trainer
+        return {
+            "epochs": t.epoch,
+            "stopped_early": t.stopped_early,
+            **t.best.summary(),
+            "train_seconds": round(sum(h["seconds"] for h in self.history), 1),
+            "this_call_seconds": round(self.seconds, 1),
+        }
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -69,18 +82,44 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir, self.kind, self.epoch = Path(run_dir), kind, epoch
 
 
-def fit(run_dir: Path, model: MultiTaskModel, config: RunConfig, train: TrainConfig, sources: list[Source],
-        evaluate: Callable[[MultiTaskModel, bool], dict] | None, *, weights: dict[str, float] | None = None,
-        reference: list[torch.Tensor] | None = None, progress: bool = True, stop_after: int | None = None) -> Fit:
-    """Train ``model`` from the run folder's saved state (if any) to ``train.epochs``."""
-    trainer = Trainer(model, train, config.mtl, sources, run_dir / "state", evaluate, weights=weights,
-                      reference=reference, progress=progress, label=config.kind)
+def fit(
+    run_dir: Path,
+    model: MultiTaskModel,
+    config: RunConfig,
+    train: TrainConfig,
+    sources: list[Source],
+    evaluate: Callable[[MultiTaskModel], dict] | None,
+    *,
+    select: str | None = None,
+    weights: dict[str, float] | None = None,
+    reference: list[torch.Tensor] | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Fit:
+    """Train ``model`` from the run folder's saved state (if any) to ``train.epochs``
+    (or early stopping); when finished, ``model`` holds the weights of the epoch with the
+    lowest ``select`` score on the validation rows."""
+    trainer = Trainer(
+        model,
+        train,
+        config.mtl,
+        sources,
+        run_dir / "state",
+        evaluate,
+        weights=weights,
+        reference=reference,
+        select=select,
+        progress=progress,
+        label=config.kind,
+    )
     trainer.load_state()
     t0 = time.time()
     try:
         history = trainer.fit(stop_after=stop_after)
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir, config.kind, trainer.epoch) from None
+    if trainer.finished:
+        trainer.best.restore(model)
     return Fit(trainer, history, time.time() - t0)
 
 

@@ -1,18 +1,59 @@
-//! Thin pyo3 layer: check inputs, borrow the numpy buffers (zero-copy when
-//! C-contiguous, or Fortran-ordered gradient samples; one copy otherwise), release the GIL, run a kernel with panics
-//! caught, and hand back numpy arrays. No numerics here.
+//! Thin pyo3 layer: validate the arrays it receives, borrow the numpy buffers
+//! (zero-copy when C-contiguous, or Fortran-ordered gradient samples; one copy
+//! otherwise), release the GIL, run a kernel with panics caught, and hand back
+//! numpy arrays. No numerics here.
+//!
+//! Validation happens once, here: array type, dtype, dimensions, shapes and
+//! output buffers. NaN/inf and the PCGrad visiting orders are the kernels' (they
+//! find NaN/inf in their first pass over the data). Every error is a
+//! [`GeometryError`] until it crosses into Python through the one conversion
+//! below.
 
-use crate::error::GeometryError;
+use crate::error::{catch_panic, GeometryError, Result};
 use crate::gram::Layout;
 use crate::simd::{detect, Isa, Vectors};
 use crate::{angles, project};
 use numpy::{
-    dtype, Element, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods,
-    PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
+    dtype, BorrowError, Element, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayDyn,
+    PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pyo3::import_exception!(matmtl.errors, GeometryInputError);
+
+/// The one place where core errors become Python exceptions.
+impl From<GeometryError> for PyErr {
+    fn from(err: GeometryError) -> PyErr {
+        let msg = err.to_string();
+        match err {
+            GeometryError::WrongType(_) => PyTypeError::new_err(msg),
+            GeometryError::Invalid(_) | GeometryError::NonFinite { .. } => {
+                GeometryInputError::new_err(msg)
+            }
+            GeometryError::NoConvergence | GeometryError::Panic(_) => PyRuntimeError::new_err(msg),
+        }
+    }
+}
+
+fn invalid(msg: String) -> GeometryError {
+    GeometryError::Invalid(msg)
+}
+
+/// A shape as Python prints it: `(5000,)`, `(3, 5000)`.
+fn py_shape(shape: &[usize]) -> String {
+    match shape {
+        [n] => format!("({n},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dtype {
@@ -20,47 +61,50 @@ enum Dtype {
     F64,
 }
 
-/// The float type of a numpy array, or a TypeError naming `what`.
-fn dtype_of(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Dtype> {
+/// The float type of a numpy array; `what` names it in the error.
+fn dtype_of(obj: &Bound<'_, PyAny>, what: &str) -> Result<Dtype> {
     let py = obj.py();
     let arr = obj
         .cast::<PyUntypedArray>()
-        .map_err(|_| PyTypeError::new_err(format!("{what} must be a numpy array")))?;
+        .map_err(|_| GeometryError::WrongType(format!("{what} must be a numpy array")))?;
     let dt = arr.dtype();
     if dt.is_equiv_to(&dtype::<f32>(py)) {
         Ok(Dtype::F32)
     } else if dt.is_equiv_to(&dtype::<f64>(py)) {
         Ok(Dtype::F64)
     } else {
-        Err(PyTypeError::new_err(format!(
+        Err(GeometryError::WrongType(format!(
             "{what} has dtype {dt}; expected float32 or float64"
         )))
     }
 }
 
-/// One common float type for all inputs (mixing float32 and float64 is refused).
-fn common_dtype(objs: &[&Bound<'_, PyAny>], names: &dyn Fn(usize) -> String) -> PyResult<Dtype> {
-    let mut first = None;
-    for (i, obj) in objs.iter().enumerate() {
-        let dt = dtype_of(obj, &names(i))?;
-        match first {
-            None => first = Some(dt),
-            Some(f) if f != dt => {
-                return Err(PyTypeError::new_err(
-                    "inputs mix float32 and float64; convert them to one dtype",
-                ))
-            }
-            _ => {}
-        }
+/// One float type for all inputs; `name(i)` names input i, `all` names them
+/// together in the mixed-dtype error.
+fn common_dtype(
+    objs: &[&Bound<'_, PyAny>],
+    name: &dyn Fn(usize) -> String,
+    all: &str,
+) -> Result<Dtype> {
+    let dtypes = objs
+        .iter()
+        .enumerate()
+        .map(|(i, obj)| dtype_of(obj, &name(i)))
+        .collect::<Result<Vec<_>>>()?;
+    match dtypes.first() {
+        None => Err(invalid("need at least one task".into())),
+        Some(&first) if dtypes.iter().all(|&dt| dt == first) => Ok(first),
+        Some(_) => Err(GeometryError::WrongType(format!(
+            "{all} mix float32 and float64; convert them to one dtype"
+        ))),
     }
-    first.ok_or_else(|| PyValueError::new_err("no inputs given"))
 }
 
-/// A float array seen as a flat row-major slice.
+/// A float array seen as a flat slice in the storage order asked for.
 enum Flat<'py, E: Element> {
-    /// C-contiguous input: read in place.
+    /// Contiguous in that order: read in place.
     View(PyReadonlyArrayDyn<'py, E>),
-    /// Any other layout: copied once into row-major order.
+    /// Any other layout: copied once.
     Copy(Vec<E>),
 }
 
@@ -74,42 +118,38 @@ impl<E: Element> Flat<'_, E> {
     }
 }
 
-/// Borrow `obj` (already known to hold `E`) with the given number of dimensions,
-/// as a row-major slice.
-fn flat<'py, E: Element + Copy>(
-    obj: &Bound<'py, PyAny>,
-    ndim: usize,
-    what: &str,
-) -> PyResult<(Flat<'py, E>, Vec<usize>)> {
-    flat_in(obj, ndim, what, Layout::RowMajor)
-}
-
-/// [`flat`] in the given storage order: Fortran-ordered arrays are read in place
-/// when `layout` is column-major.
+/// Borrow `obj` (already known to hold `E`), which must have `ndim` dimensions
+/// and none of size zero, as a flat slice in `layout` order, with its shape.
 fn flat_in<'py, E: Element + Copy>(
     obj: &Bound<'py, PyAny>,
     ndim: usize,
     what: &str,
     layout: Layout,
-) -> PyResult<(Flat<'py, E>, Vec<usize>)> {
+) -> Result<(Flat<'py, E>, Vec<usize>)> {
     let arr = obj
         .cast::<PyArrayDyn<E>>()
-        .map_err(|_| PyTypeError::new_err(format!("{what} has the wrong dtype")))?;
+        .map_err(|_| GeometryError::WrongType(format!("{what} has the wrong dtype")))?;
+    let shape = arr.shape().to_vec();
     if arr.ndim() != ndim {
-        return Err(PyValueError::new_err(format!(
-            "{what} must be {ndim}-D, got shape {:?}",
-            arr.shape()
+        return Err(invalid(format!(
+            "{what} must be {ndim}-D, got shape {}",
+            py_shape(&shape)
         )));
     }
-    let shape = arr.shape().to_vec();
+    if shape.contains(&0) {
+        return Err(invalid(format!(
+            "{what} is empty (shape {})",
+            py_shape(&shape)
+        )));
+    }
     let view = arr
         .try_readonly()
-        .map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
-    // `as_slice` accepts either order and gives the storage order.
+        .map_err(|e| invalid(format!("{what}: {e}")))?;
     let in_place = match layout {
         Layout::RowMajor => arr.is_c_contiguous(),
         Layout::ColMajor => arr.is_fortran_contiguous(),
     };
+    // `as_slice` accepts either order and gives the storage order.
     let flat = if in_place && view.as_slice().is_ok() {
         Flat::View(view)
     } else if layout == Layout::RowMajor {
@@ -120,64 +160,44 @@ fn flat_in<'py, E: Element + Copy>(
     Ok((flat, shape))
 }
 
-/// Run a kernel without the GIL; kernel errors and panics become ValueError.
-fn run<T: Send>(
-    py: Python<'_>,
-    f: impl FnOnce() -> Result<T, GeometryError> + Send,
-) -> PyResult<T> {
-    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(PyValueError::new_err(e.to_string())),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
-            Err(PyValueError::new_err(format!(
-                "internal error in matmtl._core: {msg}"
-            )))
-        }
-    }
-}
-
-/// Borrow T same-shaped 2-D (or 1-D, `ndim`) arrays row-major, checking shapes agree.
-fn borrow_all<'py, E: Element + Copy>(
-    objs: &[Bound<'py, PyAny>],
+/// [`flat_in`] in row-major order.
+fn flat<'py, E: Element + Copy>(
+    obj: &Bound<'py, PyAny>,
     ndim: usize,
-    noun: &str,
-) -> PyResult<(Vec<Flat<'py, E>>, Vec<usize>)> {
-    borrow_all_in(objs, ndim, noun, Layout::RowMajor)
+    what: &str,
+) -> Result<(Flat<'py, E>, Vec<usize>)> {
+    flat_in(obj, ndim, what, Layout::RowMajor)
 }
 
-/// [`borrow_all`] in the given storage order.
+/// Borrow T arrays of one shape (`ndim` dimensions) in `layout` order.
 fn borrow_all_in<'py, E: Element + Copy>(
     objs: &[Bound<'py, PyAny>],
     ndim: usize,
     noun: &str,
     layout: Layout,
-) -> PyResult<(Vec<Flat<'py, E>>, Vec<usize>)> {
+) -> Result<(Vec<Flat<'py, E>>, Vec<usize>)> {
     let mut flats = Vec::with_capacity(objs.len());
     let mut shape0: Option<Vec<usize>> = None;
     for (t, obj) in objs.iter().enumerate() {
         let (f, shape) = flat_in::<E>(obj, ndim, &format!("{noun} of task {t}"), layout)?;
-        if shape.contains(&0) {
-            return Err(PyValueError::new_err(format!(
-                "{noun} of task {t} is empty (shape {shape:?})"
+        if let Some(s0) = shape0.as_ref().filter(|s0| **s0 != shape) {
+            let dim = if s0[0] != shape[0] { "d" } else { "k" };
+            return Err(invalid(format!(
+                "{noun} of task {t} has shape {} but task 0 has {}: mismatched {dim}; all tasks need the same shape",
+                py_shape(&shape),
+                py_shape(s0)
             )));
         }
-        match &shape0 {
-            Some(s0) if *s0 != shape => {
-                return Err(PyValueError::new_err(format!(
-                    "{noun} of task {t} has shape {shape:?}, task 0 has {s0:?}; all tasks need the same shape"
-                )))
-            }
-            _ => shape0 = Some(shape),
-        }
+        shape0.get_or_insert(shape);
         flats.push(f);
     }
-    let shape = shape0.ok_or_else(|| PyValueError::new_err("need at least one task"))?;
+    let shape = shape0.ok_or_else(|| invalid("need at least one task".into()))?;
     Ok((flats, shape))
+}
+
+/// Run a kernel without the GIL, panics caught.
+fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    py.detach(|| catch_panic(f))
 }
 
 type GeometryTuple<'py> = (
@@ -196,7 +216,7 @@ fn subspace_geometry<'py>(
     tasks: Vec<Bound<'py, PyAny>>,
 ) -> PyResult<GeometryTuple<'py>> {
     let refs: Vec<&Bound<'py, PyAny>> = tasks.iter().collect();
-    match common_dtype(&refs, &|t| format!("gradient samples of task {t}"))? {
+    match common_dtype(&refs, &|t| format!("gradient samples of task {t}"), "tasks")? {
         Dtype::F32 => geometry_impl::<f32>(py, &tasks),
         Dtype::F64 => geometry_impl::<f64>(py, &tasks),
     }
@@ -212,7 +232,11 @@ fn geometry_impl<'py, E: Vectors + Element>(
         t.cast::<PyArrayDyn<E>>()
             .is_ok_and(|a| a.ndim() == 2 && a.is_fortran_contiguous())
     });
-    let layout = if fortran { Layout::ColMajor } else { Layout::RowMajor };
+    let layout = if fortran {
+        Layout::ColMajor
+    } else {
+        Layout::RowMajor
+    };
     let (flats, shape) = borrow_all_in::<E>(tasks, 2, "gradient samples", layout)?;
     let (d, k) = (shape[0], shape[1]);
     let slices: Vec<&[E]> = flats.iter().map(Flat::as_slice).collect();
@@ -238,8 +262,8 @@ fn geometry_impl<'py, E: Vectors + Element>(
 /// `grads`: list of T float arrays of shape (d,); `orders`: T lists, the
 /// visiting order of the other tasks for each task. `out`: optional
 /// `(projected or None, total)` arrays to write into (C-contiguous, writeable,
-/// the grads' dtype) -- a training loop that reuses them skips allocating and
-/// page-faulting fresh output memory on every step.
+/// the grads' dtype, not overlapping them) -- a training loop that reuses them
+/// skips allocating and page-faulting fresh output memory on every step.
 #[pyfunction]
 #[pyo3(signature = (grads, orders, return_projected = true, out = None))]
 fn pcgrad<'py>(
@@ -247,34 +271,85 @@ fn pcgrad<'py>(
     grads: Vec<Bound<'py, PyAny>>,
     orders: Vec<Vec<usize>>,
     return_projected: bool,
-    out: Option<(Option<Bound<'py, PyAny>>, Bound<'py, PyAny>)>,
+    out: OutArg<'py>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     let refs: Vec<&Bound<'py, PyAny>> = grads.iter().collect();
-    match common_dtype(&refs, &|t| format!("gradient of task {t}"))? {
+    match common_dtype(&refs, &|t| format!("gradient of task {t}"), "tasks")? {
         Dtype::F32 => pcgrad_impl::<f32>(py, &grads, &orders, return_projected, out),
         Dtype::F64 => pcgrad_impl::<f64>(py, &grads, &orders, return_projected, out),
     }
 }
 
-/// A caller's output array: right dtype, shape and layout, or a clear error.
+/// A caller's output array: the gradients' dtype, the right shape, C order.
+/// (Writeable and not overlapping the inputs is checked when it is borrowed.)
 fn output_array<'py, E: Element>(
     obj: &Bound<'py, PyAny>,
     shape: &[usize],
     what: &str,
-) -> PyResult<Bound<'py, PyArrayDyn<E>>> {
+) -> Result<Bound<'py, PyArrayDyn<E>>> {
+    let want = dtype::<E>(obj.py());
     let arr = obj.cast::<PyArrayDyn<E>>().map_err(|_| {
-        PyTypeError::new_err(format!("{what} must be a numpy array with the gradients' dtype"))
+        GeometryError::WrongType(match obj.cast::<PyUntypedArray>() {
+            Ok(a) => format!("{what} has dtype {}; the gradients are {want}", a.dtype()),
+            Err(_) => format!("{what} must be a numpy array with the gradients' dtype ({want})"),
+        })
     })?;
     if arr.shape() != shape {
-        return Err(PyValueError::new_err(format!(
-            "{what} has shape {:?}, expected {shape:?}",
-            arr.shape()
+        return Err(invalid(format!(
+            "{what} has shape {}, expected {}",
+            py_shape(arr.shape()),
+            py_shape(shape)
         )));
     }
     if !arr.is_c_contiguous() {
-        return Err(PyValueError::new_err(format!("{what} must be C-contiguous")));
+        return Err(invalid(format!("{what} must be C-contiguous")));
     }
     Ok(arr.clone())
+}
+
+/// Borrow an output array for writing; refused when read-only or overlapping
+/// an array already borrowed (the inputs, or the other output).
+fn writeable<'py, E: Element>(
+    arr: &Bound<'py, PyArrayDyn<E>>,
+    what: &str,
+) -> Result<PyReadwriteArrayDyn<'py, E>> {
+    arr.try_readwrite().map_err(|e| match e {
+        BorrowError::NotWriteable => invalid(format!("{what} is read-only")),
+        _ => invalid(format!(
+            "{what} overlaps the input gradients or the other output array; the projection would read what it overwrites"
+        )),
+    })
+}
+
+/// PCGrad's `out` argument: `(projected or None, total)`.
+type OutArg<'py> = Option<(Option<Bound<'py, PyAny>>, Bound<'py, PyAny>)>;
+/// PCGrad's output arrays: projected (if wanted) and total.
+type Outputs<'py, E> = (Option<Bound<'py, PyArrayDyn<E>>>, Bound<'py, PyArrayDyn<E>>);
+
+/// The caller's `out` buffers, or fresh ones.
+fn pcgrad_outputs<'py, E: Element>(
+    py: Python<'py>,
+    out: OutArg<'py>,
+    return_projected: bool,
+    n: usize,
+    d: usize,
+) -> Result<Outputs<'py, E>> {
+    let Some((projected, total)) = out else {
+        return Ok((
+            return_projected.then(|| PyArray2::<E>::zeros(py, [n, d], false).to_dyn().clone()),
+            PyArray1::<E>::zeros(py, [d], false).to_dyn().clone(),
+        ));
+    };
+    let projected = match (projected, return_projected) {
+        (Some(p), true) => Some(output_array::<E>(&p, &[n, d], "out projected")?),
+        (None, false) => None,
+        _ => {
+            return Err(invalid(
+                "out: give a projected array exactly when return_projected is True".into(),
+            ))
+        }
+    };
+    Ok((projected, output_array::<E>(&total, &[d], "out total")?))
 }
 
 fn pcgrad_impl<'py, E: Vectors + Element>(
@@ -282,41 +357,20 @@ fn pcgrad_impl<'py, E: Vectors + Element>(
     grads: &[Bound<'py, PyAny>],
     orders: &[Vec<usize>],
     return_projected: bool,
-    out: Option<(Option<Bound<'py, PyAny>>, Bound<'py, PyAny>)>,
+    out: OutArg<'py>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    let (flats, shape) = borrow_all::<E>(grads, 1, "gradient")?;
+    let (flats, shape) = borrow_all_in::<E>(grads, 1, "gradient", Layout::RowMajor)?;
     let (n, d) = (grads.len(), shape[0]);
     let slices: Vec<&[E]> = flats.iter().map(Flat::as_slice).collect();
-    let (projected, total) = match out {
-        Some((p, t)) => {
-            let p = match (p, return_projected) {
-                (Some(p), true) => Some(output_array::<E>(&p, &[n, d], "out projected")?),
-                (None, false) => None,
-                _ => {
-                    return Err(PyValueError::new_err(
-                        "out: give a projected array exactly when return_projected is True",
-                    ))
-                }
-            };
-            (p, output_array::<E>(&t, &[d], "out total")?)
-        }
-        None => (
-            return_projected.then(|| PyArray2::<E>::zeros(py, [n, d], false).to_dyn().clone()),
-            PyArray1::<E>::zeros(py, [d], false).to_dyn().clone(),
-        ),
-    };
+    let (projected, total) = pcgrad_outputs::<E>(py, out, return_projected, n, d)?;
     {
-        // try_readwrite refuses read-only arrays and arrays overlapping the borrowed inputs
         let mut p = projected
             .as_ref()
-            .map(|p| p.try_readwrite())
-            .transpose()
-            .map_err(|e| PyValueError::new_err(format!("out projected: {e}")))?;
-        let mut s = total
-            .try_readwrite()
-            .map_err(|e| PyValueError::new_err(format!("out total: {e}")))?;
-        let p = p.as_mut().map(|p| p.as_slice_mut()).transpose()?;
-        let s = s.as_slice_mut()?;
+            .map(|p| writeable(p, "out projected"))
+            .transpose()?;
+        let mut s = writeable(&total, "out total")?;
+        let p = p.as_mut().map(|p| p.as_slice_mut().expect("C-contiguous"));
+        let s = s.as_slice_mut().expect("C-contiguous");
         run(py, || project::pcgrad(&slices, d, orders, p, s))?;
     }
     Ok((
@@ -334,7 +388,7 @@ fn project_onto_span<'py>(
     g: Bound<'py, PyAny>,
     basis: Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    match common_dtype(&[&g, &basis], &|i| ["g", "G"][i].to_string())? {
+    match common_dtype(&[&g, &basis], &|i| ["g", "G"][i].to_string(), "g and G")? {
         Dtype::F32 => span_impl::<f32>(py, &g, &basis),
         Dtype::F64 => span_impl::<f64>(py, &g, &basis),
     }
@@ -347,10 +401,13 @@ fn span_impl<'py, E: Vectors + Element>(
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     let (gf, gshape) = flat::<E>(g, 1, "g")?;
     let (bf, bshape) = flat::<E>(basis, 2, "G")?;
-    if gshape[0] != bshape[0] || bshape.contains(&0) {
-        return Err(PyValueError::new_err(format!(
-            "g has shape {gshape:?} but G has shape {bshape:?}; need g (d,), G (d, k), d, k >= 1"
-        )));
+    if gshape[0] != bshape[0] {
+        return Err(invalid(format!(
+            "g has shape {} but G has shape {}; need g (d,), G (d, k)",
+            py_shape(&gshape),
+            py_shape(&bshape)
+        ))
+        .into());
     }
     let (d, k) = (bshape[0], bshape[1]);
     let parallel = PyArray1::<E>::zeros(py, [d], false);
@@ -372,7 +429,7 @@ fn project_halfspace<'py>(
     g1: Bound<'py, PyAny>,
     g2: Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    match common_dtype(&[&g1, &g2], &|i| ["g1", "g2"][i].to_string())? {
+    match common_dtype(&[&g1, &g2], &|i| ["g1", "g2"][i].to_string(), "g1 and g2")? {
         Dtype::F32 => halfspace_impl::<f32>(py, &g1, &g2),
         Dtype::F64 => halfspace_impl::<f64>(py, &g1, &g2),
     }
@@ -385,10 +442,13 @@ fn halfspace_impl<'py, E: Vectors + Element>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let (f1, s1) = flat::<E>(g1, 1, "g1")?;
     let (f2, s2) = flat::<E>(g2, 1, "g2")?;
-    if s1 != s2 || s1[0] == 0 {
-        return Err(PyValueError::new_err(format!(
-            "g1 {s1:?} and g2 {s2:?} must have the same non-empty shape"
-        )));
+    if s1 != s2 {
+        return Err(invalid(format!(
+            "g1 {} and g2 {} must have the same shape",
+            py_shape(&s1),
+            py_shape(&s2)
+        ))
+        .into());
     }
     let out = PyArray1::<E>::zeros(py, [s1[0]], false);
     {

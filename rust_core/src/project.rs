@@ -1,7 +1,7 @@
 //! Gradient projections: PCGrad surgery, projection onto another task's gradient
 //! span, and projection onto the half-space of a second gradient.
 
-use crate::error::{check_blocks, GeometryError, Result};
+use crate::error::{assert_blocks, GeometryError, Result};
 use crate::frame::{frame_of, project, rank_tolerance, to_columns};
 use crate::gram::Layout;
 use crate::gram::{gram, Gram};
@@ -30,14 +30,13 @@ pub fn pcgrad<E: Vectors>(
     projected: Option<&mut [E]>,
     total: &mut [E],
 ) -> Result<()> {
-    check_blocks(grads, d, 1)?;
+    assert_blocks(grads, d, 1);
     let n = grads.len();
+    assert!(
+        projected.as_ref().is_none_or(|p| p.len() == n * d) && total.len() == d,
+        "output buffers have the wrong size"
+    );
     check_orders(orders, n)?;
-    if projected.as_ref().is_some_and(|p| p.len() != n * d) || total.len() != d {
-        return Err(GeometryError::Invalid(
-            "output buffers have the wrong size".into(),
-        ));
-    }
     let a = gram(grads, d, 1);
     if let Some(t) = (0..n).find(|&t| !a.get(t, t).is_finite()) {
         let what = format!("gradient of task {t}");
@@ -182,26 +181,25 @@ impl<E: Real> Kernel<E> for Combine<'_, E> {
 fn check_orders(orders: &[Vec<usize>], n: usize) -> Result<()> {
     if orders.len() != n {
         return Err(GeometryError::Invalid(format!(
-            "need one visiting order per task ({n}), got {}",
+            "orders: need one visiting order per task ({n}), got {}",
             orders.len()
         )));
     }
-    for (i, order) in orders.iter().enumerate() {
-        let mut seen = vec![false; n];
-        for &j in order {
-            if j >= n || j == i || std::mem::replace(&mut seen[j], true) {
-                return Err(GeometryError::Invalid(format!(
-                    "order of task {i} must be a permutation of the other tasks"
-                )));
-            }
-        }
-        if order.len() != n - 1 {
-            return Err(GeometryError::Invalid(format!(
-                "order of task {i} must be a permutation of the other tasks"
-            )));
-        }
+    match (0..n).find(|&i| !is_permutation_of_others(&orders[i], i, n)) {
+        Some(i) => Err(GeometryError::Invalid(format!(
+            "orders[{i}] (the visiting order of task {i}) must be a permutation of the other tasks"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// `order` holds every task index except `i` exactly once.
+fn is_permutation_of_others(order: &[usize], i: usize, n: usize) -> bool {
+    let mut seen = vec![false; n];
+    order.len() == n - 1
+        && order
+            .iter()
+            .all(|&j| j < n && j != i && !std::mem::replace(&mut seen[j], true))
 }
 
 fn has_non_finite<E: Vectors>(x: &[E]) -> bool {
@@ -239,30 +237,34 @@ pub fn project_onto_span<E: Vectors>(
     parallel: &mut [E],
     orthogonal: &mut [E],
 ) -> Result<()> {
-    check_blocks(&[g], d, 1)?;
-    check_blocks(&[basis], d, k)?;
-    if parallel.len() != d || orthogonal.len() != d {
-        return Err(GeometryError::Invalid(
-            "output buffers have the wrong size".into(),
-        ));
-    }
-    if has_non_finite(g) {
-        return Err(GeometryError::NonFinite { what: "g".into() });
-    }
-    let frame = frame_of(to_columns(basis, d, k, Layout::RowMajor), rank_tolerance::<E>(k), &|| {
-        "G".to_string()
-    })?;
+    assert_blocks(&[g], d, 1);
+    assert_blocks(&[basis], d, k);
+    assert!(
+        parallel.len() == d && orthogonal.len() == d,
+        "output buffers have the wrong size"
+    );
+    let frame = frame_of(
+        to_columns(basis, d, k, Layout::RowMajor),
+        rank_tolerance::<E>(k),
+        &|| "G".to_string(),
+    )?;
     let g64 = to_columns(g, d, 1, Layout::RowMajor);
     let par: Mat<f64> = project(&frame, g64.as_ref());
-    parallel
+    // NaN/inf in g is found while the outputs are written (no pass of its own).
+    let finite = parallel
         .par_iter_mut()
         .zip(orthogonal.par_iter_mut())
         .enumerate()
-        .for_each(|(i, (p, o))| {
+        .map(|(i, (p, o))| {
             *p = E::from_f64(par[(i, 0)]);
             *o = E::from_f64(g64[(i, 0)] - par[(i, 0)]);
-        });
-    Ok(())
+            g64[(i, 0)].is_finite()
+        })
+        .all(|ok| ok);
+    match finite {
+        true => Ok(()),
+        false => Err(GeometryError::NonFinite { what: "g".into() }),
+    }
 }
 
 /// The vector nearest to `g1` that does not conflict with `g2`:
@@ -270,12 +272,8 @@ pub fn project_onto_span<E: Vectors>(
 /// `out = g1`.
 pub fn project_halfspace<E: Vectors>(g1: &[E], g2: &[E], out: &mut [E]) -> Result<()> {
     let d = g1.len();
-    check_blocks(&[g1, g2], d, 1)?;
-    if out.len() != d {
-        return Err(GeometryError::Invalid(
-            "output buffer has the wrong size".into(),
-        ));
-    }
+    assert_blocks(&[g1, g2], d, 1);
+    assert_eq!(out.len(), d, "output buffer has the wrong size");
     let sums = g1
         .par_chunks(CHUNK)
         .zip(g2.par_chunks(CHUNK))
@@ -535,5 +533,21 @@ mod tests {
         // Rank-0 G: nothing to project onto.
         project_onto_span(&g, &vec![0.0; d * k], d, k, &mut par, &mut orth).unwrap();
         assert!(par.iter().all(|&x| x == 0.0) && orth == g);
+        // NaN or inf in either input is named.
+        for (bad, zero_basis) in [(f64::NAN, false), (f64::INFINITY, true)] {
+            let mut g_bad = g.clone();
+            g_bad[d - 1] = bad;
+            let b = if zero_basis {
+                vec![0.0; d * k]
+            } else {
+                basis.clone()
+            };
+            let err = project_onto_span(&g_bad, &b, d, k, &mut par, &mut orth).unwrap_err();
+            assert_eq!(err, GeometryError::NonFinite { what: "g".into() });
+        }
+        let mut b_bad = basis.clone();
+        b_bad[7] = f64::NAN;
+        let err = project_onto_span(&g, &b_bad, d, k, &mut par, &mut orth).unwrap_err();
+        assert_eq!(err, GeometryError::NonFinite { what: "G".into() });
     }
 }

@@ -1,6 +1,7 @@
 """Command-line choices and options shared by the ``matmtl`` commands: every value is
 checked here, at the boundary (choices as enums, numbers with their ranges), and an
 error names the flag. Defaults shown in ``--help`` come from the config dataclasses."""
+
 from __future__ import annotations
 
 from enum import Enum
@@ -9,8 +10,7 @@ from typing import Optional
 
 import typer
 
-from .config import AUX_ALIASES, DFT_TASKS, TrainConfig
-from .models import ModelConfig
+from ..config import AUX_ALIASES, DFT_TASKS, ModelConfig, TrainConfig
 
 
 class Device(str, Enum):
@@ -44,12 +44,18 @@ class AuxSource(str, Enum):
     distill = "distill"
 
 
+class SymmetrySource(str, Enum):
+    none = "none"
+    mp_ground_state = "mp_ground_state"
+
+
 class OnBad(str, Enum):
     nan = "nan"
     raise_ = "raise"
 
 
 # -- parsers for values that are not a plain choice or number ----------------------------
+
 
 def parse_fold(value: Optional[str]) -> Optional[int]:
     """``--holdout-fold``: '0'..'4' -> int; 'none'/'all' -> None (train on every row)."""
@@ -91,10 +97,12 @@ def positive(value: Optional[float]) -> Optional[float]:
 
 # -- shared options ----------------------------------------------------------------------
 
+
 def _preset_help(cls, field: str, stage_presets: tuple[str, ...]) -> str:
     base = getattr(cls(), field)
     parts = [f"{base} ({stage_presets[0]})"] + [
-        f"{cls.PRESETS[p].get(field, base)} ({p})" for p in stage_presets[1:] if field in cls.PRESETS[p]]
+        f"{cls.PRESETS[p].get(field, base)} ({p})" for p in stage_presets[1:] if field in cls.PRESETS[p]
+    ]
     return "default from --size: " + ", ".join(parts)
 
 
@@ -107,34 +115,86 @@ def model_help(field: str) -> str:
 
 
 DataDirOpt = typer.Option(
-    None, "--data-dir", envvar="MATMTL_DATA_DIR",
+    None,
+    "--data-dir",
+    envvar="MATMTL_DATA_DIR",
     help="Folder holding the dataset files (the offline-mirror layout or matminer's <name>.json.gz). "
     "Default: the offline mirror ../shared/data beside the repository, then matminer's download.",
 )
 DeviceOpt = typer.Option(Device.auto, "--device", help="auto (CUDA if available, else CPU), cpu or cuda.")
 SeedOpt = typer.Option(0, "--seed", min=0, help="Random seed. Seeded CPU runs with the same --threads repeat exactly.")
-ThreadsOpt = typer.Option(TrainConfig().threads, "--threads", min=0,
-                          help="CPU threads for torch (fixed, so seeded runs repeat; 0 = torch's default).")
-OutOpt = typer.Option(None, "--out", help="Run folder to create (must not exist or be empty). "
-                      "Default: <user cache>/runs/<kind>-<timestamp>.")
-ResumeOpt = typer.Option(False, "--resume", help="Continue an unfinished run (the one named by --out, else the latest "
-                         "unfinished one) from its last saved epoch; its stored settings are used and the other "
-                         "options ignored.")
-BalanceOpt = typer.Option(Balance.static, "--balance", help="Loss balancing: static (fixed weights), uncertainty "
-                          "(Kendall et al. 2018, learned task variances) or gradnorm (Chen et al. 2018, equalises the "
-                          "tasks' gradient norms, so eV and eV/atom tasks talk on equal terms). Static weights act as a "
-                          "prior for the other two.")
-SurgeryOpt = typer.Option(SurgeryChoice.none, "--surgery", help="Gradient surgery on the shared encoder: none, pcgrad "
-                          "(Yu et al. 2020: project away conflicting task gradients) or halfspace (the update nearest "
-                          "to the main task's gradient that does not increase the auxiliary losses to first order).")
-MonitorEveryOpt = typer.Option(0, "--monitor-every", min=0, help="Every N steps, record the principal angles between "
-                               "the tasks' gradient subspaces and the cosine of their mean gradients (metrics.json, "
-                               "gradient_geometry.png). 0 = off.")
+ThreadsOpt = typer.Option(
+    TrainConfig().threads,
+    "--threads",
+    min=0,
+    help="CPU threads for torch (fixed, so seeded runs repeat; 0 = torch's default).",
+)
+OutOpt = typer.Option(
+    None,
+    "--out",
+    help="Run folder to create (must not exist or be empty). Default: <user cache>/runs/<kind>-<timestamp>.",
+)
+ResumeOpt = typer.Option(
+    False,
+    "--resume",
+    help="Continue an unfinished run (the one named by --out, else the latest "
+    "unfinished one) from its last saved epoch; its stored settings are used and the other "
+    "options ignored.",
+)
+BalanceOpt = typer.Option(
+    Balance.static,
+    "--balance",
+    help="Loss balancing: static (fixed weights), uncertainty "
+    "(Kendall et al. 2018, learned task variances) or gradnorm (Chen et al. 2018, equalises the "
+    "tasks' gradient norms, so eV and eV/atom tasks talk on equal terms). Static weights act as a "
+    "prior for the other two.",
+)
+SurgeryOpt = typer.Option(
+    SurgeryChoice.none,
+    "--surgery",
+    help="Gradient surgery on the shared encoder: none, pcgrad "
+    "(Yu et al. 2020: project away conflicting task gradients) or halfspace (the update nearest "
+    "to the main task's gradient that does not increase the auxiliary losses to first order).",
+)
+MonitorEveryOpt = typer.Option(
+    0,
+    "--monitor-every",
+    min=0,
+    help="Every N steps, record the principal angles between "
+    "the tasks' gradient subspaces and the cosine of their mean gradients (metrics.json, "
+    "gradient_geometry.png). 0 = off.",
+)
 MonitorKOpt = typer.Option(4, "--monitor-k", min=2, help="Micro-batches per task gradient subspace for the monitor.")
-HoldoutOpt = typer.Option("0", "--holdout-fold", callback=parse_fold, help="Matbench fold (0-4) whose official test rows are held out and "
-                          "scored; 'none' trains on every row.")
-SizeOpt = typer.Option(Size.auto, "--size", help="Model and training preset: default (CPU; 'small' is its old name), "
-                       "large (GPU), tiny (smoke tests) or auto (large on CUDA, else default).")
+HoldoutOpt = typer.Option(
+    "none",
+    "--holdout-fold",
+    callback=parse_fold,
+    help="Matbench fold (0-4) whose official "
+    "test rows are held out and predicted once, at the end (nothing is fitted on them); 'none' "
+    "(default) trains on every row but the validation rows.",
+)
+ValFractionOpt = typer.Option(
+    TrainConfig().val_fraction,
+    "--val-fraction",
+    min=0.0,
+    max=0.9,
+    help="Share of the training rows held out (seeded) as the run's validation rows: they "
+    "choose the best epoch, the metal cut of gap heads and the uncertainty calibration. "
+    "Held-out test rows (--holdout-fold) are never used for any of it.",
+)
+PatienceOpt = typer.Option(
+    TrainConfig().patience,
+    "--patience",
+    min=0,
+    help="Stop after this many epochs without a "
+    "better validation score (0 = train all epochs; the best epoch is kept either way).",
+)
+SizeOpt = typer.Option(
+    Size.auto,
+    "--size",
+    help="Model and training preset: default (CPU; 'small' is its old name), "
+    "large (GPU), tiny (smoke tests) or auto (large on CUDA, else default).",
+)
 
 
 def data_dir_str(data_dir: Optional[Path]) -> Optional[str]:

@@ -11,6 +11,7 @@ combined by :class:`~matmtl.mtl.MTLBackward` with the run's :class:`~matmtl.conf
 loss balancing, gradient surgery, L2-SP soft sharing towards the pretrained encoder and
 the gradient-geometry monitor.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,9 +26,20 @@ from ..config import FinetuneConfig
 from ..data import DataWarning
 from ..errors import MatmtlError
 from ..models import TaskSpec
-from .data import _load, dft_split, split_rows, task_unit, to_taskdata
-from .engine import Source, TaskData, evaluate_rows, set_determinism
+from ..uncertainty import training_domain
+from .data import (
+    _load,
+    attach_symmetry,
+    dft_split,
+    mp_ground_state_symmetry,
+    split_rows,
+    split_validation,
+    task_unit,
+    to_taskdata,
+)
+from .engine import Source, TaskData, set_determinism
 from .fit import RunResult, featurizer_settings, fit, on_device, start_run
+from .pretraining import validation_scorer
 from .report import finish_run
 from .runs import latest_run, runs_root
 
@@ -44,8 +56,13 @@ class Table:
     bad: dict | None
 
 
-def finetune(config: FinetuneConfig | None = None, out: str | Path | None = None, *, progress: bool = True,
-             stop_after: int | None = None) -> RunResult:
+def finetune(
+    config: FinetuneConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> RunResult:
     """Fine-tune a pretrained checkpoint on experimental band gaps (see module doc) into
     the run folder ``out`` (default: a new folder under the user cache). The checkpoint,
     its heads and the data are checked before the folder is made."""
@@ -54,12 +71,18 @@ def finetune(config: FinetuneConfig | None = None, out: str | Path | None = None
     load_checkpoint(config.checkpoint)  # fail early, naming the file, before a run folder is made
     check_aux(config.aux, config.checkpoint)
     table = load_table(config)  # bad files and labels fail before a folder is made
-    run_dir = start_run(config, out)
-    return run_finetune(run_dir, config, table=table, progress=progress, stop_after=stop_after)
+    with start_run(config, out) as run:
+        return run_finetune(run.path, config, table=table, progress=progress, stop_after=stop_after)
 
 
-def run_finetune(run_dir: Path, config: FinetuneConfig, *, table: Table | None = None, progress: bool = True,
-                 stop_after: int | None = None) -> RunResult:
+def run_finetune(
+    run_dir: Path,
+    config: FinetuneConfig,
+    *,
+    table: Table | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> RunResult:
     """Fine-tune in ``run_dir`` from its saved state, if any."""
     train = on_device(config.train)
     set_determinism(train.seed, train.threads)
@@ -69,43 +92,88 @@ def run_finetune(run_dir: Path, config: FinetuneConfig, *, table: Table | None =
     tr_pos, te_pos = split_rows(table.ds, config.holdout_fold, config.max_train_rows, train.seed, shrink_test=False)
     tr = to_taskdata(table.ds, tr_pos, {MAIN_TASK: table.column})
     te = to_taskdata(table.ds, te_pos, {MAIN_TASK: table.column})
+    tr, va = split_validation(tr, train.val_fraction, train.seed)
+    lookup = mp_ground_state_symmetry(config.data_dir) if config.symmetry == "mp_ground_state" else None
+    sym_rows = None
+    if lookup is not None:  # the gap head learns compositions with (and, by dropout, without) their symmetry
+        tr, sym_rows = attach_symmetry(tr, lookup)
     model = build_model(base)
     sources, replay_info = make_sources(config, base, base_meta, tr, model.cfg.members, train)
-    weights = {MAIN_TASK: 1.0, **{t: config.aux_weight for t in config.aux},
-               **{f"{t}@replay": config.aux_weight for t in config.aux}}
+    weights = {
+        MAIN_TASK: 1.0,
+        **{t: config.aux_weight for t in config.aux},
+        **{f"{t}@replay": config.aux_weight for t in config.aux},
+    }
     # soft sharing (L2-SP) pulls the encoder towards the pretrained one, also after a resume
     reference = [p.detach().clone() for p in base.shared_parameters()]
 
-    def evaluate(m, final: bool) -> dict:
-        return {f"val_{k}": v for k, v in evaluate_rows(m, te, [MAIN_TASK]).items()}
-
-    done = fit(run_dir, model, config, train, sources, evaluate if len(te) else None, weights=weights,
-               reference=reference, progress=progress, stop_after=stop_after)
+    done = fit(
+        run_dir,
+        model,
+        config,
+        train,
+        sources,
+        validation_scorer(va, [MAIN_TASK], train),
+        select=f"val_mae_{MAIN_TASK}",
+        weights=weights,
+        reference=reference,
+        progress=progress,
+        stop_after=stop_after,
+    )
     if not done.finished:
         return RunResult(run_dir, {}, done.history, finished=False)
     dropped = drop_stale_heads(model, config.aux)
     metrics = {
-        "kind": "finetune", "dataset": table.ds.name, "target_column": table.column, "aux": list(config.aux),
-        "aux_source": config.aux_source if config.aux else None, "aux_weight": config.aux_weight,
-        "holdout_fold": config.holdout_fold, "train_rows": int(len(tr)), "holdout_rows": int(len(te)),
-        "bad_rows": table.bad, "replay": replay_info, "dropped_heads": dropped, **done.summary(),
+        "kind": "finetune",
+        "dataset": table.ds.name,
+        "target_column": table.column,
+        "aux": list(config.aux),
+        "aux_source": config.aux_source if config.aux else None,
+        "aux_weight": config.aux_weight,
+        "holdout_fold": config.holdout_fold,
+        "train_rows": int(len(tr)),
+        "validation_rows": int(len(va)),
+        "holdout_rows": int(len(te)),
+        "bad_rows": table.bad,
+        "replay": replay_info,
+        "dropped_heads": dropped,
+        "symmetry": config.symmetry,
+        "train_rows_with_mp_symmetry": sym_rows,
+        **done.summary(),
     }
     meta = {
-        "kind": "finetune", "config": config.to_dict(),
-        "parent": {"checkpoint": config.checkpoint, "data_sha256": base_meta.get("data_sha256"),
-                   "metrics": base_meta.get("metrics", {}).get("holdout")},
+        "kind": "finetune",
+        "config": config.to_dict(),
+        "parent": {
+            "checkpoint": config.checkpoint,
+            "data_sha256": base_meta.get("data_sha256"),
+            "metrics": base_meta.get("metrics", {}).get("holdout"),
+        },
         "elements": sorted(set(base_meta.get("elements", [])) | set(tr.elements())),
-        "featurizer": featurizer_settings(), "data_sha256": tr.digest(), "mtl": done.trainer.mtl.config(),
+        "featurizer": featurizer_settings(),
+        "data_sha256": tr.digest(),
+        "mtl": done.trainer.mtl.config(),
+        # what the gap head was trained on: predict's trust notes measure inputs against it
+        "domain": {MAIN_TASK: training_domain(tr.z, tr.frac, tr.spg)},
         # kept DFT heads start from the parent's calibration; held-out labels refit it
-        "uncertainty": {t: {**c, "from": "parent checkpoint"}
-                        for t, c in base_meta.get("uncertainty", {}).items() if t in config.aux},
+        "uncertainty": {
+            t: {**c, "from": "parent checkpoint"}
+            for t, c in base_meta.get("uncertainty", {}).items()
+            if t in config.aux
+        },
     }
     eval_tasks = [MAIN_TASK] + [t for t in config.aux if t in te.targets]
-    metrics.update(finish_run(run_dir, model, te, eval_tasks, done.history, meta, metrics, done.trainer.mtl, progress))
+    extra = (lambda m: {"structure_vs_formula": structure_vs_formula(m, te, lookup)}) if lookup is not None else None
+    metrics.update(
+        finish_run(
+            run_dir, model, te, va, eval_tasks, done.history, meta, metrics, done.trainer.mtl, progress, extra=extra
+        )
+    )
     return RunResult(run_dir, metrics, done.history)
 
 
 # -- the pieces ----------------------------------------------------------------------
+
 
 def find_pretrained(checkpoint: str | Path | None) -> Path:
     """The given checkpoint, else the latest finished pretraining run in the user cache."""
@@ -113,15 +181,18 @@ def find_pretrained(checkpoint: str | Path | None) -> Path:
         return Path(checkpoint).expanduser()
     found = latest_run("pretrain")
     if found is None:
-        raise MatmtlError(f"no pretrained model in {runs_root()}; make one with `matmtl pretrain` "
-                          "(or give the checkpoint)")
+        raise MatmtlError(
+            f"no pretrained model in {runs_root()}; make one with `matmtl pretrain` (or give the checkpoint)"
+        )
     return found
 
 
 def check_aux(aux_tasks, ckpt, model=None) -> None:
     """Every auxiliary task must have a head in the pretrained checkpoint."""
     if model is None:
-        meta = read_json(Path(ckpt) / "model.json") if Path(ckpt).is_dir() else read_json(Path(ckpt).parent / "model.json")
+        meta = (
+            read_json(Path(ckpt) / "model.json") if Path(ckpt).is_dir() else read_json(Path(ckpt).parent / "model.json")
+        )
         have = {t["name"] for t in meta.get("tasks", [])}
     else:
         have = set(model.tasks)
@@ -139,7 +210,10 @@ def load_table(config: FinetuneConfig) -> Table:
     path = Path(config.dataset).expanduser()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
-        ds = load_dataset(str(path)) if path.suffix or path.exists() else _load(config.dataset, config.data_dir)
+        if path.suffix or path.exists():  # a user table: the target column is named, other columns are metadata
+            ds = load_dataset(str(path), targets=[config.target] if config.target else None)
+        else:
+            ds = _load(config.dataset, config.data_dir)
     for w in caught:
         if issubclass(w.category, DataWarning):
             warnings.warn(str(w.message), DataWarning, stacklevel=3)
@@ -187,8 +261,13 @@ def make_sources(config: FinetuneConfig, base, base_meta: dict, tr: TaskData, me
     replay_info = None
     if aux and config.aux_source == "replay":
         pcfg = base_meta.get("config", {})
-        rep, _, replay_info = dft_split(aux, pcfg.get("holdout_fold", 0), config.replay_max_rows or pcfg.get("max_rows"),
-                                        train.seed, config.data_dir or pcfg.get("data_dir"))
+        rep, _, replay_info = dft_split(
+            aux,
+            pcfg.get("holdout_fold", 0),
+            config.replay_max_rows or pcfg.get("max_rows"),
+            train.seed,
+            config.data_dir or pcfg.get("data_dir"),
+        )
         sources.append(Source(rep.with_bootstrap(members, train.seed + 1), aux, train.batch_size, "replay"))
     return sources, replay_info
 
@@ -200,3 +279,20 @@ def drop_stale_heads(model, aux) -> list[str]:
         del model.heads[t]
         del model.tasks[t]
     return dropped
+
+
+def structure_vs_formula(model, te: TaskData, lookup: dict) -> dict | None:
+    """On the held-out rows whose composition has a Materials Project polymorph: the gap
+    MAE from the formula alone and from the MP ground state's symmetry (what a user gets
+    by giving that structure). Measured once, at the end; nothing is fitted on it."""
+    with_sym, n = attach_symmetry(te, lookup)
+    m = with_sym.spg > 0
+    if not m.any():
+        return None
+    y = np.asarray(te.targets[MAIN_TASK], dtype=np.float64)[m]
+    out = {"rows": int(m.sum()), "unit": "eV"}
+    for name, spg in (("formula", np.zeros(int(m.sum()), np.int64)), ("mp_ground_state_structure", with_sym.spg[m])):
+        p = model.predict_arrays(te.z[m], te.frac[m], spg, [MAIN_TASK])[MAIN_TASK].mean(1)
+        out[f"mae_{name}"] = float(np.abs(p - y).mean())
+        out[f"mae_{name}_nonmetals"] = float(np.abs(p - y)[y > 0].mean()) if (y > 0).any() else None
+    return out

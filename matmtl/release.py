@@ -1,0 +1,269 @@
+"""The recipe that makes a shipped model (``scripts/release_model.py``): pretrain on DFT
+data (e_form + PBE gap), fine-tune on every experimental band gap the mirror holds
+(matbench expt_gap and the full Zhuo et al. 2018 set, repeated compositions merged by
+their median) with the replay anchor, and write the checkpoint with its card into
+``matmtl/pretrained/<name>/``. Every run holds out its own validation rows; the
+matbench figures in the card come from the matbench-only evaluation of the recipe
+(results/expt_gap.json), never from this model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import zoo
+from .config import FinetuneConfig, MTLConfig, PretrainConfig, TrainConfig
+from .errors import MatmtlError
+from .io import atomic_write_json
+from .models import ModelConfig
+
+ZHUO_FILE = "roost/data/datasets/expt-bandgaps.csv"
+LICENCES = [
+    "Materials Project data: CC-BY 4.0 (https://materialsproject.org)",
+    "Matbench v0.1 data and code: MIT (materialsproject/matbench)",
+    "Zhuo et al. 2018 experimental band gaps: as published with the paper (J. Phys. Chem. Lett. supporting "
+    "information; mirrored from CompRhys/roost, MIT)",
+]
+CITATIONS = [
+    "Jain et al. The Materials Project. APL Materials 1, 011002 (2013).",
+    "Dunn, Wang, Ganose, Dopp, Jain. Benchmarking materials property prediction methods: the Matbench test set and "
+    "Automatminer reference algorithm. npj Comput. Mater. 6, 138 (2020).",
+    "Zhuo, Mansouri Tehrani, Brgoch. Predicting the band gaps of inorganic solids by machine learning. "
+    "J. Phys. Chem. Lett. 9, 1668 (2018).",
+]
+# compositions whose stored predictions a test checks against the shipped model
+REFERENCE_FORMULAS = [
+    "Si",
+    "C",
+    "GaAs",
+    "GaN",
+    "AlN",
+    "InP",
+    "CdTe",
+    "ZnS",
+    "ZnO",
+    "NaCl",
+    "MgO",
+    "PbS",
+    "TiO2",
+    "SrTiO3",
+    "Cu",
+    "Al",
+    "Fe2O3",
+    "LiF",
+]
+
+
+@dataclass
+class Recipe:
+    """The settings of a release; ``tiny`` is the suite's end-to-end version."""
+
+    name: str = zoo.DEFAULT_MODEL
+    version: str = "1"
+    holdout_fold: int | None = None  # of mp_e_form / mp_gap during pretraining (None: every row)
+    symmetry: str = "mp_ground_state"
+    seed: int = 0
+    tiny: bool = False
+    max_rows: int | None = None
+    data_dir: str | None = None
+
+    def pretrain_config(self) -> PretrainConfig:
+        size = "tiny" if self.tiny else "default"
+        return PretrainConfig(
+            tasks=("e_form", "gap_pbe"),
+            holdout_fold=self.holdout_fold,
+            max_rows=self.max_rows,
+            data_dir=self.data_dir,
+            model=ModelConfig.preset(size),
+            train=TrainConfig.preset(size, seed=self.seed),
+        )
+
+    def finetune_config(self, checkpoint: Path, table: Path) -> FinetuneConfig:
+        return FinetuneConfig(
+            checkpoint=str(checkpoint),
+            dataset=str(table),
+            target="gap_expt",
+            aux=("e_form",),
+            aux_source="replay",
+            holdout_fold=None,
+            symmetry=self.symmetry,
+            replay_max_rows=self.max_rows,
+            data_dir=self.data_dir,
+            mtl=MTLConfig(),
+            train=TrainConfig.preset("finetune-tiny" if self.tiny else "finetune", seed=self.seed),
+        )
+
+
+def experimental_table(path: Path, data_dir: str | None = None) -> dict:
+    """Every experimental gap in the mirror as one CSV (formula, gap_expt in eV, repeats
+    merged by their median); returns what was merged."""
+    from .data import load_dataset
+    from .data.sources import explicit_dir, mirror_dirs
+
+    expt = load_dataset("expt_gap", data_dir).frame[["formula", "gap_expt"]].assign(source="matbench_expt_gap")
+    roots = [explicit_dir(data_dir)] if data_dir else mirror_dirs()
+    zhuo_path = next((r / ZHUO_FILE for r in roots if r is not None and (r / ZHUO_FILE).is_file()), None)
+    parts = [expt]
+    if zhuo_path is not None and zhuo_path.is_file():
+        z = pd.read_csv(zhuo_path).rename(columns={"composition": "formula", "Eg": "gap_expt"})
+        parts.append(z[["formula", "gap_expt"]].assign(source="zhuo2018"))
+    rows = pd.concat(parts, ignore_index=True)
+    rows["key"] = [_reduced(f) for f in rows["formula"]]
+    rows = rows[rows["key"].notna() & np.isfinite(rows["gap_expt"]) & (rows["gap_expt"] >= 0)]
+    grouped = rows.groupby("key", sort=True)
+    table = pd.DataFrame(
+        {
+            "formula": grouped["key"].first(),
+            "gap_expt": grouped["gap_expt"].median(),
+            "measurements": grouped["gap_expt"].size(),
+            "spread": grouped["gap_expt"].agg(lambda v: v.max() - v.min()),
+        }
+    ).reset_index(drop=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return {
+        "rows_read": int(len(rows)),
+        "compositions": int(len(table)),
+        "sources": {k: int(v) for k, v in rows["source"].value_counts().items()},
+        "merge_rule": "repeated reduced compositions: median gap (eV)",
+        "compositions_with_repeats": int((table["measurements"] > 1).sum()),
+        "zhuo_file": str(zhuo_path) if zhuo_path is not None and zhuo_path.is_file() else None,
+    }
+
+
+def _reduced(formula: str) -> str | None:
+    from pymatgen.core import Composition
+
+    try:
+        return Composition(formula).reduced_formula
+    except Exception:
+        return None
+
+
+def release(
+    recipe: Recipe, work: Path, out_root: Path = zoo.PRETRAINED_DIR, *, progress: bool = True, force: bool = False
+) -> Path:
+    """Train the model of ``recipe`` in ``work`` (resumable) and write it to ``out_root/<name>``."""
+    from .checkpoints import load_checkpoint, read_json
+    from .train import finetune, pretrain, resume
+
+    target = Path(out_root) / recipe.name
+    if target.exists() and not force:
+        raise MatmtlError(f"{target} exists; a release never replaces a shipped model without --force")
+    work = Path(work)
+    t0 = time.time()
+    pre = _run(work / "pretrain", lambda d: pretrain(recipe.pretrain_config(), d, progress=progress), resume, progress)
+    table = work / "experimental_gaps.csv"
+    merged = experimental_table(table, recipe.data_dir)
+    ft = _run(
+        work / "finetune",
+        lambda d: finetune(recipe.finetune_config(pre, table), d, progress=progress),
+        resume,
+        progress,
+    )
+    model, meta = load_checkpoint(ft)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in zoo.CHECKED_FILES:
+        shutil.copy2(ft / f, tmp / f)
+    from . import inference
+
+    reference = inference.Model(model, meta, ft).predict(REFERENCE_FORMULAS)
+    card = {
+        "card_version": zoo.CARD_VERSION,
+        "name": recipe.name,
+        "version": recipe.version,
+        "description": "Experimental band gap (eV) and DFT formation energy (eV/atom) from a composition or "
+        "structure: pretrained on Materials Project (e_form + PBE gap), fine-tuned on experimental "
+        "gaps with the replay anchor" + (" (tiny test recipe)" if recipe.tiny else ""),
+        "outputs": {
+            "gap_expt": "eV, experimental scale, calibrated std",
+            "e_form": "eV/atom, DFT (PBE) formation energy, calibrated std; 0 for a single element by construction",
+            "p_metal": "probability",
+        },
+        "data": {
+            "summary": "MP e_form + PBE gap; matbench expt_gap + Zhuo 2018 (all measurements)",
+            "pretraining": read_json(pre / "metrics.json").get("data"),
+            "experimental": merged,
+            "pretraining_holdout_fold": recipe.holdout_fold,
+            "note": "trained on compositions that are in matbench's test folds: benchmark figures come from "
+            "the matbench-only evaluation of the recipe, never from this model",
+        },
+        "recipe": {
+            "pretrain": recipe.pretrain_config().to_dict(),
+            "finetune": read_json(ft / "config.json"),
+            "symmetry": recipe.symmetry,
+        },
+        "benchmark": benchmark_figures(),
+        "validation": read_json(ft / "metrics.json").get("validation"),
+        "reference_predictions": {
+            r.input: {"gap_expt": round(float(r.gap_expt), 6), "e_form": round(float(r.e_form), 6)}
+            for r in reference.itertuples()
+        },
+        "command": f"python scripts/release_model.py --name {recipe.name}"
+        + (" --tiny" if recipe.tiny else "")
+        + ("" if recipe.holdout_fold is None else f" --holdout-fold {recipe.holdout_fold}"),
+        "commit": _commit(),
+        "package_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "train_seconds": round(time.time() - t0, 1),
+        "licences": LICENCES,
+        "citations": CITATIONS,
+        "sha256": zoo.file_digests(tmp),
+    }
+    atomic_write_json(tmp / "card.json", card)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    zoo.verify(target)
+    return target
+
+
+def _run(run_dir: Path, start, resume, progress: bool) -> Path:
+    """A finished run in ``run_dir``: reused, resumed or started."""
+    if (run_dir / "model.json").is_file():
+        return run_dir
+    if (run_dir / "state" / "state.json").is_file():
+        resume(run_dir, progress=progress)
+    else:
+        start(run_dir)
+    return run_dir
+
+
+def benchmark_figures(path: Path = Path("results/expt_gap.json")) -> dict | None:
+    """The recipe's matbench figures (results/expt_gap.json, the matbench-only evaluation)."""
+    if not path.is_file():
+        return None
+    r = json.loads(path.read_text())
+    keep = {k: {f: v.get(f) for f in ("mae_mean", "mae_std", "folds_run")} for k, v in r.get("variants", {}).items()}
+    return {
+        "task": r.get("task"),
+        "unit": r.get("unit"),
+        "protocol": r.get("protocol"),
+        "variants": keep,
+        "command": r.get("command"),
+        "file": str(path),
+    }
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

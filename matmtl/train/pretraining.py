@@ -1,0 +1,111 @@
+"""Pretraining on DFT data (formation energy; optionally the PBE band gap):
+load data -> build model -> fit -> finish (checkpoint, metrics, plots)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..config import PretrainConfig, TrainConfig
+from ..models import MultiTaskModel, TaskSpec
+from .data import TASK_KIND, dft_split, split_validation, task_unit
+from .engine import Source, TaskData, evaluate_rows, set_determinism
+from .fit import RunResult, featurizer_settings, fit, on_device, start_run
+from .report import finish_run
+
+
+def pretrain(
+    config: PretrainConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> RunResult:
+    """Train the multi-task model on DFT data and write a run folder ``out`` (default: a
+    new folder under the user cache): checkpoint, metrics.json, config.json, history, PNG
+    plots, and a resumable state after every epoch (:func:`matmtl.train.resume`).
+    ``stop_after`` stops after that many epochs (tests of resuming)."""
+    config = config or PretrainConfig()
+    with start_run(config, out) as run:
+        return run_pretrain(run.path, config, progress=progress, stop_after=stop_after)
+
+
+def run_pretrain(
+    run_dir: Path, config: PretrainConfig, *, progress: bool = True, stop_after: int | None = None
+) -> RunResult:
+    """Pretrain in ``run_dir`` from its saved state, if any."""
+    train = on_device(config.train)
+    set_determinism(train.seed, train.threads)
+    tr, te, info = dft_split(list(config.tasks), config.holdout_fold, config.max_rows, train.seed, config.data_dir)
+    tr, va = split_validation(tr, train.val_fraction, train.seed)
+    tr = tr.with_bootstrap(config.model.members, train.seed)
+    set_determinism(train.seed, train.threads)
+    net = MultiTaskModel(config.model, task_specs(tr, config.tasks))
+    sources = [Source(tr, list(config.tasks), train.batch_size)]
+    done = fit(
+        run_dir,
+        net,
+        config,
+        train,
+        sources,
+        validation_scorer(va, config.tasks, train),
+        select="val_mae_e_form",
+        weights=config.task_weights,
+        progress=progress,
+        stop_after=stop_after,
+    )
+    if not done.finished:
+        return RunResult(run_dir, {}, done.history, finished=False)
+    info = {
+        t: {
+            **v,
+            "validation_rows": int(np.isfinite(va.targets[t]).sum()),
+            "train_rows": int(np.isfinite(tr.targets[t]).sum()),
+        }
+        for t, v in info.items()
+    }
+    metrics = {
+        "kind": "pretrain",
+        "tasks": list(config.tasks),
+        "holdout_fold": config.holdout_fold,
+        "data": info,
+        **done.summary(),
+    }
+    meta = {
+        "kind": "pretrain",
+        "config": config.to_dict(),
+        "elements": tr.elements(),
+        "featurizer": featurizer_settings(),
+        "data_sha256": tr.digest(),
+        "mtl": done.trainer.mtl.config(),
+    }
+    metrics.update(
+        finish_run(run_dir, net, te, va, list(config.tasks), done.history, meta, metrics, done.trainer.mtl, progress)
+    )
+    return RunResult(run_dir, metrics, done.history)
+
+
+def task_specs(tr: TaskData, tasks) -> list[TaskSpec]:
+    """Heads for the DFT tasks; regression targets normalised by their training rows."""
+    specs = []
+    for t in tasks:
+        y = tr.targets[t][np.isfinite(tr.targets[t])]
+        if TASK_KIND[t] == "regression":
+            specs.append(TaskSpec(t, "regression", task_unit(t), float(y.mean()), float(y.std() or 1.0)))
+        else:
+            specs.append(TaskSpec(t, "hurdle", task_unit(t)))
+    return specs
+
+
+def validation_scorer(va: TaskData, tasks, train: TrainConfig):
+    """Per-epoch scores on (a fixed random sample of at most ``val_rows`` of) the run's
+    validation rows; None when there are none."""
+    if not len(va):
+        return None
+    sample = va.subset(np.sort(np.random.default_rng([train.seed, 99]).permutation(len(va))[: train.val_rows]))
+
+    def evaluate(m) -> dict:
+        return {f"val_{k}": v for k, v in evaluate_rows(m, sample, list(tasks)).items()}
+
+    return evaluate

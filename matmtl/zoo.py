@@ -1,0 +1,107 @@
+"""Named, versioned models shipped inside the package (``matmtl/pretrained/<name>/``),
+the way CHGNet and matgl ship theirs: ``model.safetensors`` + ``model.json`` (the
+checkpoint) and ``card.json`` (what it is: data and rows, the command that made it, the
+commit and package version, the 5-fold matbench figures of its recipe, calibration on
+its validation rows, licences and citations, and the SHA-256 of its files, checked on
+every load).
+
+>>> import matmtl
+>>> matmtl.load_model("matmtl-mp-exptgap-v1")   # a shipped model by name
+>>> matmtl.zoo.list_models()                    # what is shipped
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .errors import MatmtlError
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+DEFAULT_MODEL = "matmtl-mp-exptgap-v1"
+CARD_VERSION = 1  # the newest card format this matmtl reads
+CHECKED_FILES = ("model.safetensors", "model.json")
+
+
+class ModelNotFound(MatmtlError, FileNotFoundError):
+    """No shipped model of that name and no checkpoint at that path."""
+
+
+def list_models() -> list[dict]:
+    """One summary per shipped model: name, version, description, size, data."""
+    out = []
+    for folder in sorted(p for p in PRETRAINED_DIR.glob("*") if (p / "card.json").is_file()):
+        c = read_card(folder)
+        out.append(
+            {
+                "name": c["name"],
+                "version": c.get("version"),
+                "description": c.get("description", ""),
+                "size_mb": round(sum((folder / f).stat().st_size for f in CHECKED_FILES) / 2**20, 2),
+                "trained_on": c.get("data", {}).get("summary", ""),
+                "path": str(folder),
+            }
+        )
+    return out
+
+
+def shipped(name: str) -> Path | None:
+    """The folder of a shipped model, or None."""
+    folder = PRETRAINED_DIR / name
+    return folder if (folder / "card.json").is_file() else None
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A checkpoint folder from a shipped model's name or a path."""
+    folder = shipped(str(name_or_path)) if isinstance(name_or_path, str) and "/" not in name_or_path else None
+    if folder is not None:
+        verify(folder)
+        return folder
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    names = ", ".join(m["name"] for m in list_models()) or "none"
+    raise ModelNotFound(
+        f"no shipped model named {str(name_or_path)!r} and no checkpoint at that path "
+        f"(shipped models: {names}; `matmtl models list`)"
+    )
+
+
+def read_card(folder: str | Path) -> dict:
+    folder = Path(folder)
+    try:
+        card = json.loads((folder / "card.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MatmtlError(f"{folder / 'card.json'}: unreadable model card ({exc})") from None
+    version = card.get("card_version")
+    if not isinstance(version, int) or version > CARD_VERSION:
+        raise MatmtlError(
+            f"{folder}: model card format {version!r} is newer than this matmtl reads (<= {CARD_VERSION}); "
+            f"it was written by matmtl {card.get('package_version', '?')}: upgrade matmtl to use it"
+        )
+    return card
+
+
+def card(name: str) -> dict:
+    """The card of a shipped model."""
+    folder = shipped(name)
+    if folder is None:
+        raise ModelNotFound(f"no shipped model named {name!r}; shipped: {', '.join(m['name'] for m in list_models())}")
+    return read_card(folder)
+
+
+def file_digests(folder: str | Path) -> dict[str, str]:
+    return {f: hashlib.sha256((Path(folder) / f).read_bytes()).hexdigest() for f in CHECKED_FILES}
+
+
+def verify(folder: str | Path) -> None:
+    """The shipped files are the ones the card describes (SHA-256), else a clear error."""
+    expected = read_card(folder).get("sha256", {})
+    got = file_digests(folder)
+    bad = [f for f in CHECKED_FILES if expected.get(f) != got[f]]
+    if bad:
+        raise MatmtlError(
+            f"{folder}: {', '.join(bad)} do not match the SHA-256 in its card.json (damaged or edited "
+            "model files); reinstall matmtl"
+        )

@@ -1,0 +1,94 @@
+"""The release recipe end to end on tiny settings, and the shipped-model registry
+(names, cards, SHA-256 checks, format versions)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from matmtl import zoo
+from matmtl.errors import MatmtlError
+from matmtl.release import REFERENCE_FORMULAS, Recipe, experimental_table, release
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """A tiny release into a temporary model folder (symmetry lookup from a small MP slice)."""
+    from matmtl.train import data as train_data
+    from matmtl.train import finetuning as ft_module
+
+    root = tmp_path_factory.mktemp("release")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MATMTL_CACHE_DIR", str(root / "cache"))
+
+        def small_lookup(data_dir=None):
+            ds = train_data._load("mp", data_dir)
+            d = train_data.to_taskdata(ds, np.arange(3000), {"e_form": "e_form"})
+            return dict(zip(train_data.composition_keys(d.z, d.frac), d.spg.tolist()))
+
+        mp.setattr(ft_module, "mp_ground_state_symmetry", small_lookup)
+        folder = release(
+            Recipe(name="tiny-test-v1", tiny=True, max_rows=300), root / "work", root / "models", progress=False
+        )
+    return folder
+
+
+def test_a_release_writes_a_verified_model_with_its_card(released, monkeypatch):
+    card = json.loads((released / "card.json").read_text())
+    assert card["name"] == "tiny-test-v1" and card["card_version"] == zoo.CARD_VERSION
+    assert card["sha256"] == zoo.file_digests(released)
+    assert set(card["reference_predictions"]) == set(REFERENCE_FORMULAS)
+    assert card["data"]["experimental"]["compositions"] > 4604  # matbench + Zhuo, repeats merged
+    assert card["recipe"]["finetune"]["symmetry"] == "mp_ground_state"
+    assert any("CC-BY 4.0" in lic for lic in card["licences"]) and len(card["citations"]) == 3
+    assert "validation" in card and card["validation"]["gap_expt"]["rows"] > 0
+    monkeypatch.setattr(zoo, "PRETRAINED_DIR", released.parent)
+    assert [m["name"] for m in zoo.list_models()] == ["tiny-test-v1"]
+    assert zoo.resolve("tiny-test-v1") == released
+    import matmtl
+
+    model = matmtl.load_model("tiny-test-v1")
+    df = model.predict(REFERENCE_FORMULAS)
+    for r in df.itertuples():  # the stored reference values are what the loaded model predicts
+        ref = card["reference_predictions"][r.input]
+        assert r.gap_expt == pytest.approx(ref["gap_expt"], abs=1e-5)
+        assert r.e_form == pytest.approx(ref["e_form"], abs=1e-5)
+    assert df.loc[df.input == "Si", "e_form"].item() == 0.0  # a pure element: the reference state
+
+
+def test_a_damaged_or_newer_model_is_refused(released, tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "models" / "tiny-test-v1"
+    shutil.copytree(released, copy)
+    monkeypatch.setattr(zoo, "PRETRAINED_DIR", copy.parent)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["note"] = "edited"
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(MatmtlError, match="do not match the SHA-256"):
+        zoo.resolve("tiny-test-v1")
+    card = json.loads((copy / "card.json").read_text())
+    (copy / "card.json").write_text(
+        json.dumps({**card, "card_version": zoo.CARD_VERSION + 1, "package_version": "9.0"})
+    )
+    with pytest.raises(MatmtlError, match="newer than this matmtl reads.*matmtl 9.0"):
+        zoo.card("tiny-test-v1")
+    with pytest.raises(zoo.ModelNotFound, match="no shipped model named 'nope'"):
+        zoo.resolve("nope")
+
+
+def test_a_release_never_replaces_a_shipped_model(released):
+    with pytest.raises(MatmtlError, match="--force"):
+        release(Recipe(name="tiny-test-v1", tiny=True), released.parent / "work", released.parent)
+
+
+def test_experimental_table_merges_repeats_by_median(tmp_path):
+    info = experimental_table(tmp_path / "gaps.csv")
+    import pandas as pd
+
+    t = pd.read_csv(tmp_path / "gaps.csv")
+    assert info["compositions"] == len(t) and t["formula"].is_unique and (t["gap_expt"] >= 0).all()
+    assert info["sources"]["matbench_expt_gap"] == 4604 and info["sources"]["zhuo2018"] == 6354
+    for f in ("GaAs", "NaCl", "MgO", "ZnO", "GaN", "CdTe"):  # textbook crystals absent from matbench expt_gap
+        assert f in set(t["formula"]), f
+    assert (t["measurements"] > 1).sum() == info["compositions_with_repeats"] > 0
