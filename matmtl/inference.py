@@ -514,23 +514,26 @@ def load_model(name: str | Path | None = None, device: str = "cpu") -> Model:
     """A reusable :class:`Model`. ``name``: a shipped model's name (``matmtl models list``)
     or a checkpoint path (a run folder, or its model.safetensors / model.json); default:
     the latest fine-tuned run in the user cache, else the shipped default model."""
+    from .checkpoints import load_checkpoint, resolve
+
+    path = model_path(name)
+    net, meta = load_checkpoint(path, device)
+    return Model(net, meta, resolve(path))
+
+
+def model_path(name: str | Path | None = None) -> Path:
+    """Where the model ``load_model(name)`` loads lives (a shipped model's files verified)."""
     from . import zoo
-    from .checkpoints import load_checkpoint
     from .train.runs import latest_run, runs_root
 
     if name is None:
         name = latest_run("finetune") or (zoo.DEFAULT_MODEL if zoo.shipped(zoo.DEFAULT_MODEL) else None)
         if name is None:
             raise MatmtlError(
-                f"no fine-tuned model in {runs_root()} and no shipped model; make one with "
-                "`matmtl pretrain` then `matmtl finetune` (scripts/quickstart.sh does both), or pass a "
-                "checkpoint path"
+                f"no fine-tuned model in {runs_root()} and no shipped model; make one with `matmtl pretrain` then "
+                "`matmtl finetune` (scripts/quickstart.sh does both), or pass a checkpoint path"
             )
-    path = zoo.resolve(name)
-    net, meta = load_checkpoint(path, device)
-    from .checkpoints import resolve
-
-    return Model(net, meta, resolve(path))
+    return zoo.resolve(name)
 
 
 _DEFAULT: dict[str, Model] = {}
@@ -539,16 +542,13 @@ _DEFAULT: dict[str, Model] = {}
 def predict(x, model: Model | str | Path | None = None, *, on_bad: str = "raise"):
     """Predict the experimental band gap and DFT formation energy (with ensemble
     uncertainties) for a Structure, Composition, formula string or a list of them.
-    ``model``: a Model, a checkpoint path, or None for the latest fine-tuned run (cached
-    in-process)."""
+    ``model``: a Model, a shipped model's name, a checkpoint path, or None: the latest
+    fine-tuned run in the user cache, else the shipped default model (kept in-process)."""
     check_on_bad(on_bad)
     if not isinstance(model, Model):
         from .checkpoints import resolve
-        from .train.runs import latest_run
 
-        target = resolve(model) if model is not None else latest_run("finetune")
-        if target is None:
-            load_model(None)  # raises the error that says which commands make a model
+        target = resolve(model_path(model))
         meta = Path(target) / "model.json"
         key = f"{target}:{meta.stat().st_mtime_ns if meta.exists() else 0}"
         if key not in _DEFAULT:

@@ -22,6 +22,7 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_MODEL = "matmtl-mp-exptgap-v1"
 CARD_VERSION = 1  # the newest card format this matmtl reads
 CHECKED_FILES = ("model.safetensors", "model.json")
+_VERIFIED: dict[Path, tuple] = {}  # folder -> file stamps already checked in this process
 
 
 class ModelNotFound(MatmtlError, FileNotFoundError):
@@ -32,7 +33,20 @@ def list_models() -> list[dict]:
     """One summary per shipped model: name, version, description, size, data."""
     out = []
     for folder in sorted(p for p in PRETRAINED_DIR.glob("*") if (p / "card.json").is_file()):
-        c = read_card(folder)
+        try:
+            c = read_card(folder)
+        except MatmtlError as exc:  # listed, with why it cannot be used
+            out.append(
+                {
+                    "name": folder.name,
+                    "version": None,
+                    "description": f"unusable: {exc}",
+                    "size_mb": 0.0,
+                    "trained_on": "",
+                    "path": str(folder),
+                }
+            )
+            continue
         out.append(
             {
                 "name": c["name"],
@@ -96,7 +110,12 @@ def file_digests(folder: str | Path) -> dict[str, str]:
 
 
 def verify(folder: str | Path) -> None:
-    """The shipped files are the ones the card describes (SHA-256), else a clear error."""
+    """The shipped files are the ones the card describes (SHA-256), else a clear error
+    (checked once per process for unchanged files)."""
+    folder = Path(folder)
+    stamp = tuple((folder / f).stat().st_mtime_ns for f in (*CHECKED_FILES, "card.json"))
+    if _VERIFIED.get(folder) == stamp:
+        return
     expected = read_card(folder).get("sha256", {})
     got = file_digests(folder)
     bad = [f for f in CHECKED_FILES if expected.get(f) != got[f]]
@@ -105,3 +124,4 @@ def verify(folder: str | Path) -> None:
             f"{folder}: {', '.join(bad)} do not match the SHA-256 in its card.json (damaged or edited "
             "model files); reinstall matmtl"
         )
+    _VERIFIED[folder] = stamp

@@ -100,8 +100,12 @@ def test_on_bad_nan_keeps_rows_with_a_note(use_cache):
     assert "never seen" in df.loc[1, "note"] and df.loc[2, "note"]
 
 
-def test_no_model_says_which_command_makes_one(tmp_path, monkeypatch):
+def test_without_a_run_of_your_own_the_shipped_model_answers(tmp_path, monkeypatch):
+    from matmtl import zoo
+
     monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path))
+    assert matmtl.load_model().path == zoo.PRETRAINED_DIR / zoo.DEFAULT_MODEL
+    monkeypatch.setattr(zoo, "PRETRAINED_DIR", tmp_path / "no-models")
     with pytest.raises(MatmtlError, match="matmtl pretrain.*matmtl finetune"):
         matmtl.load_model()
 

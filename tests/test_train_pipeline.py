@@ -39,10 +39,11 @@ def test_pretrain_writes_a_complete_run_folder(pretrained):
         "loss_curves.png",
         "parity_e_form.png",
         "parity_gap_pbe.png",
-        "state/state.safetensors",
+        "state/state-0002.safetensors",
         "state/state.json",
     ):
         assert (d / f).is_file(), f
+    assert len(list((d / "state").glob("*.safetensors"))) == 1  # older epochs' states are removed
     m = pretrained.metrics
     assert set(m["holdout"]) == {"e_form", "gap_pbe"}
     assert m["holdout"]["e_form"]["rows"] == 100 and np.isfinite(m["holdout"]["e_form"]["mae"])
@@ -244,8 +245,8 @@ def test_corrupt_resume_state_is_a_clear_error(tmp_path):
     from matmtl.checkpoints import CheckpointError
 
     pretrain(tiny_pretrain(max_rows=100), tmp_path / "p", stop_after=1, progress=False)
-    (tmp_path / "p" / "state" / "state.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(CheckpointError, match="state.safetensors"):
+    (tmp_path / "p" / "state" / "state-0001.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="state-0001.safetensors"):
         resume(tmp_path / "p", progress=False)
 
 

@@ -195,10 +195,14 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"opt.{k}": v for k, v in opt_t.items()})
         tensors.update(self.best.tensors())
-        save_tensors(self.state_dir / "state.safetensors", tensors)
+        # a new tensor file per epoch, then state.json points at it: a process killed
+        # anywhere in between leaves the previous pair intact
+        name = f"state-{self.epoch:04d}.safetensors"
+        save_tensors(self.state_dir / name, tensors)
         atomic_write_json(
             self.state_dir / "state.json",
             {
+                "tensors": name,
                 "epoch": self.epoch,
                 "step": self.step,
                 "history": self.history,
@@ -209,15 +213,19 @@ class Trainer:
                 "tensors_sha256": _tensor_digest(tensors),
             },
         )
+        for old in self.state_dir.glob("state*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
     def load_state(self) -> bool:
         js = self.state_dir / "state.json"
         if not js.exists():
             return False
         meta = read_json(js)
-        tensors = load_tensors(self.state_dir / "state.safetensors")
+        path = self.state_dir / meta.get("tensors", "state.safetensors")  # (one file for all epochs before 0.2)
+        tensors = load_tensors(path)
         if _tensor_digest(tensors) != meta.get("tensors_sha256"):
-            raise CheckpointError(f"{self.state_dir / 'state.safetensors'}: does not match {js} (interrupted write?)")
+            raise CheckpointError(f"{path}: does not match {js} (damaged or edited state)")
         model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_sd, strict=True)
         restore_optimizer(

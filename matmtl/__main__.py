@@ -1,0 +1,4 @@
+"""`python -m matmtl ...` (e.g. under torchrun): the matmtl command."""
+from .cli import main
+
+main()

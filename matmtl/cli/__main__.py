@@ -1,0 +1,4 @@
+"""`python -m matmtl.cli ...`: the matmtl command."""
+from . import main
+
+main()
