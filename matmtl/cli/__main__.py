@@ -1,4 +1,5 @@
 """`python -m matmtl.cli ...`: the matmtl command."""
+
 from . import main
 
 main()

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import KFold
 
 MATBENCH_SEED = 18012019
 N_FOLDS = 5
@@ -16,6 +15,8 @@ N_FOLDS = 5
 
 def matbench_folds(n_rows: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train_rows, test_rows) for each of the 5 official folds of an n_rows dataset."""
+    from sklearn.model_selection import KFold  # (not at import: predicting never needs it)
+
     if n_rows < N_FOLDS:
         raise ValueError(f"need at least {N_FOLDS} rows for 5 folds, got {n_rows}")
     kf = KFold(n_splits=N_FOLDS, shuffle=True, random_state=MATBENCH_SEED)

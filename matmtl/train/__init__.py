@@ -4,11 +4,6 @@
 ``resume(run_dir)``; the settings are in :mod:`matmtl.config`."""
 
 from ..config import FinetuneConfig, MTLConfig, PretrainConfig, TrainConfig
-from .engine import Source, TaskData, Trainer
-from .finetuning import finetune
-from .fit import RunResult
-from .pretraining import pretrain
-from .resuming import resume
 
 __all__ = [
     "PretrainConfig",
@@ -23,3 +18,23 @@ __all__ = [
     "finetune",
     "resume",
 ]
+
+_LAZY = {
+    "pretrain": "pretraining",
+    "finetune": "finetuning",
+    "resume": "resuming",
+    "RunResult": "fit",
+    "Source": "engine",
+    "TaskData": "engine",
+    "Trainer": "engine",
+}
+
+
+def __getattr__(name):  # lazy: predicting (matmtl.train.runs) does not import the training code
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
