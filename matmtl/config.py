@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
@@ -39,6 +40,10 @@ AUX_ALIASES = {"dft_energy": "e_form", "dft_gap": "gap_pbe", "e_form": "e_form",
 AUX_SOURCES = ("replay", "distill")
 SYMMETRY_SOURCES = ("none", "mp_ground_state")
 DEVICES = ("auto", "cpu", "cuda")
+
+# the same choices as enums, for the command lines (matmtl.cli, matmtl.eval.cli)
+Device = Enum("Device", {d: d for d in DEVICES}, type=str)
+SymmetrySource = Enum("SymmetrySource", {v: v for v in SYMMETRY_SOURCES}, type=str)
 
 
 def _check(ok: bool, where: str, what: str, value) -> None:

@@ -10,13 +10,7 @@ from typing import Optional
 
 import typer
 
-from ..config import AUX_ALIASES, DFT_TASKS, ModelConfig, TrainConfig
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+from ..config import AUX_ALIASES, DFT_TASKS, Device, ModelConfig, TrainConfig
 
 
 class Size(str, Enum):
@@ -42,11 +36,6 @@ class SurgeryChoice(str, Enum):
 class AuxSource(str, Enum):
     replay = "replay"
     distill = "distill"
-
-
-class SymmetrySource(str, Enum):
-    none = "none"
-    mp_ground_state = "mp_ground_state"
 
 
 class OnBad(str, Enum):

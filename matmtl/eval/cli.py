@@ -20,7 +20,7 @@ from typing import Optional
 
 import typer
 
-from ..config import TrainConfig, default_of
+from ..config import Device, SymmetrySource, TrainConfig, default_of
 from .settings import (
     ALL_VARIANTS,
     DEFAULT_FRACTIONS,
@@ -40,18 +40,7 @@ class Anchor(str, Enum):
     distill = "distill"
 
 
-class Symmetry(str, Enum):
-    none = "none"
-    mp_ground_state = "mp_ground_state"
-
-
 SubmissionVariant = Enum("SubmissionVariant", {v: v for v in ALL_VARIANTS}, type=str)
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 # -- values that are not a plain choice or number --------------------------------------------
@@ -245,8 +234,8 @@ def evaluate_cmd(
         "validation MAE of that fold's replay and distill runs (their own validation rows; no extra runs), "
         "or fixed.",
     ),
-    symmetry: Symmetry = typer.Option(
-        Symmetry(_D.symmetry),
+    symmetry: SymmetrySource = typer.Option(
+        SymmetrySource(_D.symmetry),
         "--symmetry",
         help="Fine-tuning rows carry no space group (none) or their Materials Project ground state's "
         "(mp_ground_state; also measures structure vs formula on the test rows).",
