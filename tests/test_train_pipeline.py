@@ -369,3 +369,14 @@ def torch_linear():
     import torch
 
     return torch.nn.Linear(2, 1)
+
+
+def test_a_finetune_that_fails_validation_leaves_no_run_folder(pretrained, tmp_path):
+    """Unusable labels are found when the table is read, before a run folder exists."""
+    csv = tmp_path / "gaps.csv"
+    pd.DataFrame({"formula": ["GaN", "NaCl"], "gap": [-3.4, -1.0]}).to_csv(csv, index=False)
+    with pytest.raises(MatmtlError, match="no usable rows"):
+        finetune(
+            tiny_finetune(pretrained.run_dir, dataset=str(csv), holdout_fold=None), tmp_path / "ft", progress=False
+        )
+    assert not (tmp_path / "ft").exists()
