@@ -8,14 +8,13 @@ from typing import Optional
 
 import typer
 
-from ..config import FinetuneConfig, ModelConfig, TrainConfig, default_of
+from ..config import Device, FinetuneConfig, ModelConfig, SymmetrySource, TrainConfig, default_of
 from .app import app, console, err_console
 from .options import (
     AuxSource,
     Balance,
     BalanceOpt,
     DataDirOpt,
-    Device,
     DeviceOpt,
     HoldoutOpt,
     MonitorEveryOpt,
@@ -28,7 +27,6 @@ from .options import (
     SizeOpt,
     SurgeryChoice,
     SurgeryOpt,
-    SymmetrySource,
     ThreadsOpt,
     ValFractionOpt,
     data_dir_str,
