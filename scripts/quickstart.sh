@@ -38,7 +38,7 @@ fi
 t1=$(date +%s)
 
 echo "== 2/3 finetune --aux dft_energy -> $ft"
-matmtl finetune --checkpoint "$pre" --aux dft_energy --aux-source replay --holdout-fold 0 --out "$ft" "${ft_opts[@]}"
+matmtl finetune --checkpoint "$pre" --aux dft_energy --aux-source replay --symmetry mp_ground_state --holdout-fold 0 --out "$ft" "${ft_opts[@]}"
 t2=$(date +%s)
 
 echo "== 3/3 predict"
