@@ -13,7 +13,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+local"
 
-__all__ = ["__version__", "predict", "load_model"]
+__all__ = ["__version__", "predict", "load_model", "BandGapRegressor"]
 
 
 def __getattr__(name):  # lazy: `import matmtl` stays fast (no torch/pymatgen until needed)
@@ -23,4 +23,9 @@ def __getattr__(name):  # lazy: `import matmtl` stays fast (no torch/pymatgen un
         value = getattr(importlib.import_module("matmtl.inference"), name)
         globals()[name] = value
         return value
+    if name == "BandGapRegressor":  # the scikit-learn estimator (imports sklearn on first use)
+        from .estimator import BandGapRegressor
+
+        globals()[name] = BandGapRegressor
+        return BandGapRegressor
     raise AttributeError(f"module 'matmtl' has no attribute {name!r}")

@@ -26,7 +26,7 @@ from ..config import FinetuneConfig
 from ..data import DataWarning
 from ..errors import MatmtlError
 from ..models import TaskSpec
-from ..uncertainty import training_domain
+from ..uncertainty import Domain, training_domain
 from .data import (
     _load,
     attach_symmetry,
@@ -154,7 +154,7 @@ def run_finetune(
         "data_sha256": tr.digest(),
         "mtl": done.trainer.mtl.config(),
         # what the gap head was trained on: predict's trust notes measure inputs against it
-        "domain": {MAIN_TASK: training_domain(tr.z, tr.frac, tr.spg)},
+        "domain": {MAIN_TASK: gap_domain(tr, base_meta if MAIN_TASK in base.heads else None)},
         # kept DFT heads start from the parent's calibration; held-out labels refit it
         "uncertainty": {
             t: {**c, "from": "parent checkpoint"}
@@ -238,12 +238,32 @@ def target_column(ds, target: str | None) -> str:
 
 def build_model(base):
     """The pretrained model with a new experimental-gap head, started from the DFT gap
-    head when the checkpoint has one."""
+    head when the checkpoint has one. A checkpoint that already has an experimental-gap
+    head (a fine-tuned model, e.g. a shipped one) goes on training that head."""
     model = copy.deepcopy(base)
+    if MAIN_TASK in base.heads:
+        return model
     model.add_task(TaskSpec(MAIN_TASK, "hurdle", task_unit(MAIN_TASK)))
     if "gap_pbe" in base.heads:
         model.heads[MAIN_TASK].load_state_dict(base.heads["gap_pbe"].state_dict())
     return model
+
+
+def gap_domain(tr: TaskData, parent_meta: dict | None) -> dict:
+    """The gap head's training domain: this run's rows, plus the parent's compositions when
+    the parent's own experimental-gap head goes on training here (a fine-tuned checkpoint)."""
+    parent = ((parent_meta or {}).get("domain") or {}).get(MAIN_TASK)
+    if not parent:
+        return training_domain(tr.z, tr.frac, tr.spg)
+    old = Domain(parent)
+    z, frac = np.zeros((len(old.z), tr.z.shape[1]), np.int64), np.zeros((len(old.z), tr.z.shape[1]), np.float32)
+    width = min(old.z.shape[1], tr.z.shape[1])
+    z[:, :width], frac[:, :width] = old.z[:, :width], old.frac[:, :width]
+    rec = training_domain(np.concatenate([tr.z, z]), np.concatenate([tr.frac, frac]))
+    rows, sym = int(parent.get("rows", len(old.z))), parent.get("symmetry_fraction")
+    rec["rows"] = len(tr) + rows
+    rec["symmetry_fraction"] = None if sym is None else (float((tr.spg > 0).sum()) + sym * rows) / rec["rows"]
+    return rec
 
 
 def make_sources(config: FinetuneConfig, base, base_meta: dict, tr: TaskData, members: int, train):
