@@ -11,8 +11,9 @@ A checkpoint is a folder (usually a run folder) holding
   SHA-256s: of the weights file, and over the weights and model.json itself.
 
 Loading checks model.json against a schema (types, sizes within sane bounds, finite and
-plausible normalisation), sizes the model on torch's meta device and compares it with
-the safetensors header, and checks the hashes, all before any tensor is allocated.
+plausible normalisation), compares the shapes the model it describes has (computed from
+its settings: :func:`matmtl.models.state_shapes`, nothing built) with the safetensors
+header, and checks the hashes, all before any tensor is allocated.
 Checkpoints written before the hashes existed still load (the shape check applies).
 
 The resumable training state (``state/`` in a run folder) uses the same two formats:
@@ -235,15 +236,13 @@ def _short(v) -> str:
 
 
 def expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
-    """The state-dict shapes the model in ``meta`` has, found by building it on torch's
-    meta device (no memory is allocated). Call after :func:`validate_meta`."""
-    from .models import ModelConfig, MultiTaskModel, TaskSpec
+    """The state-dict shapes the model in ``meta`` has, computed from its settings
+    (:func:`matmtl.models.state_shapes`: nothing is built or allocated). Call after
+    :func:`validate_meta`."""
+    from .models import ModelConfig, TaskSpec, state_shapes
 
     cfg = ModelConfig.from_dict(meta["model_config"])
-    tasks = [TaskSpec(**t) for t in meta["tasks"]]
-    with torch.device("meta"):
-        model = MultiTaskModel(cfg, tasks)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return state_shapes(cfg, [TaskSpec(**t) for t in meta["tasks"]])
 
 
 def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -259,14 +258,20 @@ def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def _canonical(meta: dict) -> str:
+def _canonical(meta: dict, from_json: bool = False) -> str:
+    """The JSON text the checkpoint hash covers: ``meta`` less its hash field, normalised
+    to plain JSON values (a JSON round trip), keys sorted. ``from_json``: ``meta`` is a
+    model.json exactly as ``json`` read it, which that round trip leaves unchanged: skipped."""
     body = {k: v for k, v in meta.items() if k != HASH_KEY}
-    return json.dumps(json.loads(json.dumps(body, default=_json_default)), sort_keys=True, separators=(",", ":"))
+    if not from_json:
+        body = json.loads(json.dumps(body, default=_json_default))
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
-def checkpoint_digest(meta: dict, weights_sha256: str) -> str:
-    """SHA-256 over the weights' hash and the model.json content (less its hash field)."""
-    return sha256_of(weights_sha256, _canonical(meta))
+def checkpoint_digest(meta: dict, weights_sha256: str, from_json: bool = False) -> str:
+    """SHA-256 over the weights' hash and the model.json content (less its hash field);
+    ``from_json``: see :func:`_canonical`."""
+    return sha256_of(weights_sha256, _canonical(meta, from_json))
 
 
 def save_checkpoint(folder: str | Path, model, meta: dict[str, Any]) -> Path:
@@ -311,9 +316,10 @@ def write_meta(folder: str | Path, meta: dict) -> Path:
     return folder / META
 
 
-def verify_hashes(folder: Path, meta: dict) -> bool:
+def verify_hashes(folder: Path, meta: dict, *, from_json: bool = False) -> bool:
     """Check the stored SHA-256s (True), or return False for a checkpoint saved before
-    they existed (its weights are still checked against model.json's shapes on load)."""
+    they existed (its weights are still checked against model.json's shapes on load).
+    ``from_json``: ``meta`` is model.json exactly as read (see :func:`_canonical`)."""
     rec = meta.get(HASH_KEY)
     if rec is None:
         return False
@@ -329,7 +335,7 @@ def verify_hashes(folder: Path, meta: dict) -> bool:
             f"{folder / WEIGHTS}: weights do not match the SHA-256 recorded in {folder / META} "
             "(replaced or damaged after saving)"
         )
-    if checkpoint_digest(meta, weights) != rec["checkpoint"]:
+    if checkpoint_digest(meta, weights, from_json) != rec["checkpoint"]:
         raise CheckpointError(
             f"{folder / META}: its content does not match the SHA-256 recorded when it was saved "
             "(edited after saving; matmtl.checkpoints.write_meta re-signs a deliberate edit)"
@@ -349,8 +355,8 @@ def resolve(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """(model, meta) from a checkpoint folder. Before any tensor is allocated:
-    model.json is checked against its schema (:func:`validate_meta`), the model it
-    describes is sized on torch's meta device and compared, tensor by tensor, with the
+    model.json is checked against its schema (:func:`validate_meta`), the shapes of the
+    model it describes (:func:`expected_shapes`) are compared, tensor by tensor, with the
     safetensors header, and the stored SHA-256s are checked. Raises CheckpointError
     naming the file when something is missing, corrupt, implausible or edited."""
     from .models import ModelConfig, MultiTaskModel, TaskSpec
@@ -383,13 +389,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
             if x
         )
         raise CheckpointError(f"{folder / WEIGHTS}: weights do not match {folder / META} ({detail})")
-    verify_hashes(folder, meta)
+    verify_hashes(folder, meta, from_json=True)
     cfg = ModelConfig.from_dict(meta["model_config"])
     tasks = [TaskSpec(**t) for t in meta["tasks"]]
-    model = MultiTaskModel(cfg, tasks)
     state = load_tensors(folder / WEIGHTS)
-    try:
-        model.load_state_dict(state, strict=True)
+    try:  # the element table comes with the weights: no data file is read
+        model = MultiTaskModel.from_state(cfg, tasks, state)
     except RuntimeError as exc:
         raise CheckpointError(f"{folder / WEIGHTS}: weights do not match {folder / META} ({str(exc)[:300]})") from None
     model.to(device).eval()

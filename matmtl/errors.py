@@ -26,3 +26,16 @@ class GeometryInputError(MatmtlError):
 class InputTypeError(DataError, TypeError):
     """An input of a type matmtl cannot read (None, a number, a dict, bytes); the message
     names the input and its position. A TypeError, and a DataError (so ``on_bad`` applies)."""
+
+
+def type_hint(value) -> str:
+    """A hint for an input of a type matmtl cannot read, to append to its message ("" if none)."""
+    if isinstance(value, dict):
+        return " (a dict: for a pymatgen Structure.as_dict() pass Structure.from_dict(d))"
+    if isinstance(value, (bytes, bytearray)):
+        return " (bytes: decode them first, e.g. value.decode())"
+    if value is None:
+        return " (None: a missing value)"
+    if type(value).__name__ == "DataFrame":
+        return " (a DataFrame: pass its formula column, e.g. df['formula'])"
+    return ""

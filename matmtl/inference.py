@@ -43,6 +43,7 @@ and the reason in the ``note`` column instead. Any other ``on_bad`` is an error.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -52,7 +53,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import uncertainty
-from .errors import DataError, InputTypeError, MatmtlError
+from .data.composition import ElementAmounts, is_pymatgen
+from .data.formula import read_composition
+from .errors import DataError, InputTypeError, MatmtlError, type_hint
 from .predict_io import (
     BadInput,
     atoms_to_structure,
@@ -106,7 +109,7 @@ class Model:
         self.net, self.meta, self.path = net, meta, Path(path)
         self.elements = set(meta.get("elements") or [])
         self.tasks = list(net.tasks)
-        from .data import Featurizer
+        from .data.featurize import Featurizer
 
         fs = meta.get("featurizer") or {}
         self.featurizer = Featurizer(
@@ -137,21 +140,20 @@ class Model:
         labels = None
         if not single and any(is_path_like(i) for i in items):
             items, labels = _expand(items, on_bad)
-        df = self.predict_frame(items, labels, on_bad=on_bad, batch_size=batch_size)
-        if single:
-            row = df.iloc[0]
+        if single:  # no DataFrame (and no pandas import) for one input
+            cols = self.predict_columns(items, labels, on_bad=on_bad, batch_size=batch_size)
             return Prediction(
-                str(row["formula"]),
-                float(row["gap_expt"]),
-                float(row["gap_expt_std"]),
-                float(row["p_metal"]),
-                float(row["e_form"]),
-                float(row["e_form_std"]),
-                int(row["spg_num"]),
-                str(row["note"]),
-                str(row["trust"]),
+                str(cols["formula"][0]),
+                float(cols["gap_expt"][0]),
+                float(cols["gap_expt_std"][0]),
+                float(cols["p_metal"][0]),
+                float(cols["e_form"][0]),
+                float(cols["e_form_std"][0]),
+                int(cols["spg_num"][0]),
+                str(cols["note"][0]),
+                str(cols["trust"][0]),
             )
-        return df
+        return self.predict_frame(items, labels, on_bad=on_bad, batch_size=batch_size)
 
     def predict_frame(
         self, items: Sequence, labels: Sequence[str] | None = None, *, on_bad: str = "raise", batch_size: int = 2048
@@ -159,6 +161,13 @@ class Model:
         """One row per item (see COLUMNS). Every per-input problem follows ``on_bad``."""
         import pandas as pd
 
+        cols = self.predict_columns(items, labels, on_bad=on_bad, batch_size=batch_size)
+        return pd.DataFrame(cols)[COLUMNS]
+
+    def predict_columns(
+        self, items: Sequence, labels: Sequence[str] | None = None, *, on_bad: str = "raise", batch_size: int = 2048
+    ) -> dict[str, list | np.ndarray]:
+        """:meth:`predict_frame` as a dict of columns (COLUMNS, in order; pandas is not imported)."""
         check_on_bad(on_bad)
         n = len(items)
         labels = list(labels) if labels is not None else [_label(x, i) for i, x in enumerate(items)]
@@ -173,7 +182,7 @@ class Model:
                 formulas[i] = _display_formula(comps[i])  # shown even if this model cannot use it
                 self._check_usable(comps[i], where)
                 if structs[i] is not None:
-                    from .data import symmetry_of
+                    from .data.featurize import symmetry_of
 
                     spg[i] = symmetry_of(structs[i], self.featurizer.symprec)[0]
             except DataError as exc:
@@ -196,7 +205,7 @@ class Model:
             if "e_form" in preds:
                 out["e_form"][good] = preds["e_form"].mean(1)
                 out["e_form_std"][good] = self._sigma("e_form", preds["e_form"].std(1))
-                single_el = np.array([len(comps[i].elements) == 1 for i in good], dtype=bool)
+                single_el = np.array([len(comps[i]) == 1 for i in good], dtype=bool)
                 out["e_form"][good[single_el]] = 0.0  # the elemental reference state, by definition
                 out["e_form_std"][good[single_el]] = 0.0
             flags = self._trust(good, comps, structs, spg, f)
@@ -206,8 +215,8 @@ class Model:
         if missing:
             msg = f"this model has no {' / '.join(missing)} head ({self.meta.get('kind')} checkpoint {self.path})"
             notes = [f"{n_}; {msg}" if n_ else msg for n_ in notes]
-        df = pd.DataFrame({"input": labels, "formula": formulas, "spg_num": spg, **out, "note": notes, "trust": trust})
-        return df[COLUMNS]
+        cols = {"input": labels, "formula": formulas, "spg_num": spg, **out, "note": notes, "trust": trust}
+        return {c: cols[c] for c in COLUMNS}
 
     def _featurize(self, good, comps, spg, notes, labels, on_bad):
         """Features of the usable rows; a row the featurizer refuses follows ``on_bad``
@@ -230,18 +239,15 @@ class Model:
         return f, good
 
     def _check_usable(self, comp, where: str) -> None:
-        """Per-input checks against this model: element count, training vocabulary."""
-        from pymatgen.core import Element
-
-        from .models import MAX_Z
+        """Per-input checks against this model (``comp``: an ElementAmounts): element count,
+        training vocabulary."""
+        from .models.elements import MAX_Z
 
         limit = self.featurizer.max_elements
-        if len(comp.elements) > limit:
-            raise DataError(
-                f"{where}: {comp.formula!r} has {len(comp.elements)} elements; this model takes at most {limit}"
-            )
+        if len(comp) > limit:
+            raise DataError(f"{where}: {comp.formula!r} has {len(comp)} elements; this model takes at most {limit}")
         vocab = {e for e in self.elements if e <= MAX_Z} or set(range(1, MAX_Z + 1))
-        unseen = sorted({el.symbol for el in comp.elements if not isinstance(el, Element) or el.Z not in vocab})
+        unseen = sorted({sym for sym, z in zip(comp.symbols, comp.z) if z not in vocab})
         if unseen:
             raise DataError(
                 f"{where}: element(s) {', '.join(unseen)} never seen in training by {self.path}; the model "
@@ -267,7 +273,7 @@ class Model:
         return self._domains
 
     def _trust(self, good: np.ndarray, comps, structs, spg, f) -> list[list[str]]:
-        from pymatgen.core import Element
+        from .data.periodic import symbol
 
         flags: list[list[str]] = [[] for _ in good]
         domains = self.domains()
@@ -279,9 +285,9 @@ class Model:
         if main is not None:
             dom = domains[main]
             dist, idx = dom.nearest(f.z, f.frac)
-            known = {Element.from_Z(z).symbol for z in dom.elements}
+            known = {symbol(z) for z in dom.elements}
             for r, i in enumerate(good):
-                absent = sorted({el.symbol for el in comps[i].elements} - known)
+                absent = sorted(set(comps[i].symbols) - known)
                 if absent:
                     flags[r].append(f"element(s) {', '.join(absent)} absent from the {main} training data")
                 if dom.threshold is not None and dist[r] > dom.threshold:
@@ -301,7 +307,7 @@ class Model:
                             f"space group {int(spg[i])} is outside what it learned (compare the formula's "
                             "prediction)"
                         )
-            if "e_form" in self.tasks and len(comps[i].elements) == 1:
+            if "e_form" in self.tasks and len(comps[i]) == 1:
                 flags[r].append("single element: e_form = 0 eV/atom by construction (elemental reference state)")
         return flags
 
@@ -385,29 +391,29 @@ def _reconstruct_domain(meta: dict) -> tuple[dict | None, str]:
 
 def _display_formula(comp) -> str:
     """The reduced formula, except that a single element is its symbol (pymatgen writes
-    one H atom as "H2", its diatomic gas)."""
-    if len(comp.elements) == 1:
-        return comp.elements[0].symbol
+    one H atom as "H2", its diatomic gas). ``comp``: an ElementAmounts or a pymatgen Composition."""
+    symbols = comp.symbols if isinstance(comp, ElementAmounts) else [el.symbol for el in comp.elements]
+    if len(symbols) == 1:
+        return symbols[0]
     return comp.reduced_formula
 
 
 def _is_single(x) -> bool:
     """One input (anything that is not a list-like of inputs)."""
-    import pandas as pd
-
     if isinstance(x, (str, bytes, bytearray, dict)):
         return True
-    if isinstance(x, (list, tuple, pd.Series, pd.Index)):
+    if isinstance(x, (list, tuple)):
         return False
     if isinstance(x, np.ndarray):
         return x.ndim == 0
     if isinstance(x, (set, frozenset)):
         raise InputTypeError("predict: a set has no order; pass a list so the rows match the inputs")
-    if isinstance(x, pd.DataFrame):
+    pd = sys.modules.get("pandas")  # not imported: x cannot be a pandas object
+    if pd is not None and isinstance(x, (pd.Series, pd.Index)):
+        return False
+    if pd is not None and isinstance(x, pd.DataFrame):
         return True  # refused with a hint by _to_model_input
-    from pymatgen.core import Composition, IStructure
-
-    if isinstance(x, (Composition, IStructure)) or is_ase_atoms(x) or type(x).__name__ in ("Molecule", "IMolecule"):
+    if is_pymatgen(x, "Composition", "IStructure") or is_ase_atoms(x) or type(x).__name__ in ("Molecule", "IMolecule"):
         return True
     return not hasattr(x, "__iter__")
 
@@ -447,29 +453,25 @@ def _label(x, i: int) -> str:
 
 
 def _to_model_input(x, where: str):
-    """(Composition, Structure or None) for one input, or DataError / InputTypeError."""
-    from pymatgen.core import Composition, IStructure
-
-    from .data import check_structure, parse_composition
-    from .data.validate import _type_hint
-
+    """(ElementAmounts, pymatgen Structure or None) for one input, or DataError /
+    InputTypeError. A formula string is read without pymatgen (matmtl.data.formula)."""
     if isinstance(x, BadInput):
         raise DataError(x.reason)
     if isinstance(x, np.str_):
         x = str(x)
-    if isinstance(x, IStructure) or type(x).__name__ in ("Molecule", "IMolecule"):
-        s = check_structure(x, where)
-        return parse_composition(s.composition, where), s
+    if is_pymatgen(x, "IStructure") or type(x).__name__ in ("Molecule", "IMolecule"):
+        return _structure_input(x, where)
     if is_ase_atoms(x):
-        s = check_structure(atoms_to_structure(x, where), where)
-        return parse_composition(s.composition, where), s
-    if isinstance(x, Composition):
-        return parse_composition(x, where), None
+        return _structure_input(atoms_to_structure(x, where), where)
+    if is_pymatgen(x, "Composition"):
+        from .data.validate import parse_composition
+
+        return ElementAmounts.from_pymatgen(parse_composition(x, where)), None
     if isinstance(x, str):
         if "_cell_length_a" in x:  # CIF text
             return _cif_text(x, where)
         try:
-            return parse_composition(x, where), None
+            return read_composition(x, where), None
         except DataError as exc:
             if x.strip() and os.path.exists(x.strip()):
                 raise DataError(
@@ -480,16 +482,22 @@ def _to_model_input(x, where: str):
         raise DataError(f"{where}: missing formula (an empty value)")
     raise InputTypeError(
         f"{where}: expected a pymatgen Structure, Composition, ASE Atoms or formula string, got "
-        f"{type(x).__name__}{_type_hint(x)}"
+        f"{type(x).__name__}{type_hint(x)}"
     )
+
+
+def _structure_input(x, where: str):
+    """(ElementAmounts, Structure) of a structure matmtl can use, else DataError."""
+    from .data.validate import check_structure, parse_composition
+
+    s = check_structure(x, where)
+    return ElementAmounts.from_pymatgen(parse_composition(s.composition, where)), s
 
 
 def _cif_text(text: str, where: str):
     import re
 
     from pymatgen.core import Structure
-
-    from .data import check_structure, parse_composition
 
     blocks = len(re.findall(r"^\s*data_", text, flags=re.M))
     if blocks > 1:
@@ -503,8 +511,7 @@ def _cif_text(text: str, where: str):
             s = Structure.from_str(text, fmt="cif")
     except Exception as exc:
         raise DataError(f"{where}: unreadable CIF text ({' '.join(str(exc).split())[:200]})") from None
-    s = check_structure(s, where)
-    return parse_composition(s.composition, where), s
+    return _structure_input(s, where)
 
 
 # -- model discovery ---------------------------------------------------------------

@@ -161,9 +161,9 @@ def check_domain(rec) -> str | None:
         or len(zs) != len(fr)
     ):
         return "counts, z and frac do not fit together"
-    if not all(isinstance(v, int) and 0 < v <= _ZMAX for v in zs):
+    if not _all_within(zs, 0, _ZMAX, "iu"):
         return "z must hold atomic numbers 1..118"
-    if not all(isinstance(v, (int, float)) and 0 < v <= 1.000001 for v in fr):
+    if not _all_within(fr, 0, 1.000001, "iuf"):
         return "frac must hold fractions in (0, 1]"
     els = rec.get("elements")
     if not isinstance(els, list) or not all(isinstance(v, int) and 0 < v <= _ZMAX for v in els):
@@ -177,6 +177,20 @@ def check_domain(rec) -> str | None:
     return None
 
 
+def _all_within(values: list, low: float, high: float, kinds: str) -> bool:
+    """low < v <= high for every v, and every v an int (kinds "iu") or a number ("iuf"),
+    checked as one array (a stored domain holds tens of thousands of values); a list
+    numpy cannot hold as such (mixed types, None, huge ints) is checked value by value."""
+    try:
+        arr = np.asarray(values)
+    except (ValueError, OverflowError, TypeError):
+        arr = None
+    if arr is not None and arr.ndim == 1 and arr.dtype.kind in kinds:
+        return bool(np.all((arr > low) & (arr <= high)))
+    types = int if kinds == "iu" else (int, float)
+    return all(isinstance(v, types) and low < v <= high for v in values)
+
+
 class Domain:
     """A stored domain record, ready to measure distances of new inputs."""
 
@@ -186,10 +200,11 @@ class Domain:
         width = max(1, int(counts.max()) if len(counts) else 1)
         self.z = np.zeros((len(counts), width), np.int64)
         self.frac = np.zeros((len(counts), width), np.float64)
-        zs, fr, pos = np.asarray(rec["z"], np.int64), np.asarray(rec["frac"], np.float64), 0
-        for i, c in enumerate(counts):
-            self.z[i, :c], self.frac[i, :c] = zs[pos : pos + c], fr[pos : pos + c]
-            pos += c
+        # composition i holds the next counts[i] entries of the flat z / frac lists
+        row = np.repeat(np.arange(len(counts)), counts)
+        col = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+        self.z[row, col] = np.asarray(rec["z"], np.int64)
+        self.frac[row, col] = np.asarray(rec["frac"], np.float64)
         self.dense = _dense(self.z, self.frac)
         self.elements = set(rec.get("elements", []))
         self.threshold = rec.get("threshold")
@@ -203,13 +218,13 @@ class Domain:
         return _nearest(self.dense, np.asarray(z, np.int64), np.asarray(frac, np.float64))
 
     def formula(self, i: int) -> str:
-        from pymatgen.core import Composition, Element
+        """The integer formula of training composition ``i`` (pymatgen's, without pymatgen)."""
+        from .data.composition import composition_of_z
 
-        amounts = {Element.from_Z(int(a)).symbol: float(b) for a, b in zip(self.z[i], self.frac[i]) if a > 0}
-        if len(amounts) < 2:
-            return next(iter(amounts), "?")
-        formula, _ = Composition(amounts).get_integer_formula_and_factor(max_denominator=1000)
-        return formula
+        comp = composition_of_z(self.z[i], self.frac[i])
+        if len(comp) < 2:
+            return next(iter(comp.symbols), "?")
+        return comp.integer_formula(max_denominator=1000)
 
 
 def _dense(z: np.ndarray, frac: np.ndarray) -> np.ndarray:

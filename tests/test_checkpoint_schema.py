@@ -139,6 +139,17 @@ def test_validate_meta_accepts_what_save_writes(ck):
     validate_meta(json.loads((ck / "model.json").read_text()))
 
 
+def test_the_load_path_hashes_the_same_text_as_the_save_path(ck):
+    """Loading skips the normalising JSON round trip (model.json is plain JSON already);
+    the text hashed must not change by that."""
+    from matmtl import zoo
+    from matmtl.checkpoints import _canonical
+
+    for folder in (ck, zoo.PRETRAINED_DIR / zoo.DEFAULT_MODEL):
+        meta = json.loads((folder / "model.json").read_text())
+        assert _canonical(meta, from_json=True) == _canonical(meta)
+
+
 # -- atomic writes --------------------------------------------------------------------
 
 

@@ -3,7 +3,15 @@ import pytest
 import torch
 from _tiny import tiny_model
 
-from matmtl.models import MAX_Z, MultiTaskModel, TaskSpec, crystal_system_of_spg, element_table
+from matmtl.models import (
+    MAX_Z,
+    ModelConfig,
+    MultiTaskModel,
+    TaskSpec,
+    crystal_system_of_spg,
+    element_table,
+    state_shapes,
+)
 
 
 def test_element_table_covers_h_to_lr():
@@ -74,3 +82,40 @@ def test_unknown_symmetry_token_changes_prediction_but_runs():
     a = m.predict_arrays(z.numpy(), frac.numpy(), spg.numpy())["e_form"]
     b = m.predict_arrays(z.numpy(), frac.numpy(), np.zeros(3, dtype=np.int64))["e_form"]
     assert np.all(np.isfinite(b)) and not np.allclose(a[:2], b[:2])
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(),
+        ModelConfig.preset("tiny"),
+        ModelConfig.preset("large"),
+        ModelConfig(dim=24, layers=0, heads=3, ff_mult=3, spg_dim=5, head_hidden=7, members=3, n_fourier=2),
+    ],
+    ids=["default", "tiny", "large", "odd"],
+)
+def test_state_shapes_are_the_built_models(cfg):
+    """The shapes a checkpoint is checked against (computed, nothing built) are the model's."""
+    tasks = [TaskSpec("e_form"), TaskSpec("gap_expt", "hurdle"), TaskSpec("gap_pbe", "hurdle")]
+    built = {k: tuple(v.shape) for k, v in MultiTaskModel(cfg, tasks).state_dict().items()}
+    assert state_shapes(cfg, tasks) == built
+    with pytest.raises(ValueError, match="unknown element embedding"):
+        state_shapes(ModelConfig(embedding="magpie"), tasks)
+
+
+def test_a_model_from_its_state_reads_no_embedding_file(monkeypatch):
+    torch.manual_seed(0)
+    tasks = [TaskSpec("e_form"), TaskSpec("gap_expt", "hurdle")]
+    m = MultiTaskModel(tiny_model(), tasks)
+    import matmtl.models.net as net
+
+    def no_file(name):
+        raise AssertionError("the element table was read from its data file")
+
+    monkeypatch.setattr(net, "element_table", no_file)
+    m2 = MultiTaskModel.from_state(tiny_model(), tasks, m.state_dict())
+    z, f, s = np.array([[8, 26]]), np.array([[0.6, 0.4]], np.float32), np.array([0])
+    for k, v in m.predict_arrays(z, f, s).items():
+        np.testing.assert_array_equal(v, m2.predict_arrays(z, f, s)[k])
+    with pytest.raises(RuntimeError):
+        MultiTaskModel.from_state(tiny_model(dim=48), tasks, m.state_dict())

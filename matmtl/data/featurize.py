@@ -1,6 +1,7 @@
 """Turning compositions and structures into model inputs, cached on disk.
 
-Inputs are formula strings, Compositions, Structures or CIF texts. A featurized input
+Inputs are formula strings, Compositions (pymatgen's, or matmtl's pymatgen-free
+:class:`~matmtl.data.composition.ElementAmounts`), Structures or CIF texts. A featurized input
 is: the atomic numbers of its elements and their fractions
 (padded to ``max_elements``) and, when known, its space-group number (0 = unknown:
 experimental compositions come without a structure). Symmetry analysis is the slow
@@ -13,15 +14,18 @@ import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-from pymatgen.core import Composition, Structure
-from rich.progress import track
 
 from ..errors import DataError
 from ..io import atomic_write, cache_dir, sha256_of
+from .composition import ElementAmounts, is_pymatgen
+from .periodic import Z_OF
 from .validate import check_structure, parse_composition
+
+if TYPE_CHECKING:  # pymatgen is imported where a structure or a CIF is read
+    from pymatgen.core import Structure
 
 FEATURIZER_VERSION = "2"  # 2: symmetry by moyopy
 CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
@@ -108,12 +112,11 @@ class Featurizer:
         spg_given = None if spg is None else np.asarray(list(spg), dtype=np.int64)
         if spg_given is not None and len(spg_given) != len(items):
             raise DataError(f"{where}: {len(spg_given)} space groups for {len(items)} inputs")
-        keys = [_content_key(x) for x in items]
         path = None
         if self.cache and len(items) >= self.min_cached_rows:
             digest = sha256_of(
                 json.dumps(self.settings(), sort_keys=True),
-                "\n".join(keys),
+                "\n".join(_content_key(x) for x in items),
                 b"" if spg_given is None else spg_given.tobytes(),
             )
             path = cache_dir() / "features" / f"{digest}.npz"
@@ -130,28 +133,21 @@ class Featurizer:
         z = np.zeros((n, e), dtype=np.int64)
         frac = np.zeros((n, e), dtype=np.float32)
         spg = np.zeros(n, dtype=np.int64)
-        # a bar only where it helps: big batches or structures (rich draws it on a terminal only)
-        rows = track(
-            enumerate(items),
-            total=n,
-            description=f"featurizing {where}",
-            disable=not (n >= 20000 or _has_structures(items)),
-            transient=True,
-        )
-        for i, x in rows:
+        for i, x in _rows(items, where):
             label = f"{where} {i}" if n > 1 else where
             if _is_cif(x):
-                try:
-                    x = Structure.from_str(x, fmt="cif")
-                except Exception as exc:
-                    raise DataError(f"{label}: unreadable CIF ({exc})") from exc
-            if isinstance(x, Structure) or type(x).__name__ == "Molecule":
+                x = _read_cif(x, label)
+            if is_pymatgen(x, "Structure") or type(x).__name__ == "Molecule":
                 s = check_structure(x, label)
                 comp = s.composition
                 spg[i] = symmetry_of(s, self.symprec)[0]
+            elif isinstance(x, ElementAmounts):
+                comp = x  # already checked (matmtl.data.formula.read_composition)
             else:
                 comp = parse_composition(x, label)
-            els = comp.fractional_composition.get_el_amt_dict()
+            els = (
+                comp.fractions() if isinstance(comp, ElementAmounts) else comp.fractional_composition.get_el_amt_dict()
+            )
             if len(els) > e:
                 raise DataError(f"{label}: {comp.formula!r} has {len(els)} elements; this featurizer takes at most {e}")
             # sorted by atomic number so the same composition always gives the same row
@@ -165,25 +161,46 @@ class Featurizer:
         return Features(z, frac, spg)
 
 
+def _rows(items: list, where: str):
+    """enumerate(items), with a progress bar only where it helps: big batches or
+    structures (rich draws it on a terminal only)."""
+    if not (len(items) >= 20000 or _has_structures(items)):
+        return enumerate(items)
+    from rich.progress import track
+
+    return track(enumerate(items), total=len(items), description=f"featurizing {where}", transient=True)
+
+
+def _read_cif(text: str, label: str) -> Structure:
+    from pymatgen.core import Structure
+
+    try:
+        return Structure.from_str(text, fmt="cif")
+    except Exception as exc:
+        raise DataError(f"{label}: unreadable CIF ({exc})") from exc
+
+
 def _is_cif(x) -> bool:
     # CIF text is taken as a structure; no formula contains a cell-length tag
     return isinstance(x, str) and "_cell_length_a" in x
 
 
 def _has_structures(items: list) -> bool:
-    return any(isinstance(x, Structure) or _is_cif(x) for x in items[:1] + items[-1:])
+    return any(is_pymatgen(x, "Structure") or _is_cif(x) for x in items[:1] + items[-1:])
 
 
 def _z(symbol: str) -> int:
+    if symbol in Z_OF:
+        return Z_OF[symbol]
     from pymatgen.core import Element
 
     return Element(symbol).Z
 
 
 def _content_key(x) -> str:
-    if isinstance(x, Structure):
+    if is_pymatgen(x, "Structure"):
         return "S:" + json.dumps(x.as_dict(), sort_keys=True)
-    if isinstance(x, Composition):
+    if is_pymatgen(x, "Composition") or isinstance(x, ElementAmounts):
         return "C:" + x.formula
     return ("CIF:" if _is_cif(x) else "F:") + str(x)
 

@@ -1,4 +1,6 @@
-"""Reading chemical formulas: pymatgen's parser, plus what it does not check.
+"""Reading chemical formulas: pymatgen's grammar, plus what it does not check, without
+importing pymatgen (:mod:`matmtl.data.composition` reads formulas as pymatgen does; pymatgen
+itself is asked only about a formula outside that, for its answer and its message).
 
 pymatgen reads ``CuSO4.5H2O`` as CuH2SO5.5 (the ``.5`` becomes a decimal amount),
 drops elements whose amount is zero (``NaCl0`` becomes Na, ``H1e-400O`` becomes O),
@@ -13,16 +15,27 @@ and refuses ``CuSO4·5H2O``. Here:
 * an amount that is zero, underflows to zero (``1e-400``), is not finite, or is below
   :data:`MIN_FRACTION` of the atoms is refused, naming the element.
 * Unicode subscript digits (``Fe₂O₃``) are read as digits.
+
+:func:`read_formula` gives a pymatgen-free :class:`~matmtl.data.composition.ElementAmounts`
+(what ``matmtl.predict`` uses), :func:`parse_formula` the same composition as a pymatgen
+``Composition``; :func:`read_composition` is ``parse_composition`` for a formula string
+(its checks, messages and amounts) without pymatgen.
 """
 
 from __future__ import annotations
 
 import math
 import re
-
-from pymatgen.core import Composition, Element
+import warnings
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from ..errors import DataError
+from .composition import ElementAmounts, parse_like_pymatgen
+from .periodic import Z_OF
+
+if TYPE_CHECKING:
+    from pymatgen.core import Composition
 
 #: molecules written after a "." or "·" in hydrate / adduct notation
 ADDUCTS = (
@@ -74,7 +87,12 @@ class FormulaError(DataError):
 
 
 def parse_formula(text: str) -> Composition:
-    """The Composition a formula string means, or FormulaError (see the module doc)."""
+    """The pymatgen Composition a formula string means, or FormulaError (see the module doc)."""
+    return read_formula(text).to_pymatgen()
+
+
+def read_formula(text: str) -> ElementAmounts:
+    """The composition a formula string means, without pymatgen, or FormulaError (see the module doc)."""
     original = text
     text = text.translate(_SUBSCRIPTS).strip()
     if not text:
@@ -87,9 +105,37 @@ def parse_formula(text: str) -> Composition:
     total: dict[str, float] = {}
     for k, part in enumerate(parts):
         count, body = _leading_count(part.strip(), k, parts, original)
-        for el, amt in _plain(_NAMED.get(body, body), original).items():
-            total[el.symbol] = total.get(el.symbol, 0.0) + count * amt
-    return _check_amounts(Composition(total), original)
+        for sym, amt in _plain(_NAMED.get(body, body), original).amounts.items():
+            total[sym] = total.get(sym, 0.0) + count * amt
+    return _check_amounts(ElementAmounts(total), original)
+
+
+@lru_cache(maxsize=4096)
+def check_formula(text: str) -> tuple[str | None, str | None, str]:
+    """(pymatgen's canonical formula, None, "") or (None, kind of problem, detail)."""
+    try:
+        comp = read_formula(text)
+        with warnings.catch_warnings():
+            # pymatgen warns when it sorts noble gases by electronegativity: noise here
+            warnings.simplefilter("ignore")
+            canonical = comp.formula
+    except FormulaError as exc:
+        return None, exc.kind, exc.detail
+    return canonical, None, ""
+
+
+def formula_problem(where: str, text: str, kind: str, detail: str) -> DataError:
+    """The DataError for a formula ``check_formula`` refused."""
+    return DataError(f"{where}: {kind} {text!r}" + (f" ({detail})" if detail else ""))
+
+
+def read_composition(text: str, where: str = "input") -> ElementAmounts:
+    """``parse_composition`` of a formula string without pymatgen: the same checks and
+    messages, and the amounts of pymatgen's ``Composition`` of the canonical formula."""
+    canonical, kind, detail = check_formula(text)
+    if kind:
+        raise formula_problem(where, text, kind, detail)
+    return ElementAmounts.parse(canonical)
 
 
 def _split_parts(text: str, original: str) -> list[str]:
@@ -135,12 +181,12 @@ def _leading_count(part: str, k: int, parts: list[str], original: str) -> tuple[
     return count, body
 
 
-def _check_amounts(comp: Composition, original: str) -> Composition:
+def _check_amounts(comp: ElementAmounts, original: str) -> ElementAmounts:
     """Refuse a composition without atoms or with a vanishing amount of an element."""
     n = comp.num_atoms
     if not n > 0 or not math.isfinite(n):
         raise FormulaError("composition has no atoms", original)
-    small = [el.symbol for el, amt in comp.items() if amt / n < MIN_FRACTION]
+    small = [sym for sym, amt in comp.amounts.items() if amt / n < MIN_FRACTION]
     if small:
         raise FormulaError(
             "zero amount",
@@ -151,13 +197,29 @@ def _check_amounts(comp: Composition, original: str) -> Composition:
     return comp
 
 
-def _plain(body: str, original: str) -> Composition:
+def _plain(body: str, original: str) -> ElementAmounts:
     """Element amounts of one hydrate-free part, with the checks pymatgen skips."""
     for m in _TOKEN.finditer(body):
         _check_amount(m.group(2), m.group(1), original)
     if ")" in body or "]" in body:
         for m in _GROUP.finditer(body):
             _check_amount(m.group(1), "a bracketed group", original)
+    amounts = parse_like_pymatgen(body)
+    comp = ElementAmounts(amounts) if amounts is not None else _plain_by_pymatgen(body, original)
+    written = set(_SYMBOL.findall(body))
+    if len(written) != len(comp):
+        lost = sorted(written - set(comp.amounts))
+        if lost and all(_is_element(s) for s in lost):
+            raise FormulaError(
+                "zero amount", original, f"the amount of {', '.join(lost)} is too small to be meaningful"
+            )
+    return comp
+
+
+def _plain_by_pymatgen(body: str, original: str) -> ElementAmounts:
+    """A formula the pymatgen-free reader leaves to pymatgen: its reading or its message."""
+    from pymatgen.core import Composition, Element
+
     try:
         comp = Composition(body)
     except Exception as exc:  # pymatgen raises ValueError/KeyError/etc. for garbage
@@ -165,14 +227,7 @@ def _plain(body: str, original: str) -> Composition:
     bad = [getattr(el, "symbol", str(el)) for el in comp.elements if not isinstance(el, Element)]
     if bad:
         raise FormulaError("unknown element", original, ", ".join(bad))
-    written = set(_SYMBOL.findall(body))
-    if len(written) != len(comp):
-        lost = sorted(written - {el.symbol for el in comp.elements})
-        if lost and all(_is_element(s) for s in lost):
-            raise FormulaError(
-                "zero amount", original, f"the amount of {', '.join(lost)} is too small to be meaningful"
-            )
-    return comp
+    return ElementAmounts.from_pymatgen(comp)
 
 
 def _check_amount(word: str | None, what: str, original: str) -> None:
@@ -192,6 +247,10 @@ def _check_amount(word: str | None, what: str, original: str) -> None:
 
 
 def _is_element(symbol: str) -> bool:
+    if symbol in Z_OF:
+        return True
+    from pymatgen.core import Element
+
     try:
         Element(symbol)
     except (ValueError, KeyError):
@@ -203,4 +262,13 @@ def _clean(msg: str) -> str:
     return msg.strip().rstrip("!.")[:200]
 
 
-__all__ = ["ADDUCTS", "MIN_FRACTION", "FormulaError", "parse_formula"]
+__all__ = [
+    "ADDUCTS",
+    "MIN_FRACTION",
+    "FormulaError",
+    "check_formula",
+    "formula_problem",
+    "parse_formula",
+    "read_composition",
+    "read_formula",
+]

@@ -8,46 +8,25 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from pymatgen.core import Composition, Element, IStructure, Structure
 
-from ..errors import DataError, InputTypeError
-from .formula import MIN_FRACTION, FormulaError, parse_formula
+from ..errors import DataError, InputTypeError, type_hint
+from .composition import is_pymatgen
+from .formula import MIN_FRACTION, check_formula, formula_problem
+
+if TYPE_CHECKING:  # imported where used: reading a formula imports neither
+    import pandas as pd
+    from pymatgen.core import Composition, Structure
+
+_check_formula = check_formula  # the name older code used
+_type_hint = type_hint
 
 
 class DataWarning(UserWarning):
     """Bad rows were left out of a table."""
-
-
-@lru_cache(maxsize=4096)
-def _check_formula(text: str) -> tuple[str | None, str | None, str]:
-    """(pymatgen's canonical formula, None, "") or (None, kind of problem, detail).
-    Hydrates read as sums, zero / underflowing amounts refused: see matmtl.data.formula."""
-    try:
-        comp = parse_formula(text)
-        with warnings.catch_warnings():
-            # pymatgen warns when it sorts noble gases by electronegativity: noise here
-            warnings.simplefilter("ignore")
-            canonical = comp.formula
-    except FormulaError as exc:
-        return None, exc.kind, exc.detail
-    return canonical, None, ""
-
-
-def _type_hint(value) -> str:
-    if isinstance(value, dict):
-        return " (a dict: for a pymatgen Structure.as_dict() pass Structure.from_dict(d))"
-    if isinstance(value, (bytes, bytearray)):
-        return " (bytes: decode them first, e.g. value.decode())"
-    if value is None:
-        return " (None: a missing value)"
-    if type(value).__name__ == "DataFrame":
-        return " (a DataFrame: pass its formula column, e.g. df['formula'])"
-    return ""
 
 
 def parse_composition(value, where: str = "input") -> Composition:
@@ -55,7 +34,9 @@ def parse_composition(value, where: str = "input") -> Composition:
     that says what is wrong and where (``where`` names the input, e.g. 'row 12').
     Anything else (None, a number, a dict, bytes) raises :class:`InputTypeError`, a
     TypeError that is also a DataError."""
-    if isinstance(value, Composition):
+    if is_pymatgen(value, "Composition"):
+        from pymatgen.core import Element
+
         bad = [getattr(el, "symbol", str(el)) for el in value.elements if not isinstance(el, Element)]
         if bad:
             raise DataError(f"{where}: unknown element {', '.join(bad)} in {value!r}")
@@ -72,11 +53,13 @@ def parse_composition(value, where: str = "input") -> Composition:
         text = value
     else:
         raise InputTypeError(
-            f"{where}: expected a formula string or Composition, got {type(value).__name__}{_type_hint(value)}"
+            f"{where}: expected a formula string or Composition, got {type(value).__name__}{type_hint(value)}"
         )
-    formula, problem, detail = _check_formula(text)
+    formula, problem, detail = check_formula(text)
     if problem:
-        raise DataError(f"{where}: {problem} {text!r}" + (f" ({detail})" if detail else ""))
+        raise formula_problem(where, text, problem, detail)
+    from pymatgen.core import Composition
+
     return Composition(formula)
 
 
@@ -89,7 +72,7 @@ def check_structure(structure, where: str = "input") -> Structure:
     disordered structures (partial occupancies: their symmetry and composition per site
     are not what the model was trained on), a degenerate or non-finite lattice, and
     atoms on top of each other (closer than 0.5 Å)."""
-    if not isinstance(structure, IStructure):
+    if not is_pymatgen(structure, "IStructure"):
         if type(structure).__name__ in ("Molecule", "IMolecule"):
             raise DataError(
                 f"{where}: expected a pymatgen Structure, got {type(structure).__name__} "
@@ -169,6 +152,8 @@ class BadRows:
 
     def frame(self) -> pd.DataFrame:
         """Every left-out row: source row, id, reason, where (the message) and value."""
+        import pandas as pd
+
         return pd.DataFrame(self.rows, columns=["row", "id", "reason", "where", "value"])
 
     def write(self, path: str | Path) -> Path:
@@ -271,6 +256,8 @@ def merge_duplicates(
     e.g. space group) are merged to one row per ``rule``: ``median`` (default), ``mean``,
     ``first``, or ``keep`` (reported, not merged). The merged row keeps the first row's
     id, position and other columns. Warns (DataWarning) with the groups' spread."""
+    import pandas as pd
+
     if rule not in DUPLICATE_RULES:
         raise DataError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}, got {rule!r}")
     report = Duplicates(rule)
@@ -315,18 +302,20 @@ def merge_duplicates(
 
 
 def _composition_key(formula: str) -> str:
+    from pymatgen.core import Composition
+
     comp = Composition(formula).fractional_composition
     return " ".join(f"{el.symbol}{amt:.9f}" for el, amt in sorted(comp.items(), key=lambda x: x[0].Z))
 
 
 def _check_row(i: int, raw, frame: pd.DataFrame, targets: dict[str, bool], values: dict, repeated: bool):
     """(canonical formula, None) for a usable row, else (None, (reason, detail, value))."""
-    text = raw.formula if isinstance(raw, Composition) else raw
+    text = raw.formula if is_pymatgen(raw, "Composition") else raw
     if not isinstance(text, str):
         if raw is None or (isinstance(raw, float) and math.isnan(raw)):
             return None, ("missing formula", "", None)
         return None, ("formula is not text", repr(raw), raw)
-    formula, problem, detail = _check_formula(text)
+    formula, problem, detail = check_formula(text)
     if problem:
         return None, (problem, f"{text!r}" + (f" ({detail})" if detail else ""), text)
     for col, nonneg in targets.items():
@@ -361,6 +350,8 @@ def clean_table(
     input frame is not modified. Warns (DataWarning) when rows are left out; every
     left-out row is listed in the returned BadRows.
     """
+    import pandas as pd
+
     if len(frame) == 0:
         raise DataError(f"{name}: the table is empty")
     missing = [c for c in (id_col, formula_col, *targets) if c not in frame.columns]

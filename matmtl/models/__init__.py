@@ -1,7 +1,7 @@
 """Models: the shared composition/symmetry encoder and the multi-task heads."""
 
 from .elements import CRYSTAL_SYSTEMS, MAX_Z, crystal_system_of_spg, element_table
-from .net import Encoder, Head, ModelConfig, MultiTaskModel, TaskSpec
+from .net import Encoder, Head, ModelConfig, MultiTaskModel, TaskSpec, state_shapes
 
 __all__ = [
     "CRYSTAL_SYSTEMS",
@@ -13,4 +13,5 @@ __all__ = [
     "ModelConfig",
     "MultiTaskModel",
     "TaskSpec",
+    "state_shapes",
 ]

@@ -11,6 +11,8 @@ import numpy as np
 
 MAX_Z = 103  # matscholar covers H (1) .. Lr (103); 0 is padding
 EMBEDDING_NAME = "matscholar_els"
+#: embedding name -> width of its vectors (what a checkpoint's shapes are checked against)
+EMBEDDING_DIMS = {EMBEDDING_NAME: 200}
 CRYSTAL_SYSTEMS = ("unknown", "triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 
 
@@ -29,8 +31,7 @@ def _matminer_file(name: str) -> Path:
 def element_table(name: str = EMBEDDING_NAME) -> np.ndarray:
     """(MAX_Z + 1, dim) float32 table; row 0 (padding) is zeros. Each column is
     standardised over the elements so the scale suits a linear projection."""
-    if name != EMBEDDING_NAME:
-        raise ValueError(f"unknown element embedding {name!r}; available: {EMBEDDING_NAME!r}")
+    embedding_dim(name)
     from pymatgen.core import Element
 
     raw = json.loads(_matminer_file("matscholar_els.json").read_text())
@@ -43,6 +44,13 @@ def element_table(name: str = EMBEDDING_NAME) -> np.ndarray:
     body = table[1:]
     table[1:] = (body - body.mean(0)) / (body.std(0) + 1e-6)
     return table
+
+
+def embedding_dim(name: str) -> int:
+    """The width of the element embedding ``name``; ValueError for an unknown name."""
+    if name not in EMBEDDING_DIMS:
+        raise ValueError(f"unknown element embedding {name!r}; available: {', '.join(map(repr, EMBEDDING_DIMS))}")
+    return EMBEDDING_DIMS[name]
 
 
 def crystal_system_of_spg(spg: np.ndarray) -> np.ndarray:

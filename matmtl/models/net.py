@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
-from .elements import MAX_Z, crystal_system_of_spg, element_table
+from .elements import MAX_Z, crystal_system_of_spg, element_table, embedding_dim
 
 
 @dataclass
@@ -64,9 +64,11 @@ class FractionEncoding(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, element_vectors: torch.Tensor | None = None):
+        """``element_vectors``: the fixed element table, when it is known already (a checkpoint
+        holds it); by default it is read from the embedding's data file."""
         super().__init__()
-        table = torch.from_numpy(element_table(cfg.embedding))
+        table = torch.from_numpy(element_table(cfg.embedding)) if element_vectors is None else element_vectors
         self.register_buffer("element_vectors", table)  # fixed, saved with the weights
         self.elem_proj = nn.Linear(table.shape[1], cfg.dim)
         self.elem_resid = nn.Embedding(MAX_Z + 1, cfg.dim, padding_idx=0)
@@ -144,12 +146,20 @@ class Head(nn.Module):
 
 
 class MultiTaskModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, tasks: list[TaskSpec]):
+    def __init__(self, cfg: ModelConfig, tasks: list[TaskSpec], element_vectors: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
         self.tasks = {t.name: t for t in tasks}
-        self.encoder = Encoder(cfg)
+        self.encoder = Encoder(cfg, element_vectors)
         self.heads = nn.ModuleDict({t.name: self._make_head(t) for t in tasks})
+
+    @classmethod
+    def from_state(cls, cfg: ModelConfig, tasks: list[TaskSpec], state: dict[str, torch.Tensor]) -> "MultiTaskModel":
+        """The model holding ``state`` (a state dict of exactly its shapes: RuntimeError
+        otherwise). Its element table comes from ``state``, not from the data file."""
+        model = cls(cfg, tasks, element_vectors=state.get(_ELEMENT_VECTORS))
+        model.load_state_dict(state, strict=True, assign=True)
+        return model
 
     def _make_head(self, task: TaskSpec) -> Head:
         return Head(self.cfg.dim, self.cfg.head_hidden, self.cfg.members, 2 if task.kind == "hurdle" else 1)
@@ -205,3 +215,52 @@ class MultiTaskModel(nn.Module):
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         return {k: np.concatenate(v)[inverse] for k, v in out.items()}
+
+
+_ELEMENT_VECTORS = "encoder.element_vectors"
+
+
+def state_shapes(cfg: ModelConfig, tasks: list[TaskSpec]) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in the state dict of ``MultiTaskModel(cfg, tasks)``, from
+    the settings alone: nothing is built or allocated, torch is not called (a checkpoint's
+    weights are checked against this before loading). ValueError for an unknown
+    embedding. tests/test_model_net.py checks it against built models."""
+    d, s, ff = cfg.dim, cfg.spg_dim, cfg.ff_mult * cfg.dim
+    out: dict[str, tuple[int, ...]] = {
+        _ELEMENT_VECTORS: (MAX_Z + 1, embedding_dim(cfg.embedding)),
+        "encoder.elem_proj.weight": (d, embedding_dim(cfg.embedding)),
+        "encoder.elem_proj.bias": (d,),
+        "encoder.elem_resid.weight": (MAX_Z + 1, d),
+        "encoder.frac_enc.proj.weight": (d, 2 + 2 * cfg.n_fourier),
+        "encoder.frac_enc.proj.bias": (d,),
+        "encoder.spg_emb.weight": (231, s),
+        "encoder.cs_emb.weight": (len(_CS), s),
+        "encoder.mix.0.weight": (d, 2 * d + s),
+        "encoder.mix.0.bias": (d,),
+        "encoder.mix.2.weight": (d, d),
+        "encoder.mix.2.bias": (d,),
+        "encoder.norm.weight": (d,),
+        "encoder.norm.bias": (d,),
+    }
+    for i in range(cfg.layers):
+        block = {
+            "n1.weight": (d,),
+            "n1.bias": (d,),
+            "n2.weight": (d,),
+            "n2.bias": (d,),
+            "qkv.weight": (3 * d, d),
+            "qkv.bias": (3 * d,),
+            "out.weight": (d, d),
+            "out.bias": (d,),
+            "ff.0.weight": (ff, d),
+            "ff.0.bias": (ff,),
+            "ff.2.weight": (d, ff),
+            "ff.2.bias": (d,),
+        }
+        out.update({f"encoder.blocks.{i}.{k}": v for k, v in block.items()})
+    m, h = cfg.members, cfg.head_hidden
+    for t in tasks:
+        n_out = 2 if t.kind == "hurdle" else 1
+        head = {"w1": (m, d, h), "b1": (m, h), "w2": (m, h, n_out), "b2": (m, n_out)}
+        out.update({f"heads.{t.name}.{k}": v for k, v in head.items()})
+    return out
