@@ -286,7 +286,10 @@ class FinetuneConfig:
     holdout_fold: int | None = None
     max_train_rows: int | None = None
     replay_max_rows: int | None = None
-    symmetry: str = "none"  # "mp_ground_state": training rows carry their MP ground state's space group
+    # "mp_ground_state" (the evaluated recipe): each training composition that Materials
+    # Project knows carries its ground state's space group, so a structure's real symmetry
+    # is no stranger to the gap head; "none": compositions only
+    symmetry: str = "mp_ground_state"
     data_dir: str | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig.preset("finetune"))
     mtl: MTLConfig = field(default_factory=MTLConfig)
@@ -352,6 +355,8 @@ def config_from_dict(d: dict) -> RunConfig:
     if version == 1:  # matmtl 0.1 had no validation split: its runs resume as they started
         train.setdefault("val_fraction", 0.0)
     values["train"] = TrainConfig.from_dict(train)
+    if kind == "finetune":  # runs from before the symmetry option fine-tuned on compositions only
+        values.setdefault("symmetry", "none")
     values["mtl"] = MTLConfig.from_dict(values.get("mtl", {}))
     return cls(**values)
 

@@ -43,8 +43,9 @@ class BandGapRegressor(RegressorMixin, BaseEstimator):
     no anchor), as ``matmtl finetune --aux dft_energy`` does. ``preset`` is a
     :meth:`TrainConfig.preset <matmtl.config.TrainConfig.preset>` name ("finetune": the
     evaluated recipe; "finetune-tiny": seconds); ``epochs``, ``batch_size``, ``lr`` and
-    ``threads`` override it when given. ``symmetry="mp_ground_state"`` gives training
-    compositions their Materials Project ground state's space group. ``replay_max_rows``
+    ``threads`` override it when given. ``symmetry="mp_ground_state"`` (the default, as
+    ``matmtl finetune``) gives training compositions their Materials Project ground state's
+    space group; ``"none"`` fine-tunes on compositions only. ``replay_max_rows``
     caps the replayed DFT rows (None: the base model's pretraining rows).
 
     Fitted attributes: ``model_`` (the fine-tuned :class:`matmtl.inference.Model`),
@@ -59,7 +60,7 @@ class BandGapRegressor(RegressorMixin, BaseEstimator):
         aux: str | tuple[str, ...] | None = "dft_energy",
         aux_source: str = "replay",
         aux_weight: float = 0.5,
-        symmetry: str = "none",
+        symmetry: str = "mp_ground_state",
         preset: str = "finetune",
         epochs: int | None = None,
         batch_size: int | None = None,
@@ -259,34 +260,20 @@ def training_table(items: list, gaps: np.ndarray):
     and its gap. An unusable input raises DataError naming ``X[i]``."""
     import pandas as pd
 
-    from .data import symmetry_of
+    from .data import Featurizer, symmetry_of
     from .inference import _to_model_input
 
+    featurizer = Featurizer(cache=False)  # its read() refuses what no model can embed, naming X[i]
     formulas, spg = [], []
     for i, x in enumerate(items):
         comp, structure = _to_model_input(x, f"X[{i}]")
-        _check_elements(comp, f"X[{i}]")
+        featurizer.read(comp, f"X[{i}]")
         formulas.append(comp.formula)
         spg.append(symmetry_of(structure)[0] if structure is not None else 0)
     table = pd.DataFrame({"formula": formulas, TARGET: gaps})
     if any(spg):
         table.insert(1, "spg_num", spg)
     return table
-
-
-def _check_elements(comp, where: str) -> None:
-    """What the model can embed: at most Featurizer.max_elements elements, H..Lr."""
-    from .data import Featurizer
-    from .models import MAX_Z
-
-    if len(comp.elements) > Featurizer.max_elements:
-        raise DataError(
-            f"{where}: {comp.reduced_formula!r} has {len(comp.elements)} elements; the model takes at most "
-            f"{Featurizer.max_elements}"
-        )
-    beyond = sorted({el.symbol for el in comp.elements if getattr(el, "Z", MAX_Z + 1) > MAX_Z})
-    if beyond:
-        raise DataError(f"{where}: element(s) {', '.join(beyond)} beyond the {MAX_Z} elements the model embeds")
 
 
 @contextmanager

@@ -79,6 +79,14 @@ def test_bulk_bad_rows_are_reported_and_left_out(tmp_path):
     assert src.read_bytes() == before  # nothing is written into a data source
 
 
+def test_rows_with_elements_no_model_embeds_are_counted_and_left_out(tmp_path):
+    frame = pd.DataFrame({"formula": ["NaCl", "OgO2", "Rf(OH)4", "Lr2O3"], "band_gap": [8.5, 1.0, 2.0, 5.0]})
+    with pytest.warns(DataWarning, match="left out 2 of 4 rows") as rec:
+        ds = load_table(_write(tmp_path, "gaps.csv", frame))
+    assert "element beyond Lr" in str(rec[0].message) and "Og" in str(rec[0].message)
+    assert ds.formulas == ["Na1 Cl1", "Lr2 O3"]
+
+
 def test_table_errors(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("")

@@ -275,8 +275,9 @@ def test_protocol_settings_reach_the_finetune_configs_and_fingerprints(tmp_path)
     d = EvalSettings()
     preset = TrainConfig.preset("finetune")
     assert (d.val_fraction, d.patience) == (preset.val_fraction, preset.patience)  # the preset's defaults
-    assert d.anchor == "validation" and d.symmetry == "none" and d.submission_variant == "finetune_anchor_replay"
-    s = EvalSettings(val_fraction=0.2, patience=5, symmetry="mp_ground_state")
+    assert d.anchor == "validation" and d.symmetry == "mp_ground_state"
+    assert d.submission_variant == "finetune_anchor_replay"
+    s = EvalSettings(val_fraction=0.2, patience=5, symmetry="none")
     assert (s.finetune_train("cpu").val_fraction, s.finetune_train("cpu").patience) == (0.2, 5)
 
     class Pre:  # only the checkpoint identity is read by the fingerprint and the config
@@ -286,9 +287,9 @@ def test_protocol_settings_reach_the_finetune_configs_and_fingerprints(tmp_path)
         return FinetuneCells(settings, "cpu", tmp_path, None, Pre())
 
     c = cells(s).config(VARIANTS["finetune_anchor_replay"], Path("ckpt"), 0, None)
-    assert c.symmetry == "mp_ground_state" and c.train.val_fraction == 0.2 and c.train.patience == 5
+    assert c.symmetry == "none" and c.train.val_fraction == 0.2 and c.train.patience == 5
     spec = VARIANTS["finetune"]
-    fps = {cells(EvalSettings(**kw)).fp(spec) for kw in ({}, {"symmetry": "mp_ground_state"}, {"patience": 3})}
+    fps = {cells(EvalSettings(**kw)).fp(spec) for kw in ({}, {"symmetry": "none"}, {"patience": 3})}
     fps |= {cells(EvalSettings(val_fraction=0.2)).fp(spec)}
     assert len(fps) == 4  # each protocol setting makes other cells
     assert cells(EvalSettings()).fp(spec) == cells(EvalSettings()).fp(spec)

@@ -19,13 +19,15 @@ from matmtl.train import finetune, pretrain
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    """A user cache holding one tiny pretrain and one tiny fine-tune run."""
+    """A user cache holding one tiny pretrain and one tiny fine-tune run (on compositions
+    only, ``symmetry="none"``, so the trust notes about symmetry have something to say)."""
     root = tmp_path_factory.mktemp("predcache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MATMTL_CACHE_DIR", str(root))
         pretrain(tiny_pretrain(max_rows=300), progress=False)
         finetune(
-            FinetuneConfig(aux_source="distill", max_train_rows=200, holdout_fold=0, train=tiny_ft()), progress=False
+            FinetuneConfig(aux_source="distill", max_train_rows=200, holdout_fold=0, symmetry="none", train=tiny_ft()),
+            progress=False,
         )
     return root
 

@@ -186,6 +186,12 @@ def _all_names() -> set[str]:
     return {a for s in REGISTRY.values() for a in (s.name, *s.aliases)}
 
 
+def read_named(name: str, data_dir=None) -> pd.DataFrame:
+    """The raw table of a named dataset, as stored (no row checks, no featurizing): for a
+    quick look-up over many rows; :func:`load_dataset` is the checked way in."""
+    return _read_named(get_spec(name), data_dir, "auto")[0]
+
+
 def _read_named(spec: DatasetSpec, data_dir, source: str) -> tuple[pd.DataFrame, str]:
     if source != "matminer":
         explicit = explicit_dir(data_dir)

@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import DataError
 from ..io import atomic_write, cache_dir, sha256_of
 from .composition import ElementAmounts, is_pymatgen
-from .periodic import Z_OF
+from .periodic import MAX_Z, SYMBOLS, Z_OF
+from .plain import plain_fractions
 from .validate import check_structure, parse_composition
 
 if TYPE_CHECKING:  # pymatgen is imported where a structure or a CIF is read
@@ -134,24 +135,7 @@ class Featurizer:
         frac = np.zeros((n, e), dtype=np.float32)
         spg = np.zeros(n, dtype=np.int64)
         for i, x in _rows(items, where):
-            label = f"{where} {i}" if n > 1 else where
-            if _is_cif(x):
-                x = _read_cif(x, label)
-            if is_pymatgen(x, "Structure") or type(x).__name__ == "Molecule":
-                s = check_structure(x, label)
-                comp = s.composition
-                spg[i] = symmetry_of(s, self.symprec)[0]
-            elif isinstance(x, ElementAmounts):
-                comp = x  # already checked (matmtl.data.formula.read_composition)
-            else:
-                comp = parse_composition(x, label)
-            els = (
-                comp.fractions() if isinstance(comp, ElementAmounts) else comp.fractional_composition.get_el_amt_dict()
-            )
-            if len(els) > e:
-                raise DataError(f"{label}: {comp.formula!r} has {len(els)} elements; this featurizer takes at most {e}")
-            # sorted by atomic number so the same composition always gives the same row
-            pairs = sorted((_z(el), amt) for el, amt in els.items())
+            pairs, spg[i] = self.read(x, f"{where} {i}" if n > 1 else where)
             z[i, : len(pairs)] = [p[0] for p in pairs]
             frac[i, : len(pairs)] = [p[1] for p in pairs]
         if spg_given is not None:
@@ -159,6 +143,40 @@ class Featurizer:
         if np.any((spg < 0) | (spg > 230)):
             raise DataError(f"{where}: space-group numbers must be in 1..230 (0 = unknown)")
         return Features(z, frac, spg)
+
+    def read(self, x, label: str = "input") -> tuple[list[tuple[int, float]], int]:
+        """(Z, fraction) pairs sorted by Z, and the space group (0: unknown), of one input;
+        a DataError naming ``label`` if it cannot be read."""
+        pairs = plain_fractions(x) if isinstance(x, str) else None
+        spg = 0
+        if pairs is None or len(pairs) > self.max_elements:
+            pairs, spg = self._read_general(x, label)
+        if pairs[-1][0] > MAX_Z:
+            beyond = ", ".join(SYMBOLS[z - 1] for z, _ in pairs if z > MAX_Z)
+            raise DataError(f"{label}: element(s) {beyond} beyond the {MAX_Z} elements matmtl models embed (H..Lr)")
+        return pairs, spg
+
+    def _read_general(self, x, label: str) -> tuple[list[tuple[int, float]], int]:
+        """:meth:`read` for structures, CIF texts, Compositions and every formula that
+        :func:`~matmtl.data.plain.plain_fractions` leaves to the general reader."""
+        spg = 0
+        if _is_cif(x):
+            x = _read_cif(x, label)
+        if is_pymatgen(x, "Structure") or type(x).__name__ == "Molecule":
+            s = check_structure(x, label)
+            comp = s.composition
+            spg = symmetry_of(s, self.symprec)[0]
+        elif isinstance(x, ElementAmounts):
+            comp = x  # already checked (matmtl.data.formula.read_composition)
+        else:
+            comp = parse_composition(x, label)
+        els = comp.fractions() if isinstance(comp, ElementAmounts) else comp.fractional_composition.get_el_amt_dict()
+        if len(els) > self.max_elements:
+            raise DataError(
+                f"{label}: {comp.formula!r} has {len(els)} elements; this featurizer takes at most {self.max_elements}"
+            )
+        # sorted by atomic number so the same composition always gives the same row
+        return sorted((_z(el), amt) for el, amt in els.items()), spg
 
 
 def _rows(items: list, where: str):

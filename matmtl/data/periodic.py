@@ -24,6 +24,8 @@ _PAIRS = [tok.split(":") for tok in _TABLE.split()]
 SYMBOLS: tuple[str, ...] = tuple(s for s, _ in _PAIRS)
 #: symbol -> atomic number
 Z_OF: dict[str, int] = {s: z for z, s in enumerate(SYMBOLS, start=1)}
+#: the last element matmtl models embed (matscholar covers H (1) .. Lr (103))
+MAX_Z = 103
 #: symbol -> Pauling electronegativity (pymatgen's ``Element.X``; NaN where it has none)
 X_OF: dict[str, float] = {s: float("nan") if x == "-" else float(x) for s, x in _PAIRS}
 

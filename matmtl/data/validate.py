@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import numpy as np
 from ..errors import DataError, InputTypeError, type_hint
 from .composition import is_pymatgen
 from .formula import MIN_FRACTION, check_formula, formula_problem
+from .periodic import MAX_Z, Z_OF
 
 if TYPE_CHECKING:  # imported where used: reading a formula imports neither
     import pandas as pd
@@ -308,6 +310,11 @@ def _composition_key(formula: str) -> str:
     return " ".join(f"{el.symbol}{amt:.9f}" for el, amt in sorted(comp.items(), key=lambda x: x[0].Z))
 
 
+def beyond_max_z(formula: str) -> str:
+    """The elements of a canonical formula that no matmtl model embeds (past Lr), or ''."""
+    return ", ".join(s for s in re.findall(r"[A-Z][a-z]*", formula) if Z_OF.get(s, MAX_Z + 1) > MAX_Z)
+
+
 def _check_row(i: int, raw, frame: pd.DataFrame, targets: dict[str, bool], values: dict, repeated: bool):
     """(canonical formula, None) for a usable row, else (None, (reason, detail, value))."""
     text = raw.formula if is_pymatgen(raw, "Composition") else raw
@@ -318,6 +325,9 @@ def _check_row(i: int, raw, frame: pd.DataFrame, targets: dict[str, bool], value
     formula, problem, detail = check_formula(text)
     if problem:
         return None, (problem, f"{text!r}" + (f" ({detail})" if detail else ""), text)
+    beyond = beyond_max_z(formula)
+    if beyond:
+        return None, ("element beyond Lr", f"{text!r} ({beyond}: matmtl models embed H..Lr)", text)
     for col, nonneg in targets.items():
         v = values[col][i]
         if not math.isfinite(v):

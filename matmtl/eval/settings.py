@@ -145,7 +145,7 @@ class EvalSettings:
     pretrain_tasks: tuple[str, ...] = ("e_form", "gap_pbe")
     pretrain_fold: int = 0
     anchor: str = "validation"  # validation | replay | distill
-    symmetry: str = "none"  # FinetuneConfig.symmetry: none | mp_ground_state
+    symmetry: str = "mp_ground_state"  # FinetuneConfig.symmetry: none | mp_ground_state
     val_fraction: float | None = None  # None: the fine-tuning preset's TrainConfig.val_fraction
     patience: int | None = None  # None: the fine-tuning preset's TrainConfig.patience
     submission_variant: str = SUBMISSION_VARIANT

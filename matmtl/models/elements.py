@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-MAX_Z = 103  # matscholar covers H (1) .. Lr (103); 0 is padding
+from ..data.periodic import MAX_Z  # matscholar covers H (1) .. Lr (103); 0 is padding
+
 EMBEDDING_NAME = "matscholar_els"
 #: embedding name -> width of its vectors (what a checkpoint's shapes are checked against)
 EMBEDDING_DIMS = {EMBEDDING_NAME: 200}
