@@ -184,10 +184,10 @@ class _StepForward(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, forward: Callable):
         super().__init__()
         self.model = model  # (a submodule: DDP finds the parameters here)
-        self._forward = forward
+        self.step_forward = forward
 
     def forward(self, parts):
-        return self._forward(parts)
+        return self.step_forward(parts)
 
 
 def _sum_hook(state, bucket):
