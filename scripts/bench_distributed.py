@@ -142,7 +142,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    results = {}
+    results, load_before = {}, os.getloadavg()
     for case in CASES:
         base = ["--case", case, "--epochs", str(args.epochs), "--size", args.size]
         full = [*base, "--rows", str(args.rows), "--batch", str(args.batch)]
@@ -158,7 +158,9 @@ def main() -> None:
         r["speedup 2 processes vs 1 process 2 threads"] = r["1 process, 2 threads"]["step_ms"] / two["step_ms"]
         r["communication share of a 2-process step"] = max(0.0, 1 - half_step["step_ms"] / two["step_ms"])
         results[case] = r
-        print(f"\n{case}: rows {args.rows}, global batch {args.batch}, model {args.size}")
+        print(
+            f"\n{case}: rows {args.rows}, global batch {args.batch}, model {args.size}, load {os.getloadavg()[0]:.1f}"
+        )
         for name in ("1 process, 1 thread", "1 process, 2 threads", "2 processes, 1 thread each"):
             print(f"  {name:30s} {r[name]['step_ms']:8.1f} ms/step  {r[name]['rows_per_s']:8.0f} rows/s")
         print(f"  {'each process alone (half)':30s} {half_step['step_ms']:8.1f} ms/step")
@@ -174,7 +176,9 @@ def main() -> None:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "date": time.strftime("%Y-%m-%d"),
             "settings": {"rows": args.rows, "batch": args.batch, "epochs": args.epochs, "model": args.size},
-            "note": "epoch time: the fastest epoch after the first; another job shared the CPU",
+            "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()},
+            "note": "epoch time: the fastest epoch after the first; each process 1 torch thread unless said; "
+            "a load average above the core count means other jobs shared the CPU",
             "cases": results,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
