@@ -115,6 +115,9 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of the training rows held out (seeded) as the run's validation rows
     val_rows: int = 4096  # at most this many validation rows are scored after every epoch (all at the end)
     patience: int = 0  # stop after this many epochs without a better validation score (0 = run all epochs)
+    # several processes (torchrun): seconds a process waits for the others in a collective before
+    # it fails with an error naming itself (rank 0 alone scores validation rows and saves meanwhile)
+    dist_timeout: float = 1800.0
 
     # name -> overrides of the defaults above; "finetune*" presets are the fine-tuning ones
     PRESETS = {
@@ -145,6 +148,7 @@ class TrainConfig:
             ("sym_dropout", lambda v: 0 <= v <= 1, "in [0, 1]"),
             ("grad_clip", lambda v: v >= 0, ">= 0 (0 = off)"),
             ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("dist_timeout", lambda v: v > 0, "> 0 (seconds)"),
         ):
             v = getattr(self, name)
             _check(_is_number(v) and ok(v), f"{c}.{name}", f"must be a number {what}", v)

@@ -39,3 +39,10 @@ def type_hint(value) -> str:
     if type(value).__name__ == "DataFrame":
         return " (a DataFrame: pass its formula column, e.g. df['formula'])"
     return ""
+
+
+class DistributedError(RuntimeError):
+    """A data-parallel run lost one of its processes: a collective failed because another
+    rank stopped (its own error says why) or did not answer within the timeout, or rank 0
+    failed at something it does for all (claiming the run folder, saving the state). The
+    message names this rank and what it was doing. Not an input error: a RuntimeError."""

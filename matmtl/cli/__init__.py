@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import MatmtlError
+from ..errors import DistributedError, MatmtlError
 from ..eval.cli import evaluate_cmd
 from . import data, models, predict, train  # noqa: F401  (registers the commands)
 from .app import app, err_console
@@ -16,12 +16,13 @@ app.command("evaluate")(evaluate_cmd)
 
 
 def main() -> None:
-    """Entry point: matmtl's own input errors print one clear line, not a traceback."""
+    """Entry point: matmtl's own input errors, and a data-parallel run that lost a process,
+    print one clear line, not a traceback."""
     from rich.markup import escape
 
     try:
         app()
-    except MatmtlError as exc:
+    except (MatmtlError, DistributedError) as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(2)
 

@@ -118,6 +118,13 @@ ThreadsOpt = typer.Option(
     min=0,
     help="CPU threads for torch (fixed, so seeded runs repeat; 0 = torch's default).",
 )
+DistTimeoutOpt = typer.Option(
+    TrainConfig().dist_timeout,
+    "--dist-timeout",
+    min=1.0,
+    help="Under torchrun (several processes share each batch, docs/distributed.md): seconds a process "
+    "waits for the others before it stops with an error naming itself, instead of hanging.",
+)
 OutOpt = typer.Option(
     None,
     "--out",

@@ -16,6 +16,7 @@ from .options import (
     BalanceOpt,
     DataDirOpt,
     DeviceOpt,
+    DistTimeoutOpt,
     HoldoutOpt,
     MonitorEveryOpt,
     MonitorKOpt,
@@ -40,7 +41,16 @@ from .options import (
 FT = default_of(FinetuneConfig, "train")  # the fine-tuning defaults the options show (no torch import)
 
 
+def _is_main() -> bool:
+    """Rank 0, or a single process: the one that reports (torchrun sets RANK)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _warn_lines(caught) -> None:
+    if not _is_main():
+        return
     for w in caught:
         if type(w.message).__name__ == "DataWarning":
             err_console.print(f"[yellow]warning:[/] {w.message}")
@@ -63,7 +73,8 @@ def _run(kind: str, start, resume: bool, out: Optional[Path]):
             err_console.print(f"[yellow]interrupted:[/] {escape(interrupted_message(exc.run_dir, exc.kind))}")
             raise typer.Exit(130) from None
     _warn_lines(caught)
-    console.print(f"[green]{kind} finished:[/] {res.run_dir}")
+    if _is_main():
+        console.print(f"[green]{kind} finished:[/] {res.run_dir}")
 
 
 def _mtl_config(balance: Balance, surgery: SurgeryChoice, soft_share: float, monitor_every: int, monitor_k: int):
@@ -141,6 +152,7 @@ def pretrain_cmd(
     seed: int = SeedOpt,
     threads: int = ThreadsOpt,
     device: Device = DeviceOpt,
+    dist_timeout: float = DistTimeoutOpt,
     resume: bool = ResumeOpt,
     balance: Balance = BalanceOpt,
     surgery: SurgeryChoice = SurgeryOpt,
@@ -175,6 +187,7 @@ def pretrain_cmd(
                 sym_dropout=sym_dropout,
                 val_fraction=val_fraction,
                 patience=patience,
+                dist_timeout=dist_timeout,
             ),
             mtl=_mtl_config(balance, surgery, 0.0, monitor_every, monitor_k),
         )
@@ -248,6 +261,7 @@ def finetune_cmd(
     seed: int = SeedOpt,
     threads: int = ThreadsOpt,
     device: Device = DeviceOpt,
+    dist_timeout: float = DistTimeoutOpt,
     resume: bool = ResumeOpt,
     balance: Balance = BalanceOpt,
     surgery: SurgeryChoice = SurgeryOpt,
@@ -289,6 +303,7 @@ def finetune_cmd(
                 device=pick_device(device.value),
                 val_fraction=val_fraction,
                 patience=patience,
+                dist_timeout=dist_timeout,
             ),
             mtl=_mtl_config(balance, surgery, soft_share, monitor_every, monitor_k),
         )

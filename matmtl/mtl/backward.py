@@ -6,6 +6,7 @@ from typing import Iterable
 
 import torch
 
+from ..distributed import World
 from .balance import Balancer, Static
 from .gradients import chunked_shared_grads, shared_grads
 from .monitor import GeometryMonitor
@@ -48,6 +49,18 @@ class MTLBackward:
 
     :meth:`state_dict` / :meth:`load_state_dict` hold what a resumed run needs (step
     count, the balancer's learned state, the monitor's records), JSON-ready.
+
+    **Several processes** (``world``, a :class:`matmtl.distributed.World` of more than one
+    process; each process passes the losses of its share of the batch, with denominators
+    of the whole batch, so they add up to the batch's losses): the task losses and the
+    (T, d) task gradients, and on monitored steps the (T, k, d) samples, are summed over
+    the processes *before* weighting, surgery and the monitor, so every process takes the
+    same step that one process would take on the whole batch (PCGrad, half-space and
+    GradNorm are not linear in the gradients: averaging per-process updates would not be
+    that step). The other parameters' gradients (heads) are summed after the backward
+    pass, unless ``backward(..., ddp=True)`` says DistributedDataParallel's hooks already
+    did it. Call ``zero_grad`` before every step: the gradients summed are the ``.grad``
+    contents. Only the main process feeds the monitor.
     """
 
     def __init__(
@@ -63,6 +76,7 @@ class MTLBackward:
         reference: Iterable[torch.Tensor] | None = None,
         monitor: GeometryMonitor | None = None,
         seed: int = 0,
+        world: World | None = None,
     ):
         self.shared = [p for p in shared if p.requires_grad]
         ids = {id(p) for p in self.shared}
@@ -92,6 +106,7 @@ class MTLBackward:
         self._grad_buffer: torch.Tensor | None = None
         self.seed = int(seed)
         self.step = 0
+        self.world = world or World()
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The balancer's own learnable parameters (uncertainty weighting); add them to the optimizer."""
@@ -101,21 +116,30 @@ class MTLBackward:
         """Whether this step feeds the monitor (then pass k micro-batches, see above)."""
         return self.monitor is not None and len(self.tasks) > 1 and self.monitor.due(self.step)
 
-    def backward(self, losses: dict[str, torch.Tensor], features=None) -> dict:
+    def plain_step(self) -> bool:
+        """Whether the next :meth:`backward` is one ordinary backward pass of the weighted
+        sum (no per-task gradients: static or uncertainty weights, no surgery, no monitor
+        step); only such a step may run under DistributedDataParallel (``ddp=True``)."""
+        return not (self.surgery.needs_grads or self.balancer.needs_grads or self.monitor_due())
+
+    def backward(self, losses: dict[str, torch.Tensor], features=None, *, ddp: bool = False) -> dict:
         """One step's backward pass from the T scalar task losses. ``features``: the
         shared representation the heads read (a tensor, or a tuple of tensors when the
         heads read several batches); without it per-task gradients need one backward
-        pass per task."""
+        pass per task. ``ddp``: the forward pass ran through DistributedDataParallel,
+        whose hooks sum this :meth:`plain_step`'s gradients over the processes."""
         if self.monitor_due():
             raise ValueError(
                 f"step {self.step} feeds the gradient monitor: call backward_microbatches with the encoder "
                 f"run on k={self.monitor.k} micro-batches (see MTLBackward.monitor_due)"
             )
+        if ddp and not self.plain_step():
+            raise ValueError("ddp=True needs a plain step: DDP's hooks never see per-task gradients")
         scalars = self._check(losses, lambda v: torch.is_tensor(v) and v.dim() == 0, "a scalar tensor")
         grads = None
         if self.surgery.needs_grads or self.balancer.needs_grads:
-            grads = self._task_grads(scalars, features)
-        return self._finish(scalars, grads)
+            grads = self.world.sum_(self._task_grads(scalars, features), self._doing("the task gradients"))
+        return self._finish(scalars, grads, ddp=ddp)
 
     def backward_microbatches(self, losses: dict[str, list[torch.Tensor]], features: list) -> dict:
         """A step over k micro-batches: ``features[c]`` is micro-batch c's shared
@@ -126,7 +150,8 @@ class MTLBackward:
         self._check(losses, lambda v: isinstance(v, (list, tuple)) and len(v) == k, f"a list of {k} micro-batch losses")
         parts = {t: list(losses[t]) for t in self.tasks}
         per_chunk = chunked_shared_grads(parts, features, self.shared, out=self._buffer(k))  # (T, k, d)
-        if self.monitor_due():
+        self.world.sum_(per_chunk, self._doing("the micro-batch task gradients"))
+        if self.monitor_due() and self.world.is_main:
             self.monitor.submit(self.step, self.tasks, per_chunk.detach())
         return self._finish({t: torch.stack(parts[t]).mean() for t in self.tasks}, per_chunk.mean(dim=1))
 
@@ -155,31 +180,42 @@ class MTLBackward:
             raise ValueError(f"loss of task(s) {wrong} must be {what}")
         return [losses[t] for t in self.tasks]
 
-    def _finish(self, scalars, grads: torch.Tensor | None) -> dict:
+    def _doing(self, what: str) -> str:
+        return f"summing {what} at step {self.step}"
+
+    def _finish(self, scalars, grads: torch.Tensor | None, ddp: bool = False) -> dict:
+        """``scalars``: this process's part of each task loss; ``grads``: the (T, d) task
+        gradients of the whole batch (summed over processes), or None."""
         if isinstance(scalars, dict):
             scalars = [scalars[t] for t in self.tasks]
         stacked = torch.stack(list(scalars))
-        if not torch.isfinite(stacked).all():
-            bad = [t for t, v in zip(self.tasks, stacked) if not torch.isfinite(v)]
+        losses = self.world.sum_(stacked.detach().clone(), self._doing("the task losses"))  # the whole batch's
+        if not torch.isfinite(losses).all():  # (the sums: every process raises together)
+            bad = [t for t, v in zip(self.tasks, losses) if not torch.isfinite(v)]
             raise FloatingPointError(f"non-finite loss for task(s) {bad} at step {self.step}")
-        w = self.balancer.weights(stacked.detach(), grads)
+        w = self.balancer.weights(losses, grads)
         total = (w.to(stacked.dtype) * stacked).sum()
-        if total.requires_grad:  # (not: no task had labelled rows this step)
-            # without per-task gradients one ordinary backward pass does everything;
-            # with them, it only serves the task-specific parameters (heads)
-            inputs = self.shared + self.others if grads is None else self.others
-            if inputs:
-                total.backward(inputs=inputs)
+        # without per-task gradients one ordinary backward pass does everything;
+        # with them, it only serves the task-specific parameters (heads)
+        inputs = self.shared + self.others if grads is None else self.others
+        if total.requires_grad and inputs:  # (not: no task had labelled rows here this step)
+            total.backward(inputs=inputs)
+        if not ddp:
+            self.world.sum_grads_(inputs, self._doing("the gradients"))
         if grads is not None:
             weighted = grads * w.to(grads.dtype).unsqueeze(1)
             self._add_to_shared(self.surgery(weighted, seed=self.seed + self.step))
-        self.balancer.backward_own(stacked)
+        self.balancer.backward_own(losses)
         if self.reference is not None:
             for p, p0 in zip(self.shared, self.reference):
                 penalty = self.soft_share * (p.detach() - p0)
                 p.grad = penalty if p.grad is None else p.grad + penalty
         self.step += 1
-        return {"total": float(total.detach()), **{f"w_{t}": float(x) for t, x in zip(self.tasks, w)}}
+        return {
+            "total": float((w.to(losses.dtype) * losses).sum()),
+            **{f"w_{t}": float(x) for t, x in zip(self.tasks, w)},
+            **{f"loss_{t}": float(x) for t, x in zip(self.tasks, losses)},
+        }
 
     def _task_grads(self, scalars: list[torch.Tensor], features) -> torch.Tensor:
         if features is not None:

@@ -53,6 +53,10 @@ def shared_grads(
     params = list(params)
     feats = _as_tuple(features)
     r = len(losses)
+    if not any(loss.requires_grad for loss in losses):  # no rows here (e.g. this process's share is empty)
+        if out is None:
+            out = torch.empty(r, sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+        return out.zero_()
     # 1. each loss's gradient w.r.t. the representation: a pass through its head only
     dz = [[] for _ in feats]
     for loss in losses:

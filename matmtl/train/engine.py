@@ -5,6 +5,14 @@ resumed from the state saved after epoch k draws exactly the batches, symmetry
 dropout masks and bootstrap draws an uninterrupted run would; with the same thread
 count on CPU a seeded run repeats bit for bit. The learning rate is a pure function
 of the step (linear warm-up, cosine decay), so no scheduler state is needed.
+
+Several processes (``torchrun``; :mod:`matmtl.distributed`): every process draws the same
+seeded batch plan and takes its contiguous share of each (global) batch; the loss
+denominators, the "task has labelled rows" flags and the symmetry-dropout mask belong to
+the global batch's rows, and :class:`~matmtl.mtl.MTLBackward` sums losses and gradients
+over the processes, so a run takes the steps one process would take with the same
+``batch_size`` (up to the order of float sums). Plain steps (no per-task gradients) run
+under DistributedDataParallel; rank 0 alone scores the validation rows and writes files.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from torch.nn import functional as F
 
 from ..checkpoints import CheckpointError, load_tensors, optimizer_tensors, read_json, restore_optimizer, save_tensors
 from ..config import MTLConfig, TrainConfig
+from ..distributed import World
+from ..errors import DistributedError
 from ..io import atomic_write_json, sha256_of
 from ..metrics import regression_metrics
 from ..models import MultiTaskModel, TaskSpec
@@ -118,23 +128,74 @@ def epoch_batches(data: TaskData, batch_size: int, rng: np.random.Generator) -> 
     return batches
 
 
-def task_loss(task: TaskSpec, raw: torch.Tensor, y: torch.Tensor, boot: torch.Tensor) -> torch.Tensor | None:
-    """Bootstrap-weighted loss of one head; rows without a label (NaN) are masked.
-    regression: L1 on the normalised scale. hurdle: BCE(metal) + L1 of the positive gap
-    (eV) on the non-metal rows."""
+def loss_denominators(task: TaskSpec, y: torch.Tensor, boot: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """The denominators of a head's loss over a batch's rows (targets ``y``, bootstrap
+    weights ``boot``): the bootstrap weight of the labelled rows, and for hurdle heads
+    that of the non-metal rows; None when no row carries a label."""
     mask = torch.isfinite(y)
     if not bool(mask.any()):
         return None
-    raw, y, w = raw[mask], y[mask], boot[mask]  # (b, m, o), (b,), (b, m)
+    y, w = y[mask], boot[mask]
     denom = w.sum().clamp_min(1.0)
+    if task.kind == "hurdle":
+        pos = (y > 0).float().unsqueeze(1) * w
+        return denom, pos.sum().clamp_min(1.0)
+    return (denom,)
+
+
+def task_loss(
+    task: TaskSpec, raw: torch.Tensor, y: torch.Tensor, boot: torch.Tensor, denoms: tuple | None = None
+) -> torch.Tensor | None:
+    """Bootstrap-weighted loss of one head; rows without a label (NaN) are masked.
+    regression: L1 on the normalised scale. hurdle: BCE(metal) + L1 of the positive gap
+    (eV) on the non-metal rows. ``denoms``: :func:`loss_denominators` of the whole batch
+    when these rows are one process's share of it (the shares' losses then add up to the
+    batch's loss); default: those of these rows (None when none is labelled)."""
+    if denoms is None:
+        denoms = loss_denominators(task, y, boot)
+        if denoms is None:
+            return None
+    mask = torch.isfinite(y)
+    raw, y, w = raw[mask], y[mask], boot[mask]  # (b, m, o), (b,), (b, m)
     if task.kind == "hurdle":
         metal = (y <= 0).float().unsqueeze(1).expand_as(w)
         bce = F.binary_cross_entropy_with_logits(raw[..., 0], metal, reduction="none")
         pos = (y > 0).float().unsqueeze(1) * w
         l1 = (F.softplus(raw[..., 1]) - y.unsqueeze(1)).abs()
-        return (bce * w).sum() / denom + (l1 * pos).sum() / pos.sum().clamp_min(1.0)
+        return (bce * w).sum() / denoms[0] + (l1 * pos).sum() / denoms[1]
     yn = ((y - task.mean) / task.std).unsqueeze(1)
-    return ((raw[..., 0] - yn).abs() * w).sum() / denom
+    return ((raw[..., 0] - yn).abs() * w).sum() / denoms[0]
+
+
+@dataclass
+class _Part:
+    """One source's rows in a step: the global batch's ``rows`` (every process has the
+    same) and, per task with labelled rows among them, (task, loss key, denominators)."""
+
+    source: int
+    rows: np.ndarray
+    tasks: list[tuple[str, str, tuple]]
+
+
+class _StepForward(torch.nn.Module):
+    """A step's forward pass as one module call, so DistributedDataParallel can wrap it
+    (its hooks then sum a plain step's gradients in buckets while the backward runs)."""
+
+    def __init__(self, model: torch.nn.Module, forward: Callable):
+        super().__init__()
+        self.model = model  # (a submodule: DDP finds the parameters here)
+        self.step_forward = forward
+
+    def forward(self, parts):
+        return self.step_forward(parts)
+
+
+def _sum_hook(state, bucket):
+    """DDP communication hook: the sum over processes (DDP's own hook averages; our
+    processes' losses already carry the global batch's denominators)."""
+    import torch.distributed as dist
+
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
 class Trainer:
@@ -155,15 +216,17 @@ class Trainer:
         select: str | None = None,
         progress: bool = True,
         label: str = "train",
+        world: World | None = None,
     ):
         self.model, self.cfg, self.sources = model, cfg, sources
         self.state_dir = Path(state_dir)
         self.evaluate = evaluate
-        self.progress = progress
+        self.world = world or World()
+        self.progress = progress and self.world.is_main
         self.label = label
-        self.device = torch.device(cfg.device)
+        self.device = self.world.device(cfg.device)
         self.model.to(self.device)
-        self.mtl = build_mtl(model, task_keys(sources), weights or {}, mtl, reference, cfg.seed)
+        self.mtl = build_mtl(model, task_keys(sources), weights or {}, mtl, reference, cfg.seed, self.world)
         params = [p for p in model.parameters() if p.requires_grad] + self.mtl.parameters()
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(sources[0].data) / sources[0].batch_size)
@@ -175,6 +238,34 @@ class Trainer:
         self.stopped_early = False
         self._tensors = [self._to_tensors(s.data) for s in sources]
         self._zero = torch.zeros((), device=self.device)  # the loss of a task without rows in a batch
+        self._ddp = self._wrap_ddp()
+
+    def _wrap_ddp(self):
+        """With several processes, DistributedDataParallel around the step's forward pass,
+        for the plain steps (see :meth:`MTLBackward.plain_step`); None when no step is
+        plain (per-task gradients every step) or with one process."""
+        if self.world.size == 1 or self.mtl.surgery.needs_grads or self.mtl.balancer.needs_grads:
+            return None
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        # the buffers (element table, Fourier frequencies) never change: no broadcast before every forward
+        quiet = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        sync = {"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}
+        step = _StepForward(self.model, self._forward)
+        with self.world.failing("setting up DistributedDataParallel"):
+            ddp = DistributedDataParallel(step, find_unused_parameters=self._some_heads_may_idle(), **sync)
+        ddp.register_comm_hook(None, _sum_hook)
+        return ddp
+
+    def _some_heads_may_idle(self) -> bool:
+        """Whether a step may leave a head without a gradient: a head no source trains, or
+        a task some of whose rows carry no label (a batch may hold none). DDP then has to
+        look for unused parameters after every forward pass."""
+        trained = {t for s in self.sources for t in s.tasks}
+        unlabelled = any(not np.isfinite(s.data.targets[t]).all() for s in self.sources for t in s.tasks)
+        return unlabelled or set(self.model.heads) != trained
 
     def _to_tensors(self, d: TaskData) -> dict:
         dev = self.device
@@ -218,6 +309,20 @@ class Trainer:
                 old.unlink(missing_ok=True)
 
     def load_state(self) -> bool:
+        """Continue from the saved state, if any (every process reads the same files: the
+        run folder must be on a filesystem all nodes see); True if there was one."""
+        self.world.barrier("waiting for every process before reading the saved state")
+        found = self._read_state()
+        here = [self.epoch, self.step]
+        main = self.world.main_does(lambda: here, "comparing the saved state every process read")
+        if main != here:
+            raise DistributedError(
+                f"process {self.world.rank} read the saved state of epoch {self.epoch} (step {self.step}), rank 0 "
+                f"that of epoch {main[0]} (step {main[1]}): is {self.state_dir} on a filesystem every node shares?"
+            )
+        return found
+
+    def _read_state(self) -> bool:
         js = self.state_dir / "state.json"
         if not js.exists():
             return False
@@ -264,6 +369,9 @@ class Trainer:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
         ]
+        # every process starts from rank 0's weights (they agree already: same seed or state)
+        shared = [*self.model.parameters(), *self.model.buffers(), *self.mtl.parameters()]
+        self.world.broadcast_(shared, "broadcasting the parameters")
         with Progress(*columns, disable=not self.progress, transient=False) as bar:
             overall = bar.add_task(f"{self.label}", total=self.total_steps, completed=self.step, info="")
             while not self.finished:
@@ -274,12 +382,14 @@ class Trainer:
                 self.epoch += 1
                 done_here += 1
                 row = {"epoch": self.epoch, "seconds": round(time.time() - t0, 2), **logs}
-                if self.evaluate is not None:
-                    row.update(self.evaluate(self.model))
+                if self.evaluate is not None:  # rank 0 scores, every process gets the scores
+                    what = f"scoring the validation rows after epoch {self.epoch}"
+                    row.update(self.world.main_does(lambda: self.evaluate(self.model), what))
                 self.history.append(row)
                 self.best.update(self.epoch, row, self.model)
                 self.stopped_early = self.best.stop(self.epoch) and self.epoch < self.cfg.epochs
-                self.save_state()
+                # rank 0 saves; the others wait for it (and learn if it failed)
+                self.world.main_does(self.save_state, f"saving the state after epoch {self.epoch}")
                 info = " ".join(
                     f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "seconds") and isinstance(v, float)
                 )
@@ -305,56 +415,93 @@ class Trainer:
                 g["lr"] = lr_at(self.step, self.total_steps, cfg.lr, cfg.warmup)
             rows = [idx if si == 0 else plans[si][b % len(plans[si])] for si in range(len(self.sources))]
             self.opt.zero_grad(set_to_none=True)
-            if self.mtl.monitor_due():
-                # the encoder on k micro-batches (each source's rows split k ways): the
-                # monitor's per-task gradient subspaces cost T backward passes in all
-                k = self.mtl.monitor.k
-                parts = [np.array_split(r, k) for r in rows]
-                feats, per_chunk = [], {t: [] for t in self.mtl.tasks}
-                for c in range(k):
-                    f, chunk_losses = self._forward([p[c] for p in parts])
-                    feats.append(f)
-                    for t in per_chunk:
-                        per_chunk[t].append(chunk_losses.get(t, self._zero))
-                losses = {t: torch.stack(v).mean() for t, v in per_chunk.items()}
-                logged = self.mtl.backward_microbatches(per_chunk, feats)
-            else:
-                feats, losses = self._forward(rows)
-                if not losses:
-                    continue
-                logged = self.mtl.backward({t: losses.get(t, self._zero) for t in self.mtl.tasks}, feats)
+            done = self._backward(rows)
+            if done is None:  # no task has labelled rows in this batch (alike in every process)
+                continue
+            names, logged = done
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.opt.step()
             self.step += 1
             n += 1
-            for name, v in losses.items():
-                sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + float(v.detach())
+            for name in names:
+                sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + logged[f"loss_{name}"]
             sums["loss"] = sums.get("loss", 0.0) + logged["total"]
             if self.progress and (b % 10 == 0):
                 bar.update(overall, completed=self.step, info=f"ep {self.epoch + 1} loss {sums['loss'] / n:.4f}")
         bar.update(overall, completed=self.step)
         return {k: v / max(1, n) for k, v in sums.items()}
 
-    def _forward(self, rows: list[np.ndarray]) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
-        """The shared representation of each source's rows and the per-task losses."""
-        feats, losses = [], {}
-        for src, tens, idx in zip(self.sources, self._tensors, rows):
+    def _backward(self, rows: list[np.ndarray]) -> tuple[list[str], dict] | None:
+        """One step's forward and backward passes over the global rows ``rows`` of each
+        source (this process computes its share): the loss names to log and
+        MTLBackward's log, or None when no task has labelled rows (the step is skipped)."""
+        if self.mtl.monitor_due():
+            # the encoder on k micro-batches (each source's rows split k ways): the
+            # monitor's per-task gradient subspaces cost T backward passes in all
+            k = self.mtl.monitor.k
+            chunks = [np.array_split(r, k) for r in rows]
+            feats, per_chunk = [], {t: [] for t in self.mtl.tasks}
+            for c in range(k):
+                f, chunk_losses = self._forward(self._plan([p[c] for p in chunks]))
+                feats.append(f)
+                for t in per_chunk:
+                    per_chunk[t].append(chunk_losses.get(t, self._zero))
+            return list(self.mtl.tasks), self.mtl.backward_microbatches(per_chunk, feats)
+        parts = self._plan(rows)
+        names = [key for part in parts for _, key, _ in part.tasks]
+        if not names:
+            return None
+        # DDP when the step is plain and every process has rows of every source (so
+        # every process runs the backward pass DDP's hooks wait for)
+        ddp = self._ddp is not None and self.mtl.plain_step() and all(self.world.covers(len(p.rows)) for p in parts)
+        if not ddp:
+            feats, losses = self._forward(parts)
+            return names, self.mtl.backward({t: losses.get(t, self._zero) for t in self.mtl.tasks}, feats)
+        with self.world.failing(f"step {self.step} (DistributedDataParallel)", only_communication=True):
+            feats, losses = self._ddp(parts)
+            return names, self.mtl.backward({t: losses.get(t, self._zero) for t in self.mtl.tasks}, feats, ddp=True)
+
+    def _plan(self, rows: list[np.ndarray]) -> list[_Part]:
+        """Each source's global rows with the tasks labelled among them, their loss keys
+        and loss denominators: the same in every process (the whole batch's)."""
+        parts, keys = [], []
+        for si, (src, tens, idx) in enumerate(zip(self.sources, self._tensors, rows)):
             if len(idx) == 0:  # a micro-batch of a short last batch
+                continue
+            at = torch.as_tensor(idx, device=self.device)
+            tasks = []
+            for name in src.tasks:
+                denoms = loss_denominators(self.model.tasks[name], tens["y"][name][at], tens["boot"][at])
+                if denoms is not None:
+                    key = task_key(name, src, keys)
+                    keys.append(key)
+                    tasks.append((name, key, denoms))
+            parts.append(_Part(si, idx, tasks))
+        return parts
+
+    def _forward(self, parts: list[_Part]) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+        """The shared representation of this process's share of each source's rows and
+        the per-task losses (with the whole batch's denominators)."""
+        feats, losses = [], {}
+        for part in parts:
+            tens = self._tensors[part.source]
+            mine = self.world.part(len(part.rows))
+            drop = None
+            if self.cfg.sym_dropout > 0:  # drawn for the global rows: the mask belongs to a row, not a process
+                drop = torch.rand(len(part.rows), device=self.device)[mine] < self.cfg.sym_dropout
+            idx = part.rows[mine]
+            if len(idx) == 0:  # fewer rows than processes
                 continue
             idx = torch.as_tensor(idx, device=self.device)
             z, frac, spg = tens["z"][idx], tens["frac"][idx], tens["spg"][idx]
-            if self.cfg.sym_dropout > 0:
-                drop = torch.rand(spg.shape, device=spg.device) < self.cfg.sym_dropout
+            if drop is not None:
                 spg = spg.masked_fill(drop, 0)
             h = self.model.encoder(z, frac, spg)
             feats.append(h)
-            for name in src.tasks:
-                loss = task_loss(
-                    self.model.tasks[name], self.model.heads[name](h), tens["y"][name][idx], tens["boot"][idx]
-                )
-                if loss is not None:
-                    losses[task_key(name, src, losses)] = loss
+            for name, key, denoms in part.tasks:
+                head = self.model.heads[name](h)
+                losses[key] = task_loss(self.model.tasks[name], head, tens["y"][name][idx], tens["boot"][idx], denoms)
         return tuple(feats), losses
 
 
@@ -365,6 +512,7 @@ def build_mtl(
     cfg: MTLConfig,
     reference: list[torch.Tensor] | None,
     seed: int,
+    world: World | None = None,
 ) -> MTLBackward:
     """The run's MTLBackward (after the model has moved to its device), with fresh
     strategy objects: the config's are templates and never carry a run's state."""
@@ -381,6 +529,7 @@ def build_mtl(
         reference=reference,
         monitor=monitor,
         seed=seed,
+        world=world,
     )
 
 

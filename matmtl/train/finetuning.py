@@ -24,6 +24,7 @@ import numpy as np
 from ..checkpoints import load_checkpoint, read_json
 from ..config import FinetuneConfig
 from ..data import DataWarning
+from ..distributed import World
 from ..errors import MatmtlError
 from ..models import TaskSpec
 from ..uncertainty import Domain, training_domain
@@ -38,7 +39,7 @@ from .data import (
     to_taskdata,
 )
 from .engine import Source, TaskData, set_determinism
-from .fit import RunResult, featurizer_settings, fit, on_device, start_run
+from .fit import RunResult, featurizer_settings, fit, joined, on_device, start_run
 from .pretraining import validation_scorer
 from .report import finish_run
 from .runs import latest_run, runs_root
@@ -65,14 +66,16 @@ def finetune(
 ) -> RunResult:
     """Fine-tune a pretrained checkpoint on experimental band gaps (see module doc) into
     the run folder ``out`` (default: a new folder under the user cache). The checkpoint,
-    its heads and the data are checked before the folder is made."""
+    its heads and the data are checked before the folder is made. Under ``torchrun`` the
+    processes share each batch (docs/distributed.md); rank 0 writes the folder."""
     config = config or FinetuneConfig()
     config = replace(config, checkpoint=str(find_pretrained(config.checkpoint).resolve()))
     load_checkpoint(config.checkpoint)  # fail early, naming the file, before a run folder is made
     check_aux(config.aux, config.checkpoint)
     table = load_table(config)  # bad files and labels fail before a folder is made
-    with start_run(config, out) as run:
-        return run_finetune(run.path, config, table=table, progress=progress, stop_after=stop_after)
+    world = joined(config.train)
+    with start_run(config, out, world) as run:
+        return run_finetune(run.path, config, table=table, progress=progress, stop_after=stop_after, world=world)
 
 
 def run_finetune(
@@ -82,23 +85,28 @@ def run_finetune(
     table: Table | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    world: World | None = None,
 ) -> RunResult:
-    """Fine-tune in ``run_dir`` from its saved state, if any."""
+    """Fine-tune in ``run_dir`` from its saved state, if any (``world``: the processes
+    sharing each batch; default this one alone)."""
+    world = world or World()
+    progress = progress and world.is_main
     train = on_device(config.train)
     set_determinism(train.seed, train.threads)
     base, base_meta = load_checkpoint(config.checkpoint)
     check_aux(config.aux, config.checkpoint, base)
     table = table or load_table(config)
     tr_pos, te_pos = split_rows(table.ds, config.holdout_fold, config.max_train_rows, train.seed, shrink_test=False)
-    tr = to_taskdata(table.ds, tr_pos, {MAIN_TASK: table.column})
-    te = to_taskdata(table.ds, te_pos, {MAIN_TASK: table.column})
-    tr, va = split_validation(tr, train.val_fraction, train.seed)
-    lookup = mp_ground_state_symmetry(config.data_dir) if config.symmetry == "mp_ground_state" else None
-    sym_rows = None
-    if lookup is not None:  # the gap head learns compositions with (and, by dropout, without) their symmetry
-        tr, sym_rows = attach_symmetry(tr, lookup)
-    model = build_model(base)
-    sources, replay_info = make_sources(config, base, base_meta, tr, model.cfg.members, train)
+    with world.node_first("featurizing the rows"):
+        tr = to_taskdata(table.ds, tr_pos, {MAIN_TASK: table.column})
+        te = to_taskdata(table.ds, te_pos, {MAIN_TASK: table.column})
+        tr, va = split_validation(tr, train.val_fraction, train.seed)
+        lookup = mp_ground_state_symmetry(config.data_dir) if config.symmetry == "mp_ground_state" else None
+        sym_rows = None
+        if lookup is not None:  # the gap head learns compositions with (and, by dropout, without) their symmetry
+            tr, sym_rows = attach_symmetry(tr, lookup)
+        model = build_model(base)
+        sources, replay_info = make_sources(config, base, base_meta, tr, model.cfg.members, train)
     weights = {
         MAIN_TASK: 1.0,
         **{t: config.aux_weight for t in config.aux},
@@ -119,6 +127,7 @@ def run_finetune(
         reference=reference,
         progress=progress,
         stop_after=stop_after,
+        world=world,
     )
     if not done.finished:
         return RunResult(run_dir, {}, done.history, finished=False)
@@ -164,11 +173,12 @@ def run_finetune(
     }
     eval_tasks = [MAIN_TASK] + [t for t in config.aux if t in te.targets]
     extra = (lambda m: {"structure_vs_formula": structure_vs_formula(m, te, lookup)}) if lookup is not None else None
-    metrics.update(
-        finish_run(
-            run_dir, model, te, va, eval_tasks, done.history, meta, metrics, done.trainer.mtl, progress, extra=extra
-        )
-    )
+    mtl = done.trainer.mtl
+
+    def finish() -> dict:
+        return finish_run(run_dir, model, te, va, eval_tasks, done.history, meta, metrics, mtl, progress, extra=extra)
+
+    metrics.update(world.main_does(finish, "writing the run's results"))
     return RunResult(run_dir, metrics, done.history)
 
 

@@ -12,10 +12,11 @@ import torch
 
 from ..checkpoints import read_json
 from ..config import RunConfig, TrainConfig, config_from_dict
+from ..distributed import World, join
 from ..io import atomic_write_json
 from ..models import MultiTaskModel
 from .engine import Source, Trainer, pick_device
-from .runs import RunDir, claim_run_dir
+from .runs import RunDir, claim_run_dir, follow_run_dir
 
 
 @dataclass
@@ -26,10 +27,21 @@ class RunResult:
     finished: bool = True
 
 
-def start_run(config: RunConfig, out: str | Path | None) -> RunDir:
+def joined(train: TrainConfig) -> World:
+    """The processes of this run (:func:`matmtl.distributed.join`): this one alone, or
+    those torchrun started, on the run's device with its collective timeout."""
+    return join(pick_device(train.device), train.dist_timeout)
+
+
+def start_run(config: RunConfig, out: str | Path | None, world: World | None = None) -> RunDir:
     """A new run folder, locked for this process, holding the run's config.json. Use it
     as a context manager around the training: a run that fails before its first saved
-    epoch leaves no folder behind, and no other process can write into it meanwhile."""
+    epoch leaves no folder behind, and no other process can write into it meanwhile.
+    With several processes rank 0 claims and writes it; the others follow it."""
+    return main_claims(world or World(), lambda: _claim_new(config, out), config.kind, "claiming the run folder")
+
+
+def _claim_new(config: RunConfig, out) -> RunDir:
     run = claim_run_dir(config.kind, out)
     try:
         atomic_write_json(run.path / "config.json", {**config.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -37,6 +49,19 @@ def start_run(config: RunConfig, out: str | Path | None) -> RunDir:
         run.discard()
         raise
     return run
+
+
+def main_claims(world: World, claim: Callable[[], RunDir], kind: str, what: str) -> RunDir:
+    """The run folder ``claim()`` takes (locks) on rank 0; the other processes get the
+    same folder to follow (no lock; they never write or remove it), or rank 0's error."""
+    held: list[RunDir] = []
+
+    def on_main() -> str:
+        held.append(claim())
+        return str(held[0].path)
+
+    path = world.main_does(on_main, what)
+    return held[0] if held else follow_run_dir(path, kind)
 
 
 def read_config(run_dir: Path) -> RunConfig:
@@ -95,10 +120,12 @@ def fit(
     reference: list[torch.Tensor] | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    world: World | None = None,
 ) -> Fit:
     """Train ``model`` from the run folder's saved state (if any) to ``train.epochs``
     (or early stopping); when finished, ``model`` holds the weights of the epoch with the
-    lowest ``select`` score on the validation rows."""
+    lowest ``select`` score on the validation rows. ``world``: the processes sharing each
+    batch (default: this one alone)."""
     trainer = Trainer(
         model,
         train,
@@ -111,6 +138,7 @@ def fit(
         select=select,
         progress=progress,
         label=config.kind,
+        world=world,
     )
     trainer.load_state()
     t0 = time.time()

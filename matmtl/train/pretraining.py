@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from ..config import PretrainConfig, TrainConfig
+from ..distributed import World
 from ..models import MultiTaskModel, TaskSpec
 from .data import TASK_KIND, dft_split, split_validation, task_unit
 from .engine import Source, TaskData, evaluate_rows, set_determinism
-from .fit import RunResult, featurizer_settings, fit, on_device, start_run
+from .fit import RunResult, featurizer_settings, fit, joined, on_device, start_run
 from .report import finish_run
 
 
@@ -25,19 +26,30 @@ def pretrain(
     """Train the multi-task model on DFT data and write a run folder ``out`` (default: a
     new folder under the user cache): checkpoint, metrics.json, config.json, history, PNG
     plots, and a resumable state after every epoch (:func:`matmtl.train.resume`).
-    ``stop_after`` stops after that many epochs (tests of resuming)."""
+    ``stop_after`` stops after that many epochs (tests of resuming). Under ``torchrun``
+    the processes share each batch (docs/distributed.md); rank 0 writes the folder."""
     config = config or PretrainConfig()
-    with start_run(config, out) as run:
-        return run_pretrain(run.path, config, progress=progress, stop_after=stop_after)
+    world = joined(config.train)
+    with start_run(config, out, world) as run:
+        return run_pretrain(run.path, config, progress=progress, stop_after=stop_after, world=world)
 
 
 def run_pretrain(
-    run_dir: Path, config: PretrainConfig, *, progress: bool = True, stop_after: int | None = None
+    run_dir: Path,
+    config: PretrainConfig,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+    world: World | None = None,
 ) -> RunResult:
-    """Pretrain in ``run_dir`` from its saved state, if any."""
+    """Pretrain in ``run_dir`` from its saved state, if any (``world``: the processes
+    sharing each batch; default this one alone)."""
+    world = world or World()
+    progress = progress and world.is_main
     train = on_device(config.train)
     set_determinism(train.seed, train.threads)
-    tr, te, info = dft_split(list(config.tasks), config.holdout_fold, config.max_rows, train.seed, config.data_dir)
+    with world.node_first("featurizing the DFT rows"):
+        tr, te, info = dft_split(list(config.tasks), config.holdout_fold, config.max_rows, train.seed, config.data_dir)
     tr, va = split_validation(tr, train.val_fraction, train.seed)
     tr = tr.with_bootstrap(config.model.members, train.seed)
     set_determinism(train.seed, train.threads)
@@ -54,6 +66,7 @@ def run_pretrain(
         weights=config.task_weights,
         progress=progress,
         stop_after=stop_after,
+        world=world,
     )
     if not done.finished:
         return RunResult(run_dir, {}, done.history, finished=False)
@@ -80,9 +93,12 @@ def run_pretrain(
         "data_sha256": tr.digest(),
         "mtl": done.trainer.mtl.config(),
     }
-    metrics.update(
-        finish_run(run_dir, net, te, va, list(config.tasks), done.history, meta, metrics, done.trainer.mtl, progress)
-    )
+    tasks, mtl = list(config.tasks), done.trainer.mtl
+
+    def finish() -> dict:
+        return finish_run(run_dir, net, te, va, tasks, done.history, meta, metrics, mtl, progress)
+
+    metrics.update(world.main_does(finish, "writing the run's results"))
     return RunResult(run_dir, metrics, done.history)
 
 

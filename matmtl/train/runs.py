@@ -173,6 +173,7 @@ class RunDir:
     created: bool
     resumed: bool = False
     _lock: _Lock | None = field(default=None, repr=False)
+    writer: bool = True  # False: another process (rank 0 of a data-parallel run) writes it
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -199,6 +200,8 @@ class RunDir:
         its contents (an empty folder the user made stays). Refuses once state is saved."""
         if self.has_saved_state():
             raise MatmtlError(f"{self.path}: holds a saved state; not removed")
+        if not self.writer:
+            raise MatmtlError(f"{self.path}: another process writes this run folder; not removed here")
         self.release()
         shutil.rmtree(self.path, ignore_errors=True)
         if not self.created:  # the user's own empty folder: leave it, empty
@@ -211,7 +214,7 @@ class RunDir:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None and not self.resumed and not self.has_saved_state():
+        if exc_type is not None and self.writer and not self.resumed and not self.has_saved_state():
             self.discard()  # failed before anything worth resuming: leave no folder
         else:
             self.release()
@@ -318,6 +321,12 @@ def open_for_resume(run_dir: str | Path, kind: str | None = None) -> RunDir:
     return RunDir(path, found or "run", created=False, resumed=True, _lock=lock)
 
 
+def follow_run_dir(run_dir: str | Path, kind: str) -> RunDir:
+    """A run folder as the other processes of a data-parallel run see it: rank 0 holds
+    its lock and writes it; these processes never write or remove it."""
+    return RunDir(Path(run_dir), kind, created=False, writer=False)
+
+
 def resume_hint(run_dir: str | Path, kind: str) -> str:
     """The exact command that continues the run in ``run_dir``."""
     return f"matmtl {kind} --resume --out {shlex.quote(str(Path(run_dir).expanduser()))}"
@@ -378,6 +387,7 @@ __all__ = [
     "RunBusyError",
     "claim_run_dir",
     "open_for_resume",
+    "follow_run_dir",
     "resume_hint",
     "interrupted_message",
     "lock_is_held",
