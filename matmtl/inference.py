@@ -287,15 +287,7 @@ class Model:
             dist, idx = dom.nearest(f.z, f.frac)
             known = {symbol(z) for z in dom.elements}
             for r, i in enumerate(good):
-                absent = sorted(set(comps[i].symbols) - known)
-                if absent:
-                    flags[r].append(f"element(s) {', '.join(absent)} absent from the {main} training data")
-                if dom.threshold is not None and dist[r] > dom.threshold:
-                    flags[r].append(
-                        f"far from the {main} training compositions: nearest {dom.formula(int(idx[r]))!r} at "
-                        f"distance {dist[r]:.2f} > {dom.threshold:.2f} (the {dom.rec.get('percentile', 99):g}th "
-                        "percentile of training nearest-neighbour distances)"
-                    )
+                flags[r].extend(domain_notes(dom, main, comps[i].symbols, known, dist[r], int(idx[r])))
         for r, i in enumerate(good):
             s = structs[i]
             if s is not None:
@@ -310,6 +302,26 @@ class Model:
             if "e_form" in self.tasks and len(comps[i]) == 1:
                 flags[r].append("single element: e_form = 0 eV/atom by construction (elemental reference state)")
         return flags
+
+
+def domain_notes(dom, task: str, symbols, known: set, dist: float, nearest: int) -> list[str]:
+    """Trust notes of one composition against the training domain of ``task``'s head."""
+    notes = []
+    absent = sorted(set(symbols) - known)
+    if absent:
+        notes.append(f"element(s) {', '.join(absent)} absent from the {task} training data")
+    if len(symbols) == 1 and len(dom.z) and not dom.has_pure_elements:
+        notes.append(
+            f"pure element: the {task} training data hold none, so this gap rests on the DFT pretraining alone "
+            "(less reliable)"
+        )
+    if dom.threshold is not None and dist > dom.threshold:
+        notes.append(
+            f"far from the {task} training compositions: nearest {dom.formula(nearest)!r} at "
+            f"distance {dist:.2f} > {dom.threshold:.2f} (the {dom.rec.get('percentile', 99):g}th "
+            "percentile of training nearest-neighbour distances)"
+        )
+    return notes
 
 
 def structure_flags(s) -> list[str]:

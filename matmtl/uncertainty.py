@@ -207,6 +207,7 @@ class Domain:
         self.frac[row, col] = np.asarray(rec["frac"], np.float64)
         self.dense = _dense(self.z, self.frac)
         self.elements = set(rec.get("elements", []))
+        self.has_pure_elements = bool(len(counts)) and bool((counts == 1).any())
         self.threshold = rec.get("threshold")
         sf = rec.get("symmetry_fraction", 0.0)
         self.symmetry_fraction = None if sf is None else float(sf)  # None: unknown

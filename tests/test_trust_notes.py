@@ -134,6 +134,14 @@ def test_far_from_training_and_absent_elements(model):
     assert "99th percentile" in df.loc[2, "trust"]
 
 
+def test_pure_elements_are_flagged_when_the_gap_head_never_saw_one(model, tmp_path):
+    df = model.predict(["Si", si(), "C", "GaAs"])
+    note = "pure element: the gap_expt training data hold none"
+    assert df.loc[:2, "trust"].str.contains(note).all() and note not in df.loc[3, "trust"]
+    with_si = load_model(tiny_checkpoint(tmp_path / "si", TRAINING + ("Si",)))
+    assert note not in with_si.predict("C").trust  # a head that saw an element is not flagged
+
+
 def test_domain_distance_is_total_variation():
     f = Featurizer(cache=False)(["NaCl", "GaAs"])
     d = Domain(training_domain(f.z, f.frac))
