@@ -163,6 +163,13 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    #: fields that cannot change a run's numbers (left out of evaluation fingerprints)
+    NON_NUMERIC = ("dist_timeout",)
+
+    def numeric_dict(self) -> dict:
+        """:meth:`to_dict` without the fields that cannot change a run's numbers."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.NON_NUMERIC}
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         return cls(**_known(cls, d, "train"))

@@ -293,6 +293,8 @@ def test_protocol_settings_reach_the_finetune_configs_and_fingerprints(tmp_path)
     fps |= {cells(EvalSettings(val_fraction=0.2)).fp(spec)}
     assert len(fps) == 4  # each protocol setting makes other cells
     assert cells(EvalSettings()).fp(spec) == cells(EvalSettings()).fp(spec)
+    # a setting that cannot change the numbers (the distributed timeout) keeps the cells
+    assert cells(EvalSettings(train_overrides={"dist_timeout": 5.0})).fp(spec) == cells(EvalSettings()).fp(spec)
 
 
 def test_protocol_settings_are_checked():

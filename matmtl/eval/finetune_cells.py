@@ -140,7 +140,7 @@ class FinetuneCells:
         return fingerprint(
             {
                 "spec": spec.to_dict(),
-                "train": self.train.to_dict(),  # val_fraction and patience included
+                "train": self.train.numeric_dict(),  # val_fraction and patience included
                 "symmetry": s.symmetry,
                 "ckpt": ident if spec.init == "pretrained" else {"init_of": ident, "seed": s.seed},
                 "aux_weight": s.aux_weight if spec.anchored else None,

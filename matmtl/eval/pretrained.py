@@ -104,7 +104,12 @@ class Pretrained:
         """The fingerprint of the pretraining settings."""
         c = self.s.pretrain_config(self.device, None)
         return fingerprint(
-            {"tasks": list(c.tasks), "model": c.model.to_dict(), "train": c.train.to_dict(), "max_rows": c.max_rows}
+            {
+                "tasks": list(c.tasks),
+                "model": c.model.to_dict(),
+                "train": c.train.numeric_dict(),
+                "max_rows": c.max_rows,
+            }
         )
 
     def given(self, fold: int) -> bool:
