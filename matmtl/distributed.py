@@ -15,6 +15,10 @@ the whole batch, so single-process numerics are exactly those without this modul
   scoring the validation rows) and hands every rank its JSON result, or its error.
 * :meth:`World.node_first` lets one process per node go first (it fills the
   featurization cache the others then read).
+* :func:`single_process` makes :func:`join` return ``World()`` inside it, whatever the
+  environment says: ``matmtl evaluate`` under ``torchrun`` runs each cell's training as
+  one plain process (its ranks share out whole cells; :meth:`World.from_env` tells a
+  rank its place without starting a process group).
 
 A collective that fails, because another rank stopped or did not answer within the
 timeout, raises :class:`~matmtl.errors.DistributedError` naming this rank and what it
@@ -71,6 +75,18 @@ class World:
         local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
         comm = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
         return cls(rank, size, local_rank, local_size, timeout, comm)
+
+    @classmethod
+    def from_env(cls) -> "World":
+        """This process's place as the environment gives it (``RANK``, ``WORLD_SIZE``,
+        ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, as torchrun sets them), without starting or
+        joining a process group: no collective may be used with it."""
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        if size <= 1:
+            return cls()
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        return cls(rank, size, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", size)))
 
     @property
     def is_main(self) -> bool:
@@ -232,8 +248,27 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+_alone = 0  # > 0 inside single_process()
+
+
+@contextmanager
+def single_process() -> Iterator[None]:
+    """Inside the block :func:`join` returns ``World()`` (one process alone), even under
+    ``torchrun`` (``WORLD_SIZE`` > 1) or with a process group running: training started in
+    it neither starts nor joins a process group. ``matmtl evaluate`` runs every cell in
+    it, so that its ranks each train whole cells on their own."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
+
+
 def join(device: str = "cpu", timeout: float = 1800.0) -> World:
     """The world of this process.
+
+    * Inside :func:`single_process`: one process, ``World()``, whatever the environment.
 
     * A process group is already running (the caller's, or one an earlier run of this
       process started): join it.
@@ -244,6 +279,8 @@ def join(device: str = "cpu", timeout: float = 1800.0) -> World:
       second group started in the same torchrun job would meet the first one's stale
       addresses), so a script may run a pretraining and then a fine-tuning.
     * Otherwise: one process, ``World()``."""
+    if _alone:
+        return World()
     if not initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _start(device, timeout)
     return World.current(timeout)
