@@ -11,6 +11,11 @@ by an evaluation with the same settings; changing a setting runs the cell afresh
 (old records stay, nothing is overwritten). A killed evaluation loses at most the
 cells in progress, and those continue from their last saved epoch (the training run
 folders under ``<work_dir>/runs`` are resumable too).
+
+Several workers may share one work dir (``torchrun`` ranks, or independent processes):
+a cell is computed by the worker that claims it (``fold<k>-frac<f>.claim`` beside its
+record, see :mod:`~matmtl.eval.claims`); the others skip it, or wait for its record when
+they need it.
 """
 
 from __future__ import annotations
@@ -19,11 +24,16 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..io import atomic_write_json, sha256_of
+from .claims import Claims
+
+T = TypeVar("T")
 
 
 def fingerprint(settings: dict) -> str:
@@ -78,37 +88,80 @@ class CellStore:
 
 class Cells:
     """Runs cells through a :class:`CellStore`: a finished cell is read back, a missing
-    one is computed, stamped with its provenance (command, hardware, seconds, load
-    average) and stored atomically. Each cell is reported on ``console``."""
+    one is claimed and computed, stamped with its provenance (command, hardware, seconds,
+    load average) and stored atomically, or, while another worker holds it, skipped
+    (inside :meth:`deferring`: :class:`~matmtl.eval.claims.Busy` is raised) or waited
+    for. Each cell is reported on ``console``."""
 
-    def __init__(self, store: CellStore, console, *, command: str, hardware: str):
+    def __init__(self, store: CellStore, console, *, command: str, hardware: str, claims: Claims | None = None):
         self.store, self.console = store, console
         self.command, self.hardware = command, hardware
+        self.claims = claims or Claims(console=console)
         self.memo: dict[tuple[CellKey, str], dict] = {}
         self.n = 0
+        self.defer = False
 
-    def run(self, key: CellKey, fp: str, compute: Callable[[], dict]) -> dict:
-        """The record of cell ``key`` under fingerprint ``fp``."""
+    @contextmanager
+    def deferring(self, on: bool = True) -> Iterator[None]:
+        """Inside: a cell (or job) another live worker holds raises Busy instead of being waited for."""
+        before, self.defer = self.defer, on
+        try:
+            yield
+        finally:
+            self.defer = before
+
+    def _tag(self, key: CellKey) -> str:
+        self.n += 1
+        return f"[cyan][{self.n}][/] {key.label()}"
+
+    def job(self, what: str, target: Path, done: Callable[[], T | None], compute: Callable[[], T]) -> T:
+        """Something every worker needs and one makes (the pretraining run, the scratch
+        init): ``done()``, or made here under a claim on ``target``, or waited for."""
+
+        def make() -> T:
+            with self.deferring(False):  # what it needs in turn is waited for, never skipped
+                return compute()
+
+        return self.claims.obtain(what, target, done, make, defer=self.defer)[0]
+
+    def run(
+        self, key: CellKey, fp: str, compute: Callable[[], dict], needs: Callable[[], object] | None = None
+    ) -> dict:
+        """The record of cell ``key`` under fingerprint ``fp``. ``needs()``: what the
+        computation needs (other cells, the pretraining run), got before the claim."""
         if (key, fp) in self.memo:
             return self.memo[(key, fp)]
-        self.n += 1
-        tag = f"[cyan][{self.n}][/] {key.label()}"
         rec = self.store.get(key, fp)
         if rec is not None:
-            self.console.print(f"{tag}: [dim]cached[/] {brief(rec)}")
+            self.console.print(f"{self._tag(key)}: [dim]cached[/] {brief(rec)}")
         else:
-            self.console.print(f"{tag}: running ...")
-            t0 = time.time()
-            rec = compute()
-            rec.update(
-                seconds=round(time.time() - t0, 1),
-                command=self.command,
-                hardware=self.hardware,
-                finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                load_average=load_average(),
+            if needs is not None:
+                needs()
+            tags: list[str] = []
+
+            def fresh() -> dict:
+                tags.append(self._tag(key))
+                self.console.print(f"{tags[0]}: running ...")
+                t0 = time.time()
+                with self.deferring(False):
+                    rec = compute()
+                rec.update(
+                    seconds=round(time.time() - t0, 1),
+                    command=self.command,
+                    hardware=self.hardware,
+                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    load_average=load_average(),
+                )
+                return self.store.put(key, fp, rec)
+
+            rec, how = self.claims.obtain(
+                key.label(), self.store.path(key, fp), lambda: self.store.get(key, fp), fresh, defer=self.defer
             )
-            rec = self.store.put(key, fp, rec)
-            self.console.print(f"{tag}: [green]done[/] in {rec['seconds']:.0f}s {brief(rec)}")
+            if how == "computed":
+                self.console.print(f"{tags[0]}: [green]done[/] in {rec['seconds']:.0f}s {brief(rec)}")
+            else:
+                by = f"done by {how}" if how else "cached"
+                self.console.print(f"{self._tag(key)}: [dim]{by}[/] {brief(rec)}")
         self.memo[(key, fp)] = rec
         return rec
 

@@ -21,6 +21,7 @@ from typing import Optional
 import typer
 
 from ..config import Device, SymmetrySource, TrainConfig, default_of
+from .claims import ClaimSettings
 from .settings import (
     ALL_VARIANTS,
     DEFAULT_FRACTIONS,
@@ -317,6 +318,20 @@ def evaluate_cmd(
     ),
     keep_runs: bool = typer.Option(_D.keep_runs, "--keep-runs", help="Keep the fine-tuning run folders (~20 MB each)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No per-epoch training progress bars."),
+    claim_lease: float = typer.Option(
+        ClaimSettings.lease,
+        "--claim-lease",
+        min=1.0,
+        help="Workers sharing a --work-dir (torchrun ranks, or the same command started several times): seconds "
+        "without a refresh after which another worker's claim on a cell is taken over (a claim of a process that "
+        "is gone on this host is taken over at once).",
+    ),
+    claim_poll: float = typer.Option(
+        ClaimSettings.poll,
+        "--claim-poll",
+        min=0.01,
+        help="Seconds between two looks at cells that other workers are computing.",
+    ),
 ) -> None:
     """Matbench v0.1 evaluation: matbench_expt_gap variants on the 5 official folds, forgetting, data
     efficiency, matbench mp_e_form/mp_gap, task relatedness and a RandomForest/Magpie baseline. Finished
@@ -324,7 +339,7 @@ def evaluate_cmd(
     Results go to a new folder in the matmtl cache unless --out says otherwise. See docs/evaluation.md."""
     from rich.console import Console
 
-    from ..errors import MatmtlError
+    from ..errors import DistributedError, MatmtlError
 
     if efficiency_folds is not None and not set(efficiency_folds) <= set(folds):
         raise typer.BadParameter(
@@ -370,12 +385,18 @@ def evaluate_cmd(
             progress=not no_progress,
             command=command_line(ctx),
         )
-        _refuse_existing(settings, err)
+        from ..distributed import World
+
+        world = World.from_env()  # torchrun: this rank's place (no process group)
+        if world.is_main:  # the ranks > 0 write no results
+            _refuse_existing(settings, err)
+        from .claims import stopping_on_sigterm
         from .runner import Evaluation
 
-        ev = Evaluation(settings)
-        results = ev.run()
-    except MatmtlError as exc:
+        ev = Evaluation(settings, claims=ClaimSettings(lease=claim_lease, poll=claim_poll))
+        with stopping_on_sigterm(ev.worker):
+            results = ev.run()
+    except (MatmtlError, DistributedError) as exc:
         from rich.markup import escape
 
         err.print(f"[red]error:[/] {escape(str(exc))}")
@@ -386,6 +407,9 @@ def evaluate_cmd(
             "it wrote results already) to continue"
         )
         raise typer.Exit(130) from None
+    if not ev.writes:
+        Console().print(f"[green]rank {world.rank} of {world.size}: every cell is done[/]; rank 0 writes the results")
+        return
     page = f" and {ev.outputs.page}" if ev.outputs.page else ""
     files = (results.get("expt_gap") or {}).get("files") or {}
     extra = list((files.get("predictions") or {}).get("files") or [])

@@ -156,7 +156,16 @@ class FinetuneCells:
     def cell(self, spec: VariantSpec, fold: int, fraction: float = 1.0) -> dict:
         key = CellKey("expt_gap", spec.name, fold, fraction)
         fp = self.fp(spec)
-        return self.cells.run(key, fp, lambda: self._compute(spec, fold, fraction, fp))
+        return self.cells.run(key, fp, lambda: self._compute(spec, fold, fraction, fp), needs=lambda: self.needs(spec))
+
+    def needs(self, spec: VariantSpec) -> None:
+        """What a cell of ``spec`` needs before it is claimed: the forgetting "before"
+        cell (pretrained starts) or the scratch init (the transfer checkpoint itself is
+        needed for the fingerprint already)."""
+        if spec.init == "pretrained":
+            self.pre.forgetting()
+        else:
+            self.pre.scratch_init  # noqa: B018 - made (or waited for) here
 
     def _compute(self, spec: VariantSpec, fold: int, fraction: float, fp: str) -> dict:
         scores_forgetting = spec.init == "pretrained"

@@ -26,7 +26,9 @@ class MPCells:
     def cell(self, fold: int) -> dict:
         ident = checkpoint_identity(self.s.checkpoint) if self.pre.given(fold) else {"pretrain": self.pre.fp}
         fp = fingerprint({"ckpt": ident, "cap": self.s.mp_test_cap, "seed": self.s.seed})
-        return self.cells.run(CellKey("mp", "pretrain", fold), fp, lambda: self.compute(fold))
+        return self.cells.run(
+            CellKey("mp", "pretrain", fold), fp, lambda: self.compute(fold), needs=lambda: self.pre.checkpoint(fold)
+        )
 
     def compute(self, fold: int) -> dict:
         from ..checkpoints import load_checkpoint

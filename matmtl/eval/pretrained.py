@@ -121,12 +121,20 @@ class Pretrained:
         if self.given(fold):
             return Path(self.s.checkpoint).expanduser()
         run_dir = self.work / "runs" / "pretrain" / self.fp / f"fold{fold}"
-        if not (run_dir / "model.json").is_file():
+
+        def make() -> Path:  # one worker makes it (claim fold<k>.claim); the others wait for it
             self.cells.console.print(
                 f"[bold]pretraining[/] on mp ({', '.join(self.s.pretrain_tasks)}), fold {fold} "
                 f"held out -> {run_dir} (resumable)"
             )
-        return ensure_pretrain(run_dir, self.s.pretrain_config(self.device, fold), progress=self.s.progress)
+            return ensure_pretrain(run_dir, self.s.pretrain_config(self.device, fold), progress=self.s.progress)
+
+        return self.cells.job(
+            f"the pretraining run holding out mp fold {fold}",
+            run_dir,
+            lambda: run_dir if (run_dir / "model.json").is_file() else None,
+            make,
+        )
 
     @cached_property
     def transfer(self) -> Path:
@@ -168,7 +176,13 @@ class Pretrained:
     def scratch_init(self) -> Path:
         """The random init of the ``scratch`` variant (same architecture and heads)."""
         fp = fingerprint({"of": self.identity, "seed": self.s.seed})
-        return make_scratch_init(self.work / "init" / fp, self.transfer, self.s.seed)
+        folder = self.work / "init" / fp
+        return self.cells.job(
+            "the scratch variant's random init",
+            folder,
+            lambda: folder if (folder / "model.json").is_file() else None,
+            lambda: make_scratch_init(folder, self.transfer, self.s.seed),
+        )
 
     def forgetting(self) -> Forgetting | None:
         """The forgetting rows and the "before" cell (None when the transfer checkpoint
@@ -176,16 +190,17 @@ class Pretrained:
         if self._forgetting is False:
             net, meta = self.base
             rows, fold = forgetting_rows(meta, self.s.forgetting_rows, self.s.seed, self.s.data_dir)
-            self._forgetting = None
+            found = None
             if rows is not None and "e_form" in net.heads:
                 data = taskdata("mp", self.s.data_dir, rows, "e_form", "e_form")
                 fp = fingerprint({"ckpt": self.identity, "rows": len(rows), "seed": self.s.seed})
-                before = self.cells.run(
+                before = self.cells.run(  # another worker may hold it: then nothing is kept yet
                     CellKey("forgetting", "pretrained", fold),
                     fp,
                     lambda: {"before": eform_mae(net, net, data)[0], "rows": len(rows), "mp_fold": fold},
                 )
-                self._forgetting = Forgetting(data, before)
+                found = Forgetting(data, before)
+            self._forgetting = found
         return self._forgetting
 
     def forgetting_after(self, net) -> dict | None:

@@ -8,7 +8,16 @@ the replay and distill cells of a fold run before its PCGrad cell, whose anchor 
 their validation MAEs choose), then the data-efficiency curve, then the matbench mp
 tasks; the results files (the JSON, the per-fold test predictions, the matbench results
 file of ``EvalSettings.submission_variant``, the page) are rewritten after each fold.
-See docs/evaluation.md for the protocol and the runtime."""
+See docs/evaluation.md for the protocol and the runtime.
+
+Several workers (``torchrun`` ranks, or processes started with the same command and
+``--work-dir``) split the cells: each walks that order and computes the cells nobody
+holds (:mod:`~matmtl.eval.claims`), skipping those another worker holds (and those that
+need them), then comes back to the skipped ones until every cell is done. The results
+are then assembled in the order above, so they do not depend on who computed what.
+Under torchrun rank 0 alone writes them; independent workers each write theirs (into
+their own ``--out``, or the same one with ``--force``). One worker alone never skips a
+cell: it runs as before."""
 
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ from ..io import cache_dir
 from . import protocol
 from .baseline import BaselineCells
 from .cells import Cells, CellStore, hardware_string, load_average
+from .claims import Busy, Claims, ClaimSettings, Worker
 from .finetune_cells import FinetuneCells
 from .mp import MPCells
 from .output import SUBMISSION, prediction_files, prepare_outputs, read_json, read_predictions, write_results
@@ -37,19 +47,30 @@ class Evaluation:
     """One invocation of the harness (``run()`` does everything). The results files are
     checked first: existing ones are refused unless ``EvalSettings.force``."""
 
-    def __init__(self, settings: EvalSettings, console=None):
+    def __init__(self, settings: EvalSettings, console=None, claims: ClaimSettings | None = None):
         from rich.console import Console
 
+        from ..distributed import World
         from ..train.engine import pick_device
 
         s = self.s = settings
+        self.world = World.from_env()  # torchrun's ranks: no process group, each cell trains alone
         self.device = pick_device(s.device)
+        if self.device == "cuda" and self.world.local_size > 1:
+            import torch
+
+            if self.world.local_rank < torch.cuda.device_count():
+                torch.cuda.set_device(self.world.local_rank)  # "cuda" is this rank's GPU
         self.console = console or Console()
-        self.outputs = prepare_outputs(s)
+        self.outputs = prepare_outputs(s) if self.writes else None
         self.work = Path(s.work_dir).expanduser() if s.work_dir else cache_dir() / "eval"
         self.hardware = hardware_string(self.device)
         self.t0 = time.time()
-        self.cells = Cells(CellStore(self.work), self.console, command=s.command, hardware=self.hardware)
+        self.worker = Worker.this(self.world)
+        self.claims = Claims(claims, self.console, self.worker)
+        self.cells = Cells(
+            CellStore(self.work), self.console, command=s.command, hardware=self.hardware, claims=self.claims
+        )
         self.pretrained = Pretrained(s, self.device, self.work, self.cells)
         self.finetunes = FinetuneCells(s, self.device, self.work, self.cells, self.pretrained)
         self.baseline = BaselineCells(s, self.cells)
@@ -59,11 +80,22 @@ class Evaluation:
         self.results: dict = {}
 
     @property
-    def out(self) -> Path:
-        return self.outputs.out
+    def out(self) -> Path | None:
+        return self.outputs.out if self.outputs else None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this worker writes the results: not the ranks > 0 of torchrun."""
+        return self.world.is_main
 
     def run(self) -> dict:
-        s, rec = self.s, self.records
+        try:
+            return self._run()
+        finally:
+            self.claims.close()
+
+    def _run(self) -> dict:
+        s = self.s
         eff = self.efficiency_variants()
         self.console.print(
             f"[bold]matmtl evaluate[/]: variants {(['rf_magpie'] if s.baseline else []) + s.neural}, "
@@ -74,27 +106,93 @@ class Evaluation:
                 else ", no data-efficiency curve"
             )
             + (" [quick]" if s.quick else "")
-            + f"; cells cached in {self.work}; results to {self.out}"
+            + f"; cells cached in {self.work}; "
+            + (f"results to {self.out}" if self.writes else "rank 0 writes the results")
+            + (f"; worker {self.worker.label}" if self.world.size > 1 else "")
         )
         self.check_folds()
+        steps = list(self.steps())
+        pending: list[tuple] = []
+        for step in steps:  # the order of one worker; what another worker holds is skipped
+            if step[0] == "write":
+                if not pending:
+                    self.write_results(step)
+                continue
+            try:
+                with self.cells.deferring():
+                    self.collect(step)
+            except Busy:
+                pending.append(step)
+        if not pending:
+            return self.results
+        self.finish(pending)
+        # every cell is done: the results in the order of one worker, whoever computed them
+        self.finetunes.selection.clear()
+        self.records = Records(selection=self.finetunes.selection)
+        for step in steps:
+            if step[0] != "write":
+                self.collect(step)
+        self.write_results(("write", "last"))
+        return self.results
+
+    def steps(self):
+        """The cells in the order one worker runs them: ("cell", kind, variant, fold,
+        fraction) and, after each fold, ("write", when)."""
+        s = self.s
         main = (["rf_magpie"] if s.baseline else []) + [v for v in s.neural if v != "finetune_anchor_pcgrad"]
         main += ["finetune_anchor_pcgrad"] if "finetune_anchor_pcgrad" in s.neural else []
         for fold in s.folds:
             for v in main:
-                rec.expt.setdefault(v, {})[fold] = self.variant_cell(v, fold)
-            self.write()
+                yield ("cell", "expt", v, fold, 1.0)
+            yield ("write", "fold")
         for fold in s.efficiency_folds:
-            for v in eff:
+            for v in self.efficiency_variants():
                 for fr in s.fractions:
-                    rec.eff.setdefault(v, {}).setdefault(fr, {})[fold] = self.variant_cell(v, fold, fr)
-            self.write()
+                    yield ("cell", "eff", v, fold, fr)
+            yield ("write", "fold")
         if s.neural and not s.skip_mp:
             for k in self.mp.folds():
-                rec.mp[k] = self.mp.cell(k)
+                yield ("cell", "mp", "pretrain", k, 1.0)
+            yield ("write", "fold")
+        else:
+            yield ("write", "if empty")
+
+    def collect(self, step: tuple) -> None:
+        """The record of one cell step into ``self.records`` (computed, read or waited for)."""
+        _, kind, v, fold, fr = step
+        rec = self.records
+        if kind == "expt":
+            rec.expt.setdefault(v, {})[fold] = self.variant_cell(v, fold)
+        elif kind == "eff":
+            rec.eff.setdefault(v, {}).setdefault(fr, {})[fold] = self.variant_cell(v, fold, fr)
+        else:
+            rec.mp[fold] = self.mp.cell(fold)
+
+    def write_results(self, step: tuple) -> None:
+        if self.writes and (step[1] != "if empty" or (not self.records.expt and not self.records.eff)):
             self.write()
-        elif not rec.expt and not rec.eff:
-            self.write()
-        return self.results
+
+    def finish(self, pending: list[tuple]) -> None:
+        """Come back to the skipped cells until every one is done: compute those that
+        became free (their holder finished what they need, or died), read those others
+        finished, and between rounds wait (``ClaimSettings.poll``), saying for what."""
+        shown = None
+        while pending:
+            still, busy = [], []
+            for step in pending:
+                try:
+                    with self.cells.deferring():
+                        self.collect(step)
+                except Busy as b:
+                    still.append(step)
+                    busy.append(b)
+            if len(still) == len(pending):  # nothing moved: wait for the first of them
+                if (busy[0].what, busy[0].holder) != shown:
+                    more = f" and {len(still) - 1} more cell(s)" if len(still) > 1 else ""
+                    self.console.print(f"[dim]waiting for {busy[0].what} ({busy[0].holder}){more}[/]")
+                    shown = (busy[0].what, busy[0].holder)
+                time.sleep(self.claims.s.poll)
+            pending = still
 
     def check_folds(self) -> None:
         """The expt_gap folds must be matbench v0.1's official ones (when the mirror has them)."""
@@ -258,11 +356,13 @@ class Evaluation:
         }
 
 
-def evaluate(settings: EvalSettings | None = None, console=None, **kwargs) -> dict:
+def evaluate(settings: EvalSettings | None = None, console=None, claims: ClaimSettings | None = None, **kwargs) -> dict:
     """Run the evaluation (see :class:`EvalSettings` for the options; keyword options
     build one). Returns ``{"expt_gap": {...}, "mp_e_form": {...}, "mp_gap": {...}}`` as
-    written to ``settings.out`` (default: a new folder under the matmtl cache)."""
+    written to ``settings.out`` (default: a new folder under the matmtl cache); {} on the
+    ranks > 0 of torchrun, which write nothing. ``claims``: the lease and polling period
+    of the claims that split the cells between workers sharing the work dir."""
     settings = settings or EvalSettings(**kwargs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="matminer")
-        return Evaluation(settings, console).run()
+        return Evaluation(settings, console, claims).run()
