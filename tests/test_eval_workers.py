@@ -221,6 +221,67 @@ def test_a_worker_waits_for_a_cell_another_one_computes(tmp_path):
     assert any(f"done by {HOST}:{os.getppid()}" in x for x in lines)
 
 
+def _settings(tmp_path, **kw):
+    from matmtl.eval import EvalSettings
+
+    return EvalSettings(quick=True, work_dir=str(tmp_path / "work"), progress=False, **kw)
+
+
+def test_the_pretraining_run_is_made_by_one_worker_and_waited_for_by_the_others(tmp_path, monkeypatch):
+    from matmtl.eval import pretrained as pre_mod
+
+    made = []
+
+    def fake_pretrain(run_dir, config, *, progress):
+        made.append(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "model.json").write_text("{}")
+        return run_dir
+
+    monkeypatch.setattr(pre_mod, "ensure_pretrain", fake_pretrain)
+    s = _settings(tmp_path)
+    cells = _cells(tmp_path, _claims())
+    pre = pre_mod.Pretrained(s, "cpu", tmp_path / "work", cells)
+    run_dir = tmp_path / "work" / "runs" / "pretrain" / pre.fp / "fold0"
+    other = _claims(os.getppid())
+    assert other.try_claim(claim_file(run_dir))  # another worker is pretraining
+    with pytest.raises(Busy, match="pretraining run holding out mp fold 0"), cells.deferring():
+        pre.checkpoint(0)
+    assert made == [] and "transfer" not in pre.__dict__
+    run_dir.mkdir(parents=True)  # ... and finishes
+    (run_dir / "model.json").write_text("{}")
+    other.release(claim_file(run_dir))
+    assert pre.checkpoint(0) == run_dir and made == []
+    assert pre.checkpoint(1) == run_dir.with_name("fold1") and made == [run_dir.with_name("fold1")]  # free: made here
+    assert not list((tmp_path / "work").rglob("*.claim"))
+
+
+def test_the_anchor_choice_of_a_fold_waits_for_its_replay_and_distill_cells(tmp_path, monkeypatch):
+    from matmtl.eval.finetune_cells import FinetuneCells
+    from matmtl.eval.pretrained import Pretrained
+    from matmtl.eval.settings import VARIANTS
+
+    ckpt = tmp_path / "given"
+    ckpt.mkdir()
+    (ckpt / "model.json").write_text(json.dumps({"config": {"holdout_fold": 0}, "created": "t"}))
+    s = _settings(tmp_path, checkpoint=str(ckpt))
+    cells = _cells(tmp_path, _claims())
+    pre = Pretrained(s, "cpu", tmp_path / "work", cells)
+    monkeypatch.setattr(pre, "forgetting", lambda: None)
+    ft = FinetuneCells(s, "cpu", tmp_path / "work", cells, pre)
+    replay, distill = (VARIANTS[f"finetune_anchor_{a}"] for a in ("replay", "distill"))
+    key = CellKey("expt_gap", replay.name, 0)
+    other = _claims(os.getppid())
+    assert other.try_claim(claim_file(cells.store.path(key, ft.fp(replay))))  # another worker runs replay fold 0
+    cells.store.put(CellKey("expt_gap", distill.name, 0), ft.fp(distill), {"validation": {"mae": 0.2, "rows": 20}})
+    with pytest.raises(Busy, match="finetune_anchor_replay fold 0"), cells.deferring():
+        ft.anchor_choice(0)  # the PCGrad and data-efficiency cells of fold 0 are skipped for now
+    assert ft.selection == {}
+    cells.store.put(key, ft.fp(replay), {"validation": {"mae": 0.1, "rows": 20}})
+    other.release(claim_file(cells.store.path(key, ft.fp(replay))))
+    assert ft.anchor_choice(0) == "replay" and ft.selection[0]["replay"] == 0.1
+
+
 def test_sigterm_stops_a_worker_with_a_clear_error():
     with pytest.raises(WorkerStopped, match=r"stopped by SIGTERM \(torchrun ends every rank"):
         with stopping_on_sigterm(_worker(os.getpid(), rank=1, size=2)):
