@@ -21,7 +21,8 @@ the per-fold test predictions ``expt_gap_predictions.json``, the matbench result
 files are replaced only with ``force``). See docs/evaluation.md.
 
 The pieces: :mod:`.settings` (options, presets), :mod:`.cells` (the resumable cell
-cache), :mod:`.pretrained`, :mod:`.finetune_cells`, :mod:`.baseline`, :mod:`.mp` (the
+cache), :mod:`.claims` (how workers sharing a work dir, e.g. torchrun's ranks, split
+the cells), :mod:`.pretrained`, :mod:`.finetune_cells`, :mod:`.baseline`, :mod:`.mp` (the
 cells), :mod:`.report` (results JSON and page, pure functions), :mod:`.submission`
 (predictions and matbench results file, pure functions), :mod:`.output` (writing
 them), :mod:`.runner` (which cells run in which order), :mod:`.cli` (the command).
