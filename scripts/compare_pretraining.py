@@ -1,0 +1,196 @@
+"""Compare pretraining runs of one matbench fold: loss balancing against the e_form cost of
+2-task pretraining (issue #11), and multi-task against single-task (negative transfer).
+
+    python scripts/compare_pretraining.py static=RUN balance_uncertainty=RUN balance_gradnorm=RUN \
+        single_e_form=RUN --json results/pretrain_balancing.json --markdown docs/pretraining.md
+
+Each RUN is a finished ``matmtl pretrain --holdout-fold K`` folder. The first run is the
+reference. Printed and written, per run and task (units: e_form eV/atom, gap_pbe eV):
+  - the MAE on the run's own validation rows (from its metrics.json);
+  - the MAE on the held-out matbench fold, and the paired difference against the reference
+    on the same held-out rows with its standard error (every model is re-read from its
+    checkpoint and predicts those rows here: ensemble mean, as in the run's metrics).
+
+The rule that picks the default balancer is fixed before any result is read and uses the
+validation rows only: among the runs with the reference's tasks, a balancer replaces the
+reference only if it has a lower validation MAE on every task; among several such, the
+lowest mean of validation MAEs relative to the reference's wins. The held-out fold is
+reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+UNITS = {"e_form": "eV/atom", "gap_pbe": "eV"}
+
+
+def describe(run: Path) -> dict:
+    cfg = json.loads((run / "config.json").read_text())
+    met = json.loads((run / "metrics.json").read_text())
+    mtl = cfg.get("mtl") or {}
+    return {
+        "path": str(run),
+        "tasks": list(cfg["tasks"]),
+        "balancer": (mtl.get("balancer") or {}).get("name", "static"),
+        "surgery": (mtl.get("surgery") or {}).get("name", "none"),
+        "holdout_fold": cfg.get("holdout_fold"),
+        "epochs": met.get("epochs"),
+        "best_epoch": met.get("best_epoch"),
+        "train_seconds": met.get("train_seconds"),
+        "validation_mae": {t: v["mae"] for t, v in (met.get("validation") or {}).items()},
+        "validation_rows": {t: v["rows"] for t, v in (met.get("validation") or {}).items()},
+        "holdout_mae": {t: v["mae"] for t, v in (met.get("holdout") or {}).items()},
+    }
+
+
+def holdout_errors(run: Path, tasks: list[str], fold: int, cache: dict) -> dict[str, np.ndarray]:
+    """Per-row absolute errors of the run's model on the held-out fold's rows of each task."""
+    from matmtl.checkpoints import load_checkpoint
+    from matmtl.train.data import dft_split
+
+    net, _ = load_checkpoint(run)
+    out = {}
+    for t in tasks:
+        if t not in cache:
+            _, te, _ = dft_split([t], fold, None, 0)
+            cache[t] = te
+        te = cache[t]
+        y = np.asarray(te.targets[t], dtype=np.float64)
+        pred = net.predict_arrays(te.z, te.frac, te.spg, [t])[t].mean(1)
+        out[t] = np.abs(pred - y)
+    return out
+
+
+def choose(runs: dict[str, dict], ref: str) -> dict:
+    """The validation-only rule of the module docstring."""
+    base = runs[ref]
+    better = {}
+    for name, r in runs.items():
+        if name == ref or r["tasks"] != base["tasks"]:
+            continue
+        rel = [r["validation_mae"][t] / base["validation_mae"][t] for t in base["tasks"]]
+        if all(x < 1 for x in rel):
+            better[name] = float(np.mean(rel))
+    chosen = min(better, key=better.get) if better else ref
+    return {
+        "rule": "replace the reference only if lower validation MAE on every task; then lowest mean relative MAE",
+        "candidates_better_on_every_task": better,
+        "chosen": chosen,
+        "balancer": runs[chosen]["balancer"],
+    }
+
+
+def _num(d: dict, t: str) -> str:
+    return f"{d[t]:.4f}" if t in d else "–"
+
+
+def _diff(paired: dict, t: str) -> str:
+    if t not in paired:
+        return "–"
+    d = paired[t]
+    tie = " (tie)" if abs(d["diff"]) < d["se"] else ""
+    return f"{d['diff']:+.4f} ± {d['se']:.4f}{tie}"
+
+
+def markdown(res: dict) -> str:
+    ref = res["reference"]
+    lines = [
+        "# Pretraining: loss balancing and single- vs multi-task",
+        "",
+        "<!-- Written by scripts/compare_pretraining.py from the run folders; re-run the command below. -->",
+        "",
+        f"Matbench mp fold {res['holdout_fold']} held out (predicted once, at the end); every run holds out "
+        "a seeded 10% of its own training rows as validation rows, which chose the kept epoch. "
+        "Units: e_form eV/atom, gap_pbe eV. The paired difference is the run's minus the reference's "
+        f"(`{ref}`) held-out MAE on the same rows, ± its standard error; |difference| < SE is a tie.",
+        "",
+        "| run | tasks | balancer | validation MAE e_form | validation MAE gap_pbe | held-out e_form | "
+        "vs reference | held-out gap_pbe | vs reference | best epoch | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in res["runs"].items():
+        v, h, p = r["validation_mae"], r["holdout_mae"], r.get("paired", {})
+        lines.append(
+            f"| `{name}` | {', '.join(r['tasks'])} | {r['balancer']} | {_num(v, 'e_form')} | {_num(v, 'gap_pbe')} | "
+            f"{_num(h, 'e_form')} | {_diff(p, 'e_form')} | {_num(h, 'gap_pbe')} | {_diff(p, 'gap_pbe')} | "
+            f"{r['best_epoch']}/{r['epochs']} | {r['train_seconds']} |"
+        )
+    c = res["choice"]
+    lines += [
+        "",
+        f"Default balancer by the validation-only rule ({c['rule']}): **{c['balancer']}** (`{c['chosen']}`).",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        "Run commands:",
+        "",
+    ]
+    lines += [f"- `{name}`: `{r['command']}`" for name, r in res["runs"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_command(r: dict) -> str:
+    cmd = f"matmtl pretrain --tasks {','.join(r['tasks'])} --holdout-fold {r['holdout_fold']}"
+    return cmd + (f" --balance {r['balancer']}" if r["balancer"] != "static" else "")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", metavar="NAME=RUN", help="pretraining run folders; the first is the reference")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path)
+    args = ap.parse_args(argv)
+    from matmtl.io import atomic_write, atomic_write_json
+
+    runs, paths = {}, {}
+    for item in args.runs:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"expected NAME=RUN, got {item!r}")
+        paths[name] = Path(path)
+        runs[name] = describe(Path(path))
+        runs[name]["command"] = run_command(runs[name])
+    ref = next(iter(runs))
+    folds = {r["holdout_fold"] for r in runs.values()}
+    if len(folds) != 1 or None in folds:
+        ap.error(f"the runs must hold out one and the same matbench fold, got {sorted(map(str, folds))}")
+    fold = folds.pop()
+    cache: dict = {}
+    errors = {name: holdout_errors(paths[name], runs[name]["tasks"], fold, cache) for name in runs}
+    for name, r in runs.items():
+        r["paired"] = {}
+        for t in r["tasks"]:
+            if name == ref or t not in errors[ref]:
+                continue
+            d = errors[name][t] - errors[ref][t]
+            r["paired"][t] = {"diff": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))), "rows": len(d)}
+        r["holdout_mae_recomputed"] = {t: float(e.mean()) for t, e in errors[name].items()}
+    res = {
+        "holdout_fold": fold,
+        "reference": ref,
+        "units": UNITS,
+        "runs": runs,
+        "choice": choose(runs, ref),
+        "command": "python scripts/compare_pretraining.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    text = markdown(res)
+    print(text)
+    if args.json:
+        atomic_write_json(args.json, res)
+    if args.markdown:
+        atomic_write(args.markdown, lambda tmp: tmp.write_text(text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
