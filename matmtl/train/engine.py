@@ -462,6 +462,8 @@ class Trainer:
                     what = f"scoring the validation rows after epoch {self.epoch}"
                     row.update(self.world.main_does(lambda: self.evaluate(self.model), what))
                 self.history.append(row)
+                # (host reads once per epoch, needed: the logged losses above, the validation
+                # scores, the best-epoch copy and the early-stopping decision)
                 self.best.update(self.epoch, row, self.model)
                 self.stopped_early = self.best.stop(self.epoch) and self.epoch < self.cfg.epochs
                 # rank 0 saves; the others wait for it (and learn if it failed)
