@@ -40,9 +40,11 @@ AUX_ALIASES = {"dft_energy": "e_form", "dft_gap": "gap_pbe", "e_form": "e_form",
 AUX_SOURCES = ("replay", "distill")
 SYMMETRY_SOURCES = ("none", "mp_ground_state")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 # the same choices as enums, for the command lines (matmtl.cli, matmtl.eval.cli)
 Device = Enum("Device", {d: d for d in DEVICES}, type=str)
+Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str)
 SymmetrySource = Enum("SymmetrySource", {v: v for v in SYMMETRY_SOURCES}, type=str)
 
 
@@ -118,6 +120,12 @@ class TrainConfig:
     # several processes (torchrun): seconds a process waits for the others in a collective before
     # it fails with an error naming itself (rank 0 alone scores validation rows and saves meanwhile)
     dist_timeout: float = 1800.0
+    # "bf16": the encoder and heads run under torch.autocast(bfloat16) (CPU or CUDA); losses, the
+    # per-task gradients and the optimiser stay fp32. "fp32": no autocast (the default, bit for bit)
+    precision: str = "fp32"
+    # CUDA: deterministic kernels only (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG,
+    # cuDNN flags), slower; a seeded CPU run repeats bit for bit without it
+    deterministic: bool = False
 
     # name -> overrides of the defaults above; "finetune*" presets are the fine-tuning ones
     PRESETS = {
@@ -153,6 +161,10 @@ class TrainConfig:
             v = getattr(self, name)
             _check(_is_number(v) and ok(v), f"{c}.{name}", f"must be a number {what}", v)
         _check(self.device in DEVICES, f"{c}.device", f"must be one of {', '.join(DEVICES)}", self.device)
+        _check(
+            self.precision in PRECISIONS, f"{c}.precision", f"must be one of {', '.join(PRECISIONS)}", self.precision
+        )
+        _check(isinstance(self.deterministic, bool), f"{c}.deterministic", "must be true or false", self.deterministic)
 
     @classmethod
     def preset(cls, name: str = "default", **overrides) -> "TrainConfig":
@@ -165,10 +177,18 @@ class TrainConfig:
 
     #: fields that cannot change a run's numbers (left out of evaluation fingerprints)
     NON_NUMERIC = ("dist_timeout",)
+    #: fields added after evaluation cells were first cached: left out of fingerprints at their
+    #: default (which is how every earlier run trained), so earlier cells and runs stay valid
+    OMITTED_AT_DEFAULT = {"precision": "fp32", "deterministic": False}
 
     def numeric_dict(self) -> dict:
-        """:meth:`to_dict` without the fields that cannot change a run's numbers."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.NON_NUMERIC}
+        """:meth:`to_dict` without the fields that cannot change a run's numbers (and
+        without ``precision``/``deterministic`` at their defaults: see ``OMITTED_AT_DEFAULT``)."""
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in self.NON_NUMERIC and not (k in self.OMITTED_AT_DEFAULT and v == self.OMITTED_AT_DEFAULT[k])
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

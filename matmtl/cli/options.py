@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ..config import AUX_ALIASES, DFT_TASKS, Device, ModelConfig, TrainConfig
+from ..config import AUX_ALIASES, DFT_TASKS, Device, ModelConfig, Precision, TrainConfig
 
 
 class Size(str, Enum):
@@ -117,6 +117,20 @@ ThreadsOpt = typer.Option(
     "--threads",
     min=0,
     help="CPU threads for torch (fixed, so seeded runs repeat; 0 = torch's default).",
+)
+PrecisionOpt = typer.Option(
+    Precision(TrainConfig().precision),
+    "--precision",
+    help="fp32 (default) or bf16: the encoder and heads run under torch.autocast(bfloat16) "
+    "(CUDA, or CPU); losses, per-task gradients and the optimiser stay fp32. bf16 changes the "
+    "numbers (a run records it in config.json).",
+)
+DeterministicOpt = typer.Option(
+    TrainConfig().deterministic,
+    "--deterministic/--no-deterministic",
+    help="CUDA: deterministic kernels only (torch.use_deterministic_algorithms, "
+    "CUBLAS_WORKSPACE_CONFIG=:4096:8, cuDNN deterministic), slower. CPU runs are "
+    "deterministic already (seeded, same --threads: bit for bit).",
 )
 DistTimeoutOpt = typer.Option(
     TrainConfig().dist_timeout,

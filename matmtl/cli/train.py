@@ -8,13 +8,14 @@ from typing import Optional
 
 import typer
 
-from ..config import Device, FinetuneConfig, ModelConfig, SymmetrySource, TrainConfig, default_of
+from ..config import Device, FinetuneConfig, ModelConfig, Precision, SymmetrySource, TrainConfig, default_of
 from .app import app, console, err_console
 from .options import (
     AuxSource,
     Balance,
     BalanceOpt,
     DataDirOpt,
+    DeterministicOpt,
     DeviceOpt,
     DistTimeoutOpt,
     HoldoutOpt,
@@ -22,6 +23,7 @@ from .options import (
     MonitorKOpt,
     OutOpt,
     PatienceOpt,
+    PrecisionOpt,
     ResumeOpt,
     SeedOpt,
     Size,
@@ -152,6 +154,8 @@ def pretrain_cmd(
     seed: int = SeedOpt,
     threads: int = ThreadsOpt,
     device: Device = DeviceOpt,
+    precision: Precision = PrecisionOpt,
+    deterministic: bool = DeterministicOpt,
     dist_timeout: float = DistTimeoutOpt,
     resume: bool = ResumeOpt,
     balance: Balance = BalanceOpt,
@@ -188,6 +192,8 @@ def pretrain_cmd(
                 val_fraction=val_fraction,
                 patience=patience,
                 dist_timeout=dist_timeout,
+                precision=precision.value,
+                deterministic=deterministic,
             ),
             mtl=_mtl_config(balance, surgery, 0.0, monitor_every, monitor_k),
         )
@@ -261,6 +267,8 @@ def finetune_cmd(
     seed: int = SeedOpt,
     threads: int = ThreadsOpt,
     device: Device = DeviceOpt,
+    precision: Precision = PrecisionOpt,
+    deterministic: bool = DeterministicOpt,
     dist_timeout: float = DistTimeoutOpt,
     resume: bool = ResumeOpt,
     balance: Balance = BalanceOpt,
@@ -304,6 +312,8 @@ def finetune_cmd(
                 val_fraction=val_fraction,
                 patience=patience,
                 dist_timeout=dist_timeout,
+                precision=precision.value,
+                deterministic=deterministic,
             ),
             mtl=_mtl_config(balance, surgery, soft_share, monitor_every, monitor_k),
         )

@@ -279,10 +279,15 @@ def evaluate_cmd(
         "--train-config",
         metavar="K=V,...",
         callback=_train_overrides,
-        help="Fine-tuning TrainConfig fields for every variant, e.g. epochs=30,lr=1e-3.",
+        help="Fine-tuning TrainConfig fields for every variant, e.g. epochs=30,lr=1e-3 "
+        "(precision=bf16 and deterministic=true too: both enter the cells' fingerprints when set).",
     ),
     pretrain_config: str = typer.Option(
-        "", "--pretrain-config", metavar="K=V,...", callback=_train_overrides, help="Pretraining TrainConfig fields."
+        "",
+        "--pretrain-config",
+        metavar="K=V,...",
+        callback=_train_overrides,
+        help="Pretraining TrainConfig fields, e.g. epochs=10,precision=bf16.",
     ),
     model_config: str = typer.Option(
         "", "--model-config", metavar="K=V,...", callback=_model_overrides, help="Pretraining ModelConfig fields."

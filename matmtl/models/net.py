@@ -86,8 +86,12 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.register_buffer("spg_to_cs", torch.from_numpy(crystal_system_of_spg(np.arange(231))), persistent=False)
 
-    def forward(self, z: torch.Tensor, frac: torch.Tensor, spg: torch.Tensor) -> torch.Tensor:
-        width = int((z > 0).sum(1).max().clamp_min(1))  # trim padding columns shared by the batch
+    def forward(self, z: torch.Tensor, frac: torch.Tensor, spg: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """``width``: the element count of the batch's widest row, when the caller knows it
+        from host-side arrays (the padding columns beyond it are trimmed); by default it is
+        read from ``z`` (which waits for a GPU to finish its queued work)."""
+        if width is None:
+            width = int((z > 0).sum(1).max().clamp_min(1))  # trim padding columns shared by the batch
         z, frac = z[:, :width], frac[:, :width]
         pad = z == 0
         x = self.elem_proj(self.element_vectors[z]) + self.elem_resid(z) + self.frac_enc(frac)
@@ -173,9 +177,12 @@ class MultiTaskModel(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
 
-    def forward(self, z, frac, spg, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Raw head outputs per task: (B, members, 1) regression, (B, members, 2) hurdle."""
-        h = self.encoder(z, frac, spg)
+    def forward(
+        self, z, frac, spg, tasks: list[str] | None = None, width: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Raw head outputs per task: (B, members, 1) regression, (B, members, 2) hurdle.
+        ``width``: see :meth:`Encoder.forward`."""
+        h = self.encoder(z, frac, spg, width=width)
         return {name: self.heads[name](h) for name in (tasks or list(self.heads))}
 
     @staticmethod
@@ -204,7 +211,8 @@ class MultiTaskModel(nn.Module):
             zb = torch.as_tensor(z[rows], device=device)
             fb = torch.as_tensor(frac[rows], device=device)
             sb = torch.as_tensor(spg[rows], device=device)
-            raw = self.forward(zb, fb, sb, names)
+            width = max(1, int((np.asarray(z[rows]) > 0).sum(1).max(initial=0)))  # (on the host)
+            raw = self.forward(zb, fb, sb, names, width=width)
             for name in names:
                 task = self.tasks[name]
                 out.setdefault(name, []).append(self.point(task, raw[name]).cpu().numpy())

@@ -47,6 +47,13 @@ class MTLBackward:
     A task with no loss this step (no labelled rows in the batch) may be given a
     zero tensor that does not require grad; it then contributes nothing.
 
+    :meth:`backward` returns the step's log as 0-d tensors (``total``, ``w_<task>``,
+    ``loss_<task>``) on the losses' device: reading one (``float()``) waits for the GPU, so
+    a training loop adds them up on the device and reads them now and then.
+    ``check_every_step`` (default True): a non-finite task loss raises FloatingPointError
+    in the step itself (one read of the device per step); False defers the check to
+    :meth:`check_finite`, which a GPU training loop calls once per epoch.
+
     :meth:`state_dict` / :meth:`load_state_dict` hold what a resumed run needs (step
     count, the balancer's learned state, the monitor's records), JSON-ready.
 
@@ -90,7 +97,7 @@ class MTLBackward:
                     f"{name} must be a {kind.__module__}.{kind.__name__} object "
                     f"(e.g. {'GradNorm()' if kind is Balancer else 'PCGrad()'}), got {obj!r}"
                 )
-        self.balancer = (balancer or Static()).setup(self.tasks, weights)
+        self.balancer = (balancer or Static()).setup(self.tasks, weights).to(self.shared[0].device)
         self.surgery = (surgery or Sum()).setup(self.tasks)
         if soft_share < 0:
             raise ValueError(f"soft_share must be >= 0, got {soft_share}")
@@ -107,6 +114,9 @@ class MTLBackward:
         self.seed = int(seed)
         self.step = 0
         self.world = world or World()
+        self.check_every_step = True
+        self._first_bad: torch.Tensor | None = None  # deferred check: first step with a non-finite loss (-1: none)
+        self._bad_tasks: torch.Tensor | None = None  # ... and which tasks' losses were not finite there
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The balancer's own learnable parameters (uncertainty weighting); add them to the optimizer."""
@@ -190,9 +200,12 @@ class MTLBackward:
             scalars = [scalars[t] for t in self.tasks]
         stacked = torch.stack(list(scalars))
         losses = self.world.sum_(stacked.detach().clone(), self._doing("the task losses"))  # the whole batch's
-        if not torch.isfinite(losses).all():  # (the sums: every process raises together)
-            bad = [t for t, v in zip(self.tasks, losses) if not torch.isfinite(v)]
-            raise FloatingPointError(f"non-finite loss for task(s) {bad} at step {self.step}")
+        # (the sums: every process raises together)
+        if self.check_every_step:
+            if not torch.isfinite(losses).all():
+                self._raise_nonfinite(~torch.isfinite(losses), self.step)
+        else:
+            self._note_nonfinite(losses)
         w = self.balancer.weights(losses, grads)
         total = (w.to(stacked.dtype) * stacked).sum()
         # without per-task gradients one ordinary backward pass does everything;
@@ -212,10 +225,34 @@ class MTLBackward:
                 p.grad = penalty if p.grad is None else p.grad + penalty
         self.step += 1
         return {
-            "total": float((w.to(losses.dtype) * losses).sum()),
-            **{f"w_{t}": float(x) for t, x in zip(self.tasks, w)},
-            **{f"loss_{t}": float(x) for t, x in zip(self.tasks, losses)},
+            "total": (w.to(losses.dtype) * losses).sum(),
+            **{f"w_{t}": x for t, x in zip(self.tasks, w)},
+            **{f"loss_{t}": x for t, x in zip(self.tasks, losses)},
         }
+
+    def _note_nonfinite(self, losses: torch.Tensor) -> None:
+        """Deferred check: remember (on the device) the first step with a non-finite loss."""
+        bad = ~torch.isfinite(losses)
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.int64, device=losses.device)
+            self._bad_tasks = torch.zeros_like(bad)
+        first = (self._first_bad < 0) & bad.any()
+        self._first_bad = torch.where(first, torch.full_like(self._first_bad, self.step), self._first_bad)
+        self._bad_tasks = torch.where(first, bad, self._bad_tasks)
+
+    def check_finite(self) -> None:
+        """Raise FloatingPointError if a step since the last call had a non-finite task
+        loss (with ``check_every_step`` False; one read of the device)."""
+        if self._first_bad is None:
+            return
+        first, bad = int(self._first_bad), self._bad_tasks
+        self._first_bad = self._bad_tasks = None
+        if first >= 0:
+            self._raise_nonfinite(bad, first)
+
+    def _raise_nonfinite(self, bad: torch.Tensor, step: int):
+        names = [t for t, b in zip(self.tasks, bad.tolist()) if b]
+        raise FloatingPointError(f"non-finite loss for task(s) {names} at step {step}")
 
     def _task_grads(self, scalars: list[torch.Tensor], features) -> torch.Tensor:
         if features is not None:

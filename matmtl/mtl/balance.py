@@ -34,6 +34,8 @@ class Balancer(Strategy):
     def __init__(self) -> None:
         self.tasks: list[str] = []
         self.prior = torch.ones(0, dtype=torch.float64)
+        self._on_device: dict = {}
+        self.device = torch.device("cpu")
 
     def setup(self, tasks: list[str], prior: dict[str, float] | None = None) -> "Balancer":
         """Bind to the tasks (in order) with static prior weights; resets learned state."""
@@ -43,18 +45,41 @@ class Balancer(Strategy):
         if unknown:
             raise ValueError(f"weights given for unknown task(s) {sorted(unknown)}; tasks: {self.tasks}")
         self.prior = torch.tensor([float(prior.get(t, 1.0)) for t in self.tasks], dtype=torch.float64)
+        self._on_device = {}  # (device, dtype) -> the prior there (no copy to the GPU per step)
         self._reset()
         return self
 
     def _reset(self) -> None:
         pass
 
-    def weights(self, losses: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
-        """(T,) detached weights for this step (prior × learned), from the (T,) scalar losses."""
-        return (self.prior * self._learned(losses, grads).double().cpu()).to(losses.device, losses.dtype)
+    def to(self, device) -> "Balancer":
+        """Keep the learned state (and own parameters) on ``device``, the training device
+        (MTLBackward calls it before the optimizer sees :meth:`parameters`), so a step's
+        weights are computed there without a copy to or from the host."""
+        self.device = torch.device(device)
+        self._moved()
+        return self
 
-    def _learned(self, losses: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
-        return torch.ones(len(self.tasks), dtype=torch.float64)
+    def _moved(self) -> None:
+        pass
+
+    def _prior(self, device, dtype=torch.float64) -> torch.Tensor:
+        key = (torch.device(device), dtype)
+        if key not in self._on_device:
+            self._on_device[key] = self.prior.to(key[0], dtype)
+        return self._on_device[key]
+
+    def weights(self, losses: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
+        """(T,) detached weights for this step (prior × learned), from the (T,) scalar
+        losses, on the losses' device (computed in float64, then the losses' dtype)."""
+        learned = self._learned(losses, grads)
+        if learned is None:  # prior × 1
+            return self._prior(losses.device, losses.dtype)
+        return (self._prior(losses.device) * learned.to(losses.device, torch.float64)).to(losses.dtype)
+
+    def _learned(self, losses: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor | None:
+        """The (T,) learned factor of the weights; None: none (all ones)."""
+        return None
 
     def backward_own(self, losses: torch.Tensor) -> None:
         """Accumulate gradients into the balancer's own parameters (if any)."""
@@ -84,6 +109,9 @@ class Uncertainty(Balancer):
     def _reset(self) -> None:
         self.log_var = torch.nn.Parameter(torch.zeros(len(self.tasks)))
 
+    def _moved(self) -> None:
+        self.log_var = torch.nn.Parameter(self.log_var.detach().to(self.device))
+
     def _learned(self, losses, grads):
         return torch.exp(-self.log_var.detach())
 
@@ -102,7 +130,7 @@ class Uncertainty(Balancer):
             self.log_var.copy_(torch.tensor(state["log_var"], dtype=self.log_var.dtype))
 
     def current(self):
-        return self.prior.float() * torch.exp(-self.log_var.detach())
+        return self.prior.float().to(self.log_var.device) * torch.exp(-self.log_var.detach())
 
 
 class GradNorm(Balancer):
@@ -116,17 +144,25 @@ class GradNorm(Balancer):
         self.alpha, self.lr = float(alpha), float(lr)
 
     def _reset(self) -> None:
-        self.w = torch.ones(len(self.tasks), dtype=torch.float64)
+        self.w = torch.ones(len(self.tasks), dtype=torch.float64, device=self.device)
         self.initial: torch.Tensor | None = None
+
+    def _moved(self) -> None:
+        self.w = self.w.to(self.device)
+        self.initial = None if self.initial is None else self.initial.to(self.device)
 
     def _learned(self, losses, grads):
         if grads is None:
             raise ValueError("GradNorm needs the per-task gradients of the shared parameters")
+        # all on the training device: no per-step copy to the host
+        if self.w.device != losses.device:
+            self.device = losses.device
+            self._moved()
         w_used = self.w.clone()
-        loss = losses.detach().double().cpu()
+        loss = losses.detach().double()
         if self.initial is None:
             self.initial = loss.clamp_min(1e-12)
-        norms = grads.detach().double().norm(dim=1).cpu() * self.prior
+        norms = grads.detach().double().norm(dim=1) * self._prior(grads.device)
         weighted = self.w * norms
         ratio = loss / self.initial
         rate = ratio / ratio.mean().clamp_min(1e-12)
@@ -140,14 +176,17 @@ class GradNorm(Balancer):
         return w_used
 
     def current(self):
-        return (self.prior * self.w).float()
+        return (self._prior(self.w.device) * self.w).float()
 
     def state_dict(self):
         return {"w": self.w.tolist(), "initial": None if self.initial is None else self.initial.tolist()}
 
     def load_state_dict(self, state):
-        self.w = torch.tensor(state["w"], dtype=torch.float64)
-        self.initial = None if state["initial"] is None else torch.tensor(state["initial"], dtype=torch.float64)
+        dev = self.device
+        self.w = torch.tensor(state["w"], dtype=torch.float64, device=dev)
+        self.initial = (
+            None if state["initial"] is None else torch.tensor(state["initial"], dtype=torch.float64, device=dev)
+        )
 
     def to_dict(self):
         return {"name": self.name, "alpha": self.alpha, "lr": self.lr}

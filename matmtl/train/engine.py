@@ -6,6 +6,22 @@ dropout masks and bootstrap draws an uninterrupted run would; with the same thre
 count on CPU a seeded run repeats bit for bit. The learning rate is a pure function
 of the step (linear warm-up, cosine decay), so no scheduler state is needed.
 
+Host synchronisation: a training step on CUDA never waits for the GPU. Which rows a
+step trains, which tasks have labels among them, how wide (in element slots) a batch is
+and which rows are labelled are all read from the host-side arrays; the few index arrays
+a step needs go to the GPU in one non-blocking copy from pinned memory; the losses to log
+add up on the device and are read once per epoch (and every 100 steps for the progress
+bar, when it is shown); non-finite losses are checked once per epoch on CUDA (every step
+on CPU, where a check costs nothing). What still waits: gradient surgery's small Gram
+matrix (PCGrad, :mod:`matmtl.geometry`), the end of every epoch (validation scores,
+early stopping, the saved state), and with several processes the "has a gradient" flags
+of steps not under DistributedDataParallel.
+
+Precision: ``TrainConfig.precision="bf16"`` runs the encoder and heads under
+``torch.autocast(dtype=bfloat16)``; the shared representation and the head outputs are
+cast back to fp32, so losses, the per-task gradients (balancing, surgery, monitor) and
+the optimiser are fp32. ``"fp32"`` (the default) enters no autocast at all.
+
 Several processes (``torchrun``; :mod:`matmtl.distributed`): every process draws the same
 seeded batch plan and takes its contiguous share of each (global) batch; the loss
 denominators, the "task has labelled rows" flags and the symmetry-dropout mask belong to
@@ -17,10 +33,13 @@ under DistributedDataParallel; rank 0 alone scores the validation rows and write
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -89,14 +108,46 @@ class Source:
     label: str = "main"
 
 
-def set_determinism(seed: int, threads: int) -> None:
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs for deterministic results (CUDA >= 10.2)
+
+
+def set_determinism(seed: int, threads: int, device: str | torch.device = "cpu", deterministic: bool = False) -> None:
+    """Seed torch and fix the CPU thread count. CPU: deterministic algorithms where torch
+    has a choice (warnings only), as always; a seeded CPU run with the same thread count
+    repeats bit for bit, so ``deterministic`` changes nothing there. CUDA: see
+    :func:`cuda_determinism`."""
     torch.manual_seed(seed)
     if threads > 0:
         torch.set_num_threads(threads)
+    if torch.device(device).type == "cuda":
+        cuda_determinism(deterministic)
+        return
     try:
         torch.use_deterministic_algorithms(True, warn_only=True)
     except Exception:  # pragma: no cover - older torch
         pass
+
+
+def cuda_determinism(on: bool) -> None:
+    """``on``: deterministic kernels only (an op without one raises), cuBLAS's fixed
+    workspace (``CUBLAS_WORKSPACE_CONFIG``, read when cuBLAS starts: set here when CUDA has
+    not started yet, else a warning says to set it in the environment), cuDNN's
+    deterministic algorithms without autotuning. Off: torch's fast (default) kernels."""
+    if not on:
+        torch.use_deterministic_algorithms(False)
+        return
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (CUBLAS_WORKSPACE, ":16:8"):
+        if torch.cuda.is_initialized():
+            warnings.warn(
+                "TrainConfig.deterministic: CUDA has started already, so CUBLAS_WORKSPACE_CONFIG set now may "
+                f"come too late for cuBLAS; start the process with CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} "
+                "for deterministic matrix products",
+                stacklevel=2,
+            )
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def pick_device(name: str) -> str:
@@ -131,11 +182,16 @@ def epoch_batches(data: TaskData, batch_size: int, rng: np.random.Generator) -> 
 def loss_denominators(task: TaskSpec, y: torch.Tensor, boot: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
     """The denominators of a head's loss over a batch's rows (targets ``y``, bootstrap
     weights ``boot``): the bootstrap weight of the labelled rows, and for hurdle heads
-    that of the non-metal rows; None when no row carries a label."""
+    that of the non-metal rows; None when no row carries a label (this reads the device:
+    the trainer finds the labelled rows on the host and calls :func:`labelled_denominators`)."""
     mask = torch.isfinite(y)
     if not bool(mask.any()):
         return None
-    y, w = y[mask], boot[mask]
+    return labelled_denominators(task, y[mask], boot[mask])
+
+
+def labelled_denominators(task: TaskSpec, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:func:`loss_denominators` of the labelled rows alone (targets ``y``, bootstrap weights ``w``)."""
     denom = w.sum().clamp_min(1.0)
     if task.kind == "hurdle":
         pos = (y > 0).float().unsqueeze(1) * w
@@ -156,7 +212,13 @@ def task_loss(
         if denoms is None:
             return None
     mask = torch.isfinite(y)
-    raw, y, w = raw[mask], y[mask], boot[mask]  # (b, m, o), (b,), (b, m)
+    return labelled_loss(task, raw[mask], y[mask], boot[mask], denoms)
+
+
+def labelled_loss(task: TaskSpec, raw: torch.Tensor, y: torch.Tensor, w: torch.Tensor, denoms: tuple) -> torch.Tensor:
+    """:func:`task_loss` of labelled rows alone: head outputs ``raw`` (b, m, o), targets
+    ``y`` (b,), bootstrap weights ``w`` (b, m); always fp32 (head outputs are cast)."""
+    raw = raw.float()
     if task.kind == "hurdle":
         metal = (y <= 0).float().unsqueeze(1).expand_as(w)
         bce = F.binary_cross_entropy_with_logits(raw[..., 0], metal, reduction="none")
@@ -170,11 +232,17 @@ def task_loss(
 @dataclass
 class _Part:
     """One source's rows in a step: the global batch's ``rows`` (every process has the
-    same) and, per task with labelled rows among them, (task, loss key, denominators)."""
+    same) and, per task with labelled rows among them, (task, loss key, denominators).
+    This process's share of the rows: ``share`` (on the device), ``width`` (its widest
+    row's element count, read on the host) and per loss key the labelled rows' positions
+    in the share and their row numbers (``labelled``, on the device)."""
 
     source: int
     rows: np.ndarray
     tasks: list[tuple[str, str, tuple]]
+    share: torch.Tensor | None = None
+    width: int = 1
+    labelled: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 class _StepForward(torch.nn.Module):
@@ -227,6 +295,9 @@ class Trainer:
         self.device = self.world.device(cfg.device)
         self.model.to(self.device)
         self.mtl = build_mtl(model, task_keys(sources), weights or {}, mtl, reference, cfg.seed, self.world)
+        # CPU: a non-finite loss raises at once (the check costs nothing); elsewhere it is
+        # checked once per epoch (before the state is saved), not at every step
+        self.mtl.check_every_step = self.device.type == "cpu"
         params = [p for p in model.parameters() if p.requires_grad] + self.mtl.parameters()
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(sources[0].data) / sources[0].batch_size)
@@ -237,6 +308,10 @@ class Trainer:
         self.best = BestEpoch(select if evaluate is not None else None, cfg.patience)
         self.stopped_early = False
         self._tensors = [self._to_tensors(s.data) for s in sources]
+        # host-side copies of what a step needs to know about its rows (no device reads)
+        self._widths = [np.maximum((s.data.z > 0).sum(1), 1) for s in sources]
+        self._has_label = [{t: np.isfinite(s.data.targets[t]) for t in s.tasks} for s in sources]
+        self._bf16 = cfg.precision == "bf16"
         self._zero = torch.zeros((), device=self.device)  # the loss of a task without rows in a batch
         self._ddp = self._wrap_ddp()
 
@@ -379,6 +454,7 @@ class Trainer:
                     break
                 t0 = time.time()
                 logs = self._run_epoch(bar, overall)
+                self.mtl.check_finite()  # (deferred on CUDA: one read per epoch)
                 self.epoch += 1
                 done_here += 1
                 row = {"epoch": self.epoch, "seconds": round(time.time() - t0, 2), **logs}
@@ -386,6 +462,8 @@ class Trainer:
                     what = f"scoring the validation rows after epoch {self.epoch}"
                     row.update(self.world.main_does(lambda: self.evaluate(self.model), what))
                 self.history.append(row)
+                # (host reads once per epoch, needed: the logged losses above, the validation
+                # scores, the best-epoch copy and the early-stopping decision)
                 self.best.update(self.epoch, row, self.model)
                 self.stopped_early = self.best.stop(self.epoch) and self.epoch < self.cfg.epochs
                 # rank 0 saves; the others wait for it (and learn if it failed)
@@ -408,7 +486,10 @@ class Trainer:
             for i, s in enumerate(self.sources)
         ]
         model.train()
-        sums: dict[str, float] = {}
+        # the logged losses add up on the device (float64, in the order plain Python floats
+        # would: the same sums) and are read once, at the end of the epoch
+        sums = torch.zeros(1 + len(self.mtl.tasks), dtype=torch.float64, device=self.device)
+        keys: dict[str, int] = {}  # logged key -> its row in sums, in the order keys first appear
         n = 0
         for b, idx in enumerate(plans[0]):
             for g in self.opt.param_groups:
@@ -425,12 +506,18 @@ class Trainer:
             self.step += 1
             n += 1
             for name in names:
-                sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + logged[f"loss_{name}"]
-            sums["loss"] = sums.get("loss", 0.0) + logged["total"]
-            if self.progress and (b % 10 == 0):
-                bar.update(overall, completed=self.step, info=f"ep {self.epoch + 1} loss {sums['loss'] / n:.4f}")
+                keys.setdefault(f"loss_{name}", 1 + self.mtl.tasks.index(name))
+            keys.setdefault("loss", 0)
+            # (a task without rows this step adds its zero loss: x + 0.0 == x)
+            sums += torch.stack([logged["total"], *(logged[f"loss_{t}"] for t in self.mtl.tasks)]).double()
+            if self.progress and b % 10 == 0:
+                info = {}
+                if b % 100 == 0:  # reading the running loss waits for the device: now and then only
+                    info["info"] = f"ep {self.epoch + 1} loss {float(sums[0]) / n:.4f}"
+                bar.update(overall, completed=self.step, **info)
         bar.update(overall, completed=self.step)
-        return {k: v / max(1, n) for k, v in sums.items()}
+        totals = sums.tolist()  # the epoch's one read of the logged losses
+        return {k: totals[i] / max(1, n) for k, i in keys.items()}
 
     def _backward(self, rows: list[np.ndarray]) -> tuple[list[str], dict] | None:
         """One step's forward and backward passes over the global rows ``rows`` of each
@@ -464,21 +551,57 @@ class Trainer:
 
     def _plan(self, rows: list[np.ndarray]) -> list[_Part]:
         """Each source's global rows with the tasks labelled among them, their loss keys
-        and loss denominators: the same in every process (the whole batch's)."""
-        parts, keys = [], []
-        for si, (src, tens, idx) in enumerate(zip(self.sources, self._tensors, rows)):
+        and loss denominators: the same in every process (the whole batch's). Which rows
+        are labelled is read on the host; the index arrays go to the device together."""
+        plans, keys, host = [], [], []
+        for si, (src, idx) in enumerate(zip(self.sources, rows)):
             if len(idx) == 0:  # a micro-batch of a short last batch
                 continue
-            at = torch.as_tensor(idx, device=self.device)
-            tasks = []
+            mine = self.world.part(len(idx))
+            share = idx[mine]
+            labelled = []
             for name in src.tasks:
-                denoms = loss_denominators(self.model.tasks[name], tens["y"][name][at], tens["boot"][at])
-                if denoms is not None:
-                    key = task_key(name, src, keys)
-                    keys.append(key)
-                    tasks.append((name, key, denoms))
-            parts.append(_Part(si, idx, tasks))
+                has = self._has_label[si][name][idx]
+                if not has.any():
+                    continue
+                key = task_key(name, src, keys)
+                keys.append(key)
+                pos = np.flatnonzero(has[mine])  # the labelled rows' places in this process's share
+                labelled.append((name, key))
+                host += [idx[has], pos, share[pos]]
+            plans.append((si, idx, share, labelled))
+            host.append(share)
+        on_device = iter(self._upload(host))
+        parts = []
+        for si, idx, share, labelled in plans:
+            tens, tasks, where = self._tensors[si], [], {}
+            for name, key in labelled:
+                rows_all, pos, rows_mine = next(on_device), next(on_device), next(on_device)
+                task = self.model.tasks[name]
+                tasks.append(
+                    (name, key, labelled_denominators(task, tens["y"][name][rows_all], tens["boot"][rows_all]))
+                )
+                where[key] = (pos, rows_mine)
+            width = int(self._widths[si][share].max()) if len(share) else 1
+            parts.append(_Part(si, idx, tasks, next(on_device), width, where))
         return parts
+
+    def _upload(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """Index arrays as int64 tensors on the training device: on the CPU the arrays
+        themselves (no copy); on a GPU one pinned host buffer and one non-blocking copy
+        (the pinned block is not reused before the copy has read it)."""
+        if self.device.type == "cpu":
+            return [torch.as_tensor(a, dtype=torch.int64) for a in arrays]
+        if not arrays:
+            return []
+        flat = torch.from_numpy(np.concatenate(arrays).astype(np.int64, copy=False)).pin_memory()
+        return list(torch.split(flat.to(self.device, non_blocking=True), [len(a) for a in arrays]))
+
+    def _autocast(self):
+        """bf16 autocast around the forward pass (``TrainConfig.precision``), else nothing."""
+        if not self._bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def _forward(self, parts: list[_Part]) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
         """The shared representation of this process's share of each source's rows and
@@ -490,18 +613,24 @@ class Trainer:
             drop = None
             if self.cfg.sym_dropout > 0:  # drawn for the global rows: the mask belongs to a row, not a process
                 drop = torch.rand(len(part.rows), device=self.device)[mine] < self.cfg.sym_dropout
-            idx = part.rows[mine]
-            if len(idx) == 0:  # fewer rows than processes
+            idx = part.share
+            if len(part.rows[mine]) == 0:  # fewer rows than processes
                 continue
-            idx = torch.as_tensor(idx, device=self.device)
             z, frac, spg = tens["z"][idx], tens["frac"][idx], tens["spg"][idx]
             if drop is not None:
                 spg = spg.masked_fill(drop, 0)
-            h = self.model.encoder(z, frac, spg)
+            with self._autocast():
+                h = self.model.encoder(z, frac, spg, width=part.width)
+            # (no-op in fp32) the heads read the fp32 representation, so the per-task
+            # gradients taken through it (MTLBackward) are fp32
+            h = h.float()
             feats.append(h)
+            with self._autocast():
+                heads = {key: self.model.heads[name](h) for name, key, _ in part.tasks}
             for name, key, denoms in part.tasks:
-                head = self.model.heads[name](h)
-                losses[key] = task_loss(self.model.tasks[name], head, tens["y"][name][idx], tens["boot"][idx], denoms)
+                pos, rows = part.labelled[key]
+                y, w = tens["y"][name][rows], tens["boot"][rows]
+                losses[key] = labelled_loss(self.model.tasks[name], heads[key][pos], y, w, denoms)
         return tuple(feats), losses
 
 

@@ -92,7 +92,7 @@ def run_finetune(
     world = world or World()
     progress = progress and world.is_main
     train = on_device(config.train)
-    set_determinism(train.seed, train.threads)
+    set_determinism(train.seed, train.threads, train.device, train.deterministic)
     base, base_meta = load_checkpoint(config.checkpoint)
     check_aux(config.aux, config.checkpoint, base)
     table = table or load_table(config)

@@ -47,12 +47,12 @@ def run_pretrain(
     world = world or World()
     progress = progress and world.is_main
     train = on_device(config.train)
-    set_determinism(train.seed, train.threads)
+    set_determinism(train.seed, train.threads, train.device, train.deterministic)
     with world.node_first("featurizing the DFT rows"):
         tr, te, info = dft_split(list(config.tasks), config.holdout_fold, config.max_rows, train.seed, config.data_dir)
     tr, va = split_validation(tr, train.val_fraction, train.seed)
     tr = tr.with_bootstrap(config.model.members, train.seed)
-    set_determinism(train.seed, train.threads)
+    set_determinism(train.seed, train.threads, train.device, train.deterministic)
     net = MultiTaskModel(config.model, task_specs(tr, config.tasks))
     sources = [Source(tr, list(config.tasks), train.batch_size)]
     done = fit(
