@@ -153,7 +153,10 @@ class MTLBackward:
         self.world.sum_(per_chunk, self._doing("the micro-batch task gradients"))
         if self.monitor_due() and self.world.is_main:
             self.monitor.submit(self.step, self.tasks, per_chunk.detach())
-        return self._finish({t: torch.stack(parts[t]).mean() for t in self.tasks}, per_chunk.mean(dim=1))
+        # the tasks' gradients, the means over micro-batches: a (T, 1, k) @ (T, k, d) product
+        # reads the buffer once, faster than per_chunk.mean(dim=1)
+        mean = torch.matmul(per_chunk.new_full((len(self.tasks), 1, k), 1.0 / k), per_chunk).squeeze(1)
+        return self._finish({t: torch.stack(parts[t]).mean() for t in self.tasks}, mean)
 
     def _buffer(self, k: int) -> torch.Tensor:
         """The (T, k, d) gradient buffer, kept between monitored steps: a fresh one
