@@ -14,7 +14,8 @@ one backward per task), side by side with the rest.
 Prints the mean and median step time of each and the overhead of the mean relative to
 `off`, and splits the monitor's overhead into gradients and angles; --json writes them.
 The modes are interleaved over --rounds rounds so machine noise hits all of them alike;
-on a busy machine, --threads 1 --clock cpu (process CPU time) is the steadier measure.
+on a busy machine, --threads 1 --clock cpu (process CPU time) is the steadier measure,
+and --skip rust_bg torch_sync shortens the run.
 
     python scripts/bench_monitor.py --every 10 --k 4 [--device cuda] [--json results/bench_monitor.json]
     python scripts/bench_monitor.py --every 10 --k 4 --methods batched loop   # old vs new paths
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from matmtl import geometry
-from matmtl.mtl import GeometryMonitor, MTLBackward, gradients
+from matmtl.mtl import GeometryMonitor, MTLBackward, gradients, surgery_from
 from matmtl.mtl import backward as mtl_backward
 
 
@@ -98,9 +99,8 @@ def _run(mode: str, args, device: str) -> list[float]:
         monitor = SyncTorchMonitor(args.every, args.k)
     elif mode.startswith("grads_"):
         monitor = GradsOnlyMonitor(args.every, args.k)
-    mtl = MTLBackward(
-        net.parameters(), net.encoder.parameters(), ["gap", "e_form"], monitor=monitor, surgery=args.surgery
-    )
+    surgery = surgery_from(args.surgery)
+    mtl = MTLBackward(net.parameters(), net.encoder.parameters(), ["gap", "e_form"], monitor=monitor, surgery=surgery)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(args.batch, args.d_in, generator=g).to(device)
@@ -158,6 +158,13 @@ def main(argv=None) -> int:
         choices=["linear", "batched", "loop"],
         help="also grads_<method> rows: the per-task gradients forced through that path",
     )
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["rust_bg", "torch_sync"],
+        help="leave these modes out (a shorter run on a busy machine)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the modes, interleaved")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument(
@@ -171,6 +178,7 @@ def main(argv=None) -> int:
     results = {}
     # interleave the modes over rounds so machine noise hits all of them alike
     modes = ("off", "grads_only", *(f"grads_{m}" for m in args.methods), "rust_sync", "rust_bg", "torch_sync")
+    modes = tuple(m for m in modes if m not in args.skip)
     per_mode: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(args.rounds):
         for mode in per_mode:
@@ -190,6 +198,7 @@ def main(argv=None) -> int:
     split = {
         m: {"gradients": grads, "angles": results[m]["overhead_vs_off"] - grads}
         for m in ("rust_sync", "rust_bg", "torch_sync")
+        if m in results
     }
     for m, part in split.items():
         print(

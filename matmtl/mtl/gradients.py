@@ -19,9 +19,9 @@ Other encoders (no linear layer in the graph): all T task signals go through the
 encoder in ONE batched vector-Jacobian product (``torch.autograd.grad(...,
 is_grads_batched=True)``, which vmaps the backward) on CUDA, where it saves kernel
 launches; on CPU, where the vmapped backward is no faster than T ordinary ones (see
-``scripts/bench_monitor.py --profile``), one backward per task. Where an operation
-in the encoder does not support the batched backward, we fall back to one encoder
-pass per task.
+``scripts/bench_monitor.py --methods batched loop``), one backward per task. Where
+an operation in the encoder does not support the batched backward, we fall back to
+one encoder pass per task.
 
 The gradient-geometry monitor needs each task's gradient on k micro-batches. The
 encoder is then run on the k micro-batches separately (the same total work as one
