@@ -7,15 +7,24 @@ Runs, in one process on the same model and batches:
   rust_sync  : the monitor every N steps, angles by the Rust core inline (the CPU default);
   rust_bg    : the same, in a background thread (the CUDA default);
   torch_sync : the same angles computed synchronously with torch (QR + SVD) every N steps.
+With --methods, also grads_<method> rows: grads_only with the per-task gradients forced
+through one path of matmtl.mtl.gradients ("linear": the linear-layer path the default
+takes for this MLP; "batched": the vmapped backward, the CPU default before it; "loop":
+one backward per task), side by side with the rest.
 Prints the mean and median step time of each and the overhead of the mean relative to
 `off`, and splits the monitor's overhead into gradients and angles; --json writes them.
+The modes are interleaved over --rounds rounds so machine noise hits all of them alike;
+on a busy machine, --threads 1 --clock cpu (process CPU time) is the steadier measure,
+and --skip rust_bg torch_sync shortens the run.
 
     python scripts/bench_monitor.py --every 10 --k 4 [--device cuda] [--json results/bench_monitor.json]
+    python scripts/bench_monitor.py --every 10 --k 4 --methods batched loop   # old vs new paths
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import sys
@@ -25,7 +34,8 @@ import numpy as np
 import torch
 
 from matmtl import geometry
-from matmtl.mtl import GeometryMonitor, MTLBackward
+from matmtl.mtl import GeometryMonitor, MTLBackward, gradients, surgery_from
+from matmtl.mtl import backward as mtl_backward
 
 
 class Net(torch.nn.Module):
@@ -67,6 +77,17 @@ class GradsOnlyMonitor(GeometryMonitor):
 
 
 def run(mode: str, args, device: str) -> list[float]:
+    method = mode[len("grads_") :] if mode.startswith("grads_") and mode != "grads_only" else "auto"
+    chunked = mtl_backward.chunked_shared_grads
+    mtl_backward.chunked_shared_grads = functools.partial(gradients.chunked_shared_grads, method=method)
+    try:
+        return _run(mode, args, device)
+    finally:
+        mtl_backward.chunked_shared_grads = chunked
+
+
+def _run(mode: str, args, device: str) -> list[float]:
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
     net = Net(args.d_in, args.width, args.depth).to(device)
     monitor = None
@@ -76,11 +97,10 @@ def run(mode: str, args, device: str) -> list[float]:
         monitor = GeometryMonitor(args.every, args.k, background=False)
     elif mode == "torch_sync":
         monitor = SyncTorchMonitor(args.every, args.k)
-    elif mode == "grads_only":
+    elif mode.startswith("grads_"):
         monitor = GradsOnlyMonitor(args.every, args.k)
-    mtl = MTLBackward(
-        net.parameters(), net.encoder.parameters(), ["gap", "e_form"], monitor=monitor, surgery=args.surgery
-    )
+    surgery = surgery_from(args.surgery)
+    mtl = MTLBackward(net.parameters(), net.encoder.parameters(), ["gap", "e_form"], monitor=monitor, surgery=surgery)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(args.batch, args.d_in, generator=g).to(device)
@@ -89,7 +109,7 @@ def run(mode: str, args, device: str) -> list[float]:
     for step in range(args.steps + args.warmup):
         if device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.zero_grad(set_to_none=True)
         if mtl.monitor_due():  # the encoder on k micro-batches (same total work as one pass)
             feats = [net.encoder(xc) for xc in torch.tensor_split(x, args.k)]
@@ -109,7 +129,7 @@ def run(mode: str, args, device: str) -> list[float]:
         if device == "cuda":
             torch.cuda.synchronize()
         if step >= args.warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
     mtl.close()
     return times
 
@@ -131,29 +151,54 @@ def main(argv=None) -> int:
         choices=["none", "pcgrad", "halfspace"],
         help="gradient surgery in every step (then every step computes per-task gradients)",
     )
+    ap.add_argument(
+        "--methods",
+        nargs="*",
+        default=[],
+        choices=["linear", "batched", "loop"],
+        help="also grads_<method> rows: the per-task gradients forced through that path",
+    )
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["rust_bg", "torch_sync"],
+        help="leave these modes out (a shorter run on a busy machine)",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over the modes, interleaved")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument(
+        "--clock", default="wall", choices=["wall", "cpu"], help="wall time, or the process's CPU time (busy machines)"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n_shared = sum(p.numel() for p in Net(args.d_in, args.width, args.depth).encoder.parameters())
     results = {}
     # interleave the modes over rounds so machine noise hits all of them alike
-    per_mode: dict[str, list[float]] = {m: [] for m in ("off", "grads_only", "rust_sync", "rust_bg", "torch_sync")}
-    for _ in range(3):
+    modes = ("off", "grads_only", *(f"grads_{m}" for m in args.methods), "rust_sync", "rust_bg", "torch_sync")
+    modes = tuple(m for m in modes if m not in args.skip)
+    per_mode: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(args.rounds):
         for mode in per_mode:
             per_mode[mode] += run(mode, args, args.device)
     base = statistics.mean(per_mode["off"])
     print(
         f"shared parameters d={n_shared:,}, k={args.k}, T=2, monitor every {args.every} steps, "
-        f"batch {args.batch}, surgery {args.surgery}, device {args.device}, torch threads {torch.get_num_threads()}"
+        f"batch {args.batch}, surgery {args.surgery}, device {args.device}, torch threads {torch.get_num_threads()}, "
+        f"{args.clock} clock"
     )
-    print(f"{'mode':<12}{'mean step (ms)':>16}{'median (ms)':>14}{'overhead':>10}")
+    print(f"{'mode':<14}{'mean step (ms)':>16}{'median (ms)':>14}{'overhead':>10}")
     for mode, ts in per_mode.items():
         mean = statistics.mean(ts)
         results[mode] = {"mean_s": mean, "median_s": statistics.median(ts), "overhead_vs_off": mean / base - 1}
-        print(f"{mode:<12}{1e3 * mean:>16.3f}{1e3 * statistics.median(ts):>14.3f}{100 * (mean / base - 1):>9.1f}%")
+        print(f"{mode:<14}{1e3 * mean:>16.3f}{1e3 * statistics.median(ts):>14.3f}{100 * (mean / base - 1):>9.1f}%")
     grads = results["grads_only"]["mean_s"] / base - 1
     split = {
         m: {"gradients": grads, "angles": results[m]["overhead_vs_off"] - grads}
         for m in ("rust_sync", "rust_bg", "torch_sync")
+        if m in results
     }
     for m, part in split.items():
         print(

@@ -349,3 +349,158 @@ def json_round_trip(obj):
     import json
 
     return json.loads(json.dumps(obj))
+
+
+# -- the monitor's per-micro-batch gradients: the linear-layer path and its fallbacks ------
+
+
+class _Tied(torch.nn.Module):
+    """Linear, LayerNorm, one linear layer applied twice (tied weights), and a shared
+    parameter the forward pass never uses: linear-layer and generic parameters mixed."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.norm, self.mid = torch.nn.Linear(6, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 8)
+        self.unused = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        h = torch.nn.functional.silu(self.norm(self.inp(x)))
+        return self.mid(torch.tanh(self.mid(h)))
+
+
+class _Tokens(torch.nn.Module):
+    """3-D input to the linear layers (tokens), a bias-free layer (mm) and a parameter
+    used as ``x @ W`` with its bias added apart (a generic parameter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok = torch.nn.Linear(2, 8)
+        self.proj = torch.nn.Linear(8, 8, bias=False)
+        self.w = torch.nn.Parameter(torch.randn(8, 8) / 3)
+        self.b = torch.nn.Parameter(torch.randn(8) / 3)
+
+    def forward(self, x):
+        h = torch.nn.functional.gelu(self.tok(x.view(len(x), 3, 2))).mean(1)
+        return torch.tanh(self.proj(h)) @ self.w + self.b
+
+
+class _Conv(torch.nn.Module):
+    """No linear layer at all: the generic paths."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 2, 3)
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x.unsqueeze(1))).flatten(1)[:, :8]
+
+
+_ENCODERS = {
+    "mlp": lambda: torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8)),
+    "tied_norm_unused": _Tied,
+    "tokens_mm_matmul": _Tokens,
+    "conv": _Conv,
+}
+
+
+def _model(encoder: str) -> TwoHead:
+    model = TwoHead()
+    torch.manual_seed(3)
+    model.encoder = _ENCODERS[encoder]()
+    return model
+
+
+def _reference(losses: dict, params: list) -> torch.Tensor:
+    """(T, k, d): each task's gradient on each micro-batch, one autograd call each."""
+    rows = []
+    for chunk_losses in losses.values():
+        for loss in chunk_losses:
+            gs = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if loss.requires_grad else ()
+            gs = gs or [None] * len(params)
+            rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, params)]))
+    return torch.stack(rows).view(len(losses), -1, rows[0].numel())
+
+
+@pytest.mark.parametrize("encoder", list(_ENCODERS))
+@pytest.mark.parametrize("method", ["auto", "linear", "batched", "loop"])
+def test_microbatch_gradients_equal_per_task_per_microbatch_autograd(encoder, method):
+    from matmtl.mtl.gradients import _linear_plan, chunked_shared_grads
+
+    model = _model(encoder)
+    x, ya, yb = _data(64)
+    feats, losses = _chunked(model, x, ya, yb, 4)
+    params = list(model.encoder.parameters())
+    plan = _linear_plan((feats[0],), params)
+    assert (plan is None) == (encoder == "conv")  # the linear-layer path where there are linear layers
+    if encoder == "mlp":
+        assert not plan.generic and len(plan.jobs) == len(params)
+    if encoder == "tokens_mm_matmul":  # x @ w read in place, the bias added apart: generic
+        assert [params[i] for i in plan.generic] == [model.encoder.b]
+    ref = _reference(losses, params)
+    out = torch.full_like(ref, float("nan"))  # every entry written, unused parameters' zeros included
+    got = chunked_shared_grads(losses, feats, params, out=out, method=method)
+    assert got is out
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7), (got - ref).abs().max()
+    if encoder == "tied_norm_unused":
+        assert params[0] is model.encoder.unused and (got[..., :3] == 0).all()  # (own parameters come first)
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "tied_norm_unused"])
+def test_microbatch_gradients_when_micro_batches_share_one_graph(encoder):
+    """Micro-batches sliced from ONE encoder pass (the chunks' graphs share their linear
+    layers), a tuple of representations, a task without rows in one micro-batch."""
+    from matmtl.mtl.gradients import chunked_shared_grads
+
+    model = _model(encoder)
+    x, ya, yb = _data(64)
+    x2, _, _ = _data(32, seed=7)
+    z, z2 = model.encoder(x), model.encoder(x2)
+    feats = [(z[i * 16 : (i + 1) * 16], z2[i * 8 : (i + 1) * 8]) for i in range(4)]
+    losses = {
+        "a": [
+            ((model.heads["a"](f).squeeze(-1) - ya[i * 16 : (i + 1) * 16]) ** 2).mean()
+            for i, (f, _) in enumerate(feats)
+        ],
+        "b": [(model.heads["b"](f2).squeeze(-1) - 1.0).abs().mean() for _, f2 in feats],
+    }
+    losses["b"][2] = torch.zeros(())  # no labelled rows of task b in micro-batch 2
+    params = list(model.encoder.parameters())
+    ref = _reference(losses, params)
+    got = chunked_shared_grads(losses, feats, params)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
+    assert (got[1, 2] == 0).all()
+
+
+@pytest.mark.parametrize("encoder", list(_ENCODERS))
+@pytest.mark.parametrize("surgery", [Sum, PCGrad])
+def test_monitored_step_update_unchanged_on_every_gradient_path(encoder, surgery):
+    """The monitored step's parameter gradients are the plain step's, whichever path
+    computed the per-task gradients, and the monitor receives the reference (T, k, d)."""
+    x, ya, yb = _data(64)
+    plain, monitored = _model(encoder), _model(encoder)
+    z, losses = _losses(plain, x, ya, yb)
+    MTLBackward(plain.parameters(), plain.encoder.parameters(), ["a", "b"], surgery=surgery()).backward(losses, z)
+    seen = []
+
+    class Keep(GeometryMonitor):
+        def submit(self, step, tasks, grads):
+            seen.append(grads.clone())
+
+    shared = list(monitored.encoder.parameters())
+    mtl = MTLBackward(monitored.parameters(), shared, ["a", "b"], surgery=surgery(), monitor=Keep(1, 4))
+    feats, chunks = _chunked(monitored, x, ya, yb, 4)
+    ref = _reference(chunks, shared)
+    mtl.backward_microbatches(chunks, feats)
+    for p in plain.parameters():  # (a plain step leaves an unused parameter's gradient None)
+        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+    assert torch.allclose(_flat_grad(monitored.parameters()), _flat_grad(plain.parameters()), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(seen[0], ref, rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_method_is_checked():
+    from matmtl.mtl.gradients import chunked_shared_grads
+
+    model = TwoHead()
+    feats, losses = _chunked(model, *_data(16), 2)
+    with pytest.raises(ValueError, match="method must be one of"):
+        chunked_shared_grads(losses, feats, list(model.encoder.parameters()), method="vmap")
