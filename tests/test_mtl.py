@@ -445,6 +445,23 @@ def test_microbatch_gradients_equal_per_task_per_microbatch_autograd(encoder, me
         assert params[0] is model.encoder.unused and (got[..., :3] == 0).all()  # (own parameters come first)
 
 
+def test_microbatch_gradients_fall_back_when_the_graph_cannot_be_read(monkeypatch):
+    """The linear-layer path reads autograd node attributes that a future torch may
+    rename: then the generic path serves, with the same gradients."""
+    from matmtl.mtl import gradients
+
+    def renamed(*_):
+        raise AttributeError("'AddmmBackward0' object has no attribute '_saved_mat1'")
+
+    monkeypatch.setattr(gradients, "_linear_plan", renamed)
+    model = _model("mlp")
+    x, ya, yb = _data(64)
+    feats, losses = _chunked(model, x, ya, yb, 4)
+    params = list(model.encoder.parameters())
+    got = gradients.chunked_shared_grads(losses, feats, params)
+    assert torch.allclose(got, _reference(losses, params), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("encoder", ["mlp", "tied_norm_unused"])
 def test_microbatch_gradients_when_micro_batches_share_one_graph(encoder):
     """Micro-batches sliced from ONE encoder pass (the chunks' graphs share their linear

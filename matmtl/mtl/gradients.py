@@ -92,7 +92,7 @@ def shared_grads(
     if not any(loss.requires_grad for loss in losses):  # no rows here (e.g. this process's share is empty)
         return out.zero_()
     if method in ("auto", "linear"):
-        plan = _linear_plan(feats, params)
+        plan = _safe_plan(feats, params)
         if plan is not None:
             _linear_grads([[loss] for loss in losses], [(feats, plan)], params, out.unsqueeze(1))
             return out
@@ -150,7 +150,7 @@ def chunked_shared_grads(
     elif tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
     parts = [_as_tuple(ch) for ch in chunks]
-    plans = [_linear_plan(f, params) for f in parts] if method in ("auto", "linear") else [None] * k
+    plans = [_safe_plan(f, params) for f in parts] if method in ("auto", "linear") else [None] * k
     if all(p is not None and not p.generic for p in plans) and _disjoint(plans):
         # every shared parameter in linear layers, each micro-batch its own graph: one
         # backward pass per task covers all micro-batches
@@ -178,6 +178,15 @@ class _Plan:
     edges: list = field(default_factory=list)  # GradientEdge of each product whose output gradient is taken
     jobs: dict = field(default_factory=dict, repr=False)  # param index -> [(edge index, kind, a)]
     generic: list = field(default_factory=list)  # indices of the params used otherwise (autograd's own gradient)
+
+
+def _safe_plan(feats: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> _Plan | None:
+    """:func:`_linear_plan`, or None (the generic paths) if reading the graph fails: it
+    reads autograd node attributes (``_saved_mat1``, ...) that a future torch may rename."""
+    try:
+        return _linear_plan(feats, params)
+    except (AttributeError, RuntimeError, TypeError):
+        return None
 
 
 def _linear_plan(feats: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> _Plan | None:
