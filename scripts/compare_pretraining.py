@@ -44,6 +44,11 @@ def describe(run: Path) -> dict:
         "balancer": (mtl.get("balancer") or {}).get("name", "static"),
         "surgery": (mtl.get("surgery") or {}).get("name", "none"),
         "holdout_fold": cfg.get("holdout_fold"),
+        "rows": {
+            "max_rows": cfg.get("max_rows"),
+            "seed": (cfg.get("train") or {}).get("seed", 0),
+            "data_dir": cfg.get("data_dir"),
+        },
         "epochs": met.get("epochs"),
         "best_epoch": met.get("best_epoch"),
         "train_seconds": met.get("train_seconds"),
@@ -53,8 +58,9 @@ def describe(run: Path) -> dict:
     }
 
 
-def holdout_errors(run: Path, tasks: list[str], fold: int, cache: dict) -> dict[str, np.ndarray]:
-    """Per-row absolute errors of the run's model on the held-out fold's rows of each task."""
+def holdout_errors(run: Path, tasks: list[str], fold: int, rows: dict, cache: dict) -> dict[str, np.ndarray]:
+    """Per-row absolute errors of the run's model on the held-out fold's rows of each task
+    (the rows the run itself held out: ``rows`` gives its ``max_rows`` and seed)."""
     from matmtl.checkpoints import load_checkpoint
     from matmtl.train.data import dft_split
 
@@ -62,7 +68,7 @@ def holdout_errors(run: Path, tasks: list[str], fold: int, cache: dict) -> dict[
     out = {}
     for t in tasks:
         if t not in cache:
-            _, te, _ = dft_split([t], fold, None, 0)
+            _, te, _ = dft_split([t], fold, rows["max_rows"], rows["seed"], rows["data_dir"])
             cache[t] = te
         te = cache[t]
         y = np.asarray(te.targets[t], dtype=np.float64)
@@ -112,7 +118,8 @@ def markdown(res: dict) -> str:
         f"Matbench mp fold {res['holdout_fold']} held out (predicted once, at the end); every run holds out "
         "a seeded 10% of its own training rows as validation rows, which chose the kept epoch. "
         "Units: e_form eV/atom, gap_pbe eV. The paired difference is the run's minus the reference's "
-        f"(`{ref}`) held-out MAE on the same rows, ± its standard error; |difference| < SE is a tie.",
+        f"(`{ref}`) held-out MAE on the same rows, ± its standard error; |difference| < SE is a tie. "
+        "`train s`: the run's training wall time, which depends on what else the machine ran.",
         "",
         "| run | tasks | balancer | validation MAE e_form | validation MAE gap_pbe | held-out e_form | "
         "vs reference | held-out gap_pbe | vs reference | best epoch | train s |",
@@ -161,12 +168,15 @@ def main(argv=None) -> int:
         runs[name] = describe(Path(path))
         runs[name]["command"] = run_command(runs[name])
     ref = next(iter(runs))
-    folds = {r["holdout_fold"] for r in runs.values()}
-    if len(folds) != 1 or None in folds:
-        ap.error(f"the runs must hold out one and the same matbench fold, got {sorted(map(str, folds))}")
-    fold = folds.pop()
+    held = {(r["holdout_fold"], r["rows"]["max_rows"], r["rows"]["seed"]) for r in runs.values()}
+    if len(held) != 1 or None in {h[0] for h in held}:
+        ap.error(
+            "the runs must hold out the same rows (one matbench fold, the same --max-rows and seed), got "
+            + ", ".join(f"fold {f}, max_rows {m}, seed {s}" for f, m, s in sorted(held, key=str))
+        )
+    fold = runs[ref]["holdout_fold"]
     cache: dict = {}
-    errors = {name: holdout_errors(paths[name], runs[name]["tasks"], fold, cache) for name in runs}
+    errors = {name: holdout_errors(paths[name], r["tasks"], fold, r["rows"], cache) for name, r in runs.items()}
     for name, r in runs.items():
         r["paired"] = {}
         for t in r["tasks"]:

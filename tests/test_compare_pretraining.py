@@ -1,0 +1,71 @@
+"""scripts/compare_pretraining.py on tiny pretraining runs: the held-out rows it re-predicts are
+the runs' own, the paired differences are of those rows, and the default balancer follows the
+validation-only rule."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from _tiny import tiny_pretrain, tiny_train
+
+from matmtl.config import MTLConfig
+from matmtl.mtl import Uncertainty
+from matmtl.train import pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("compare_pretraining", ROOT / "scripts" / "compare_pretraining.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    made = {}
+    for name, mtl, tasks in (
+        ("static", MTLConfig(), ("e_form", "gap_pbe")),
+        ("uncertainty", MTLConfig(balancer=Uncertainty()), ("e_form", "gap_pbe")),
+        ("single", MTLConfig(), ("e_form",)),
+    ):
+        cfg = tiny_pretrain(tasks, train=tiny_train(epochs=1), mtl=mtl, max_rows=400)
+        made[name] = pretrain(cfg, root / name, progress=False).run_dir
+    return made
+
+
+def test_paired_holdout_rows_are_the_runs_own(runs, tmp_path):
+    out_json, out_md = tmp_path / "cmp.json", tmp_path / "cmp.md"
+    args = [f"{k}={v}" for k, v in runs.items()] + ["--json", str(out_json), "--markdown", str(out_md)]
+    assert _script().main(args) == 0
+    res = json.loads(out_json.read_text())
+    assert res["reference"] == "static" and res["holdout_fold"] == 0
+    for name, r in res["runs"].items():
+        # the re-predicted held-out MAE is the one the run reported: the same rows, the same model
+        for t, mae in r["holdout_mae"].items():
+            assert r["holdout_mae_recomputed"][t] == pytest.approx(mae, rel=1e-5), (name, t)
+    unc, single = res["runs"]["uncertainty"], res["runs"]["single"]
+    assert set(unc["paired"]) == {"e_form", "gap_pbe"} and set(single["paired"]) == {"e_form"}
+    d = unc["paired"]["e_form"]
+    assert d["diff"] == pytest.approx(unc["holdout_mae"]["e_form"] - res["runs"]["static"]["holdout_mae"]["e_form"])
+    assert d["se"] > 0 and d["rows"] > 0
+    # the rule: a balancer replaces the reference only if better on every task's validation rows
+    v_ref, v_unc = res["runs"]["static"]["validation_mae"], unc["validation_mae"]
+    better = all(v_unc[t] < v_ref[t] for t in v_ref)
+    assert res["choice"]["chosen"] == ("uncertainty" if better else "static")
+    assert "single" not in res["choice"]["candidates_better_on_every_task"]  # other tasks: never a candidate
+    assert "Default balancer" in out_md.read_text()
+
+
+def test_runs_holding_out_other_rows_are_refused(runs, tmp_path, capsys):
+    other = tmp_path / "other"
+    cfg = tiny_pretrain(("e_form",), train=tiny_train(epochs=1), max_rows=300)
+    pretrain(cfg, other, progress=False)
+    with pytest.raises(SystemExit):
+        _script().main([f"static={runs['static']}", f"other={other}"])
+    assert "must hold out the same rows" in capsys.readouterr().err
