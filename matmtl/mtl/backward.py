@@ -26,8 +26,8 @@ class MTLBackward:
     >>> optimizer.step()
 
     ``losses`` are scalar tensors. ``features`` is the shared representation all heads
-    read; with it the per-task gradients cost one backward pass per task through the
-    encoder, linear layers' weight gradients formed from their inputs and output gradients
+    read; with it the per-task gradients cost one batched (vmapped) backward pass through
+    the encoder
     (see :mod:`matmtl.mtl.gradients`). The fast path (static weights, no surgery, no
     monitor step) is a plain ``backward()`` of the weighted sum.
 
@@ -38,10 +38,9 @@ class MTLBackward:
 
     On steps where :meth:`monitor_due` is true, run the encoder on k micro-batches
     (``k = monitor.k``; each task's rows split into k parts) and call
-    :meth:`backward_microbatches`. That step costs T backward passes in all (one per
-    task over all micro-batches where the encoder's graphs are separate and its shared
-    parameters all sit in linear layers; else one per task and micro-batch, each through
-    that micro-batch's part of the graph), and the monitor gets the (T, k, d) gradients;
+    :meth:`backward_microbatches`. That step costs about T backward passes in all (per
+    micro-batch, the T task signals through that micro-batch's part of the graph in one
+    batched pass), and the monitor gets the (T, k, d) gradients;
     :meth:`records` returns what it measured.
 
     ``soft_share`` > 0 adds the L2-SP penalty (lambda/2)·||theta - theta_ref||^2 on the
@@ -167,10 +166,7 @@ class MTLBackward:
         self.world.sum_(per_chunk, self._doing("the micro-batch task gradients"))
         if self.monitor_due() and self.world.is_main:
             self.monitor.submit(self.step, self.tasks, per_chunk.detach())
-        # the tasks' gradients, the means over micro-batches: a (T, 1, k) @ (T, k, d) product
-        # reads the buffer once, faster than per_chunk.mean(dim=1)
-        mean = torch.matmul(per_chunk.new_full((len(self.tasks), 1, k), 1.0 / k), per_chunk).squeeze(1)
-        return self._finish({t: torch.stack(parts[t]).mean() for t in self.tasks}, mean)
+        return self._finish({t: torch.stack(parts[t]).mean() for t in self.tasks}, per_chunk.mean(dim=1))
 
     def _buffer(self, k: int) -> torch.Tensor:
         """The (T, k, d) gradient buffer, kept between monitored steps: a fresh one

@@ -4,24 +4,20 @@ Every task head reads the same shared representation ``features`` (the encoder's
 output). For each task we take its gradient with respect to ``features`` (a backward
 pass through that task's small head only), then push it through the encoder.
 
-Linear layers (the path taken wherever the encoder's autograd graph has them): the
-encoder's graph is read once (:func:`_linear_plan`) for the matrix products whose
-weight (and bias) are shared parameters used nowhere else. Per task, one backward
-pass through the encoder then stops at those products' outputs -- it computes the
-gradient each linear layer receives, but no weight gradient -- and each weight
-gradient ``g^T a`` (``a`` the layer's input, which autograd keeps anyway) and bias
-gradient ``sum(g)`` is written by one matrix product straight into the caller's
-gradient buffer. The shared parameters used any other way (norms, embeddings, ...)
-get their gradients from that same backward pass. Same FLOPs as one ordinary backward
-pass per task, nothing copied for the linear layers.
-
-Other encoders (no linear layer in the graph): all T task signals go through the
-encoder in ONE batched vector-Jacobian product (``torch.autograd.grad(...,
-is_grads_batched=True)``, which vmaps the backward) on CUDA, where it saves kernel
-launches; on CPU, where the vmapped backward is no faster than T ordinary ones (see
-``scripts/bench_monitor.py --methods batched loop``), one backward per task. Where
-an operation in the encoder does not support the batched backward, we fall back to
-one encoder pass per task.
+By default ("auto") all T task signals go through the encoder in ONE batched
+vector-Jacobian product (``torch.autograd.grad(..., is_grads_batched=True)``, which
+vmaps the backward); where an operation in the encoder has no batching rule, one
+backward pass per task. Two other ways can be asked for (``method=``): "loop" (one
+backward pass per task) and "linear": the encoder's graph is read once
+(:func:`_linear_plan`) for the matrix products whose weight (and bias) are shared
+parameters used nowhere else; per task, one backward pass stops at those products'
+outputs and each weight gradient ``g^T a`` (``a`` the layer's input, which autograd
+keeps anyway) and bias gradient ``sum(g)`` is written by one matrix product straight
+into the caller's buffer (other shared parameters get theirs from the same pass). On
+the 2-core CPU (torch's 2 threads) three runs of ``python scripts/bench_monitor.py
+--every 10 --k 4 --methods ...`` put the monitored step's gradient overhead at 10-14%
+batched, 12-18% loop and 4-25% linear: no consistent winner within the run-to-run
+noise, so the default stays the batched pass (and earlier runs' numbers stay the same).
 
 The gradient-geometry monitor needs each task's gradient on k micro-batches. The
 encoder is then run on the k micro-batches separately (the same total work as one
@@ -78,10 +74,10 @@ def shared_grads(
     fine-tuning batch and a replayed DFT batch, each through the same encoder).
     ``out``: an (R, d) tensor (or view) to write into.
 
-    ``method``: "auto" (the linear-layer path where the encoder's graph has linear
-    layers; otherwise "batched" on CUDA and "loop" on CPU), "linear" (where it
-    applies, else "loop"), "batched" (one vmapped backward for all R losses) or
-    "loop" (one backward per loss); all give the same gradients to rounding."""
+    ``method``: "auto" or "batched" (one vmapped backward for all R losses; one per
+    loss where an op has no batching rule), "linear" (the linear-layer path where the
+    encoder's graph has linear layers, else "loop") or "loop" (one backward per loss);
+    all give the same gradients to rounding."""
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     params = list(params)
@@ -91,7 +87,7 @@ def shared_grads(
         out = _empty(r, params)
     if not any(loss.requires_grad for loss in losses):  # no rows here (e.g. this process's share is empty)
         return out.zero_()
-    if method in ("auto", "linear"):
+    if method == "linear":
         plan = _safe_plan(feats, params)
         if plan is not None:
             _linear_grads([[loss] for loss in losses], [(feats, plan)], params, out.unsqueeze(1))
@@ -107,7 +103,7 @@ def shared_grads(
             dz[j].append(torch.zeros_like(f) if g is None else g)
     stacked = [torch.stack(rows) for rows in dz]  # per feature tensor: (R, *shape)
     # 2. all R signals through the encoder in one batched backward (CUDA), or one by one
-    if method == "batched" or (method == "auto" and params[0].is_cuda):
+    if method in ("auto", "batched"):
         try:
             grads = torch.autograd.grad(
                 feats, params, grad_outputs=stacked, is_grads_batched=True, retain_graph=True, allow_unused=True
@@ -150,7 +146,7 @@ def chunked_shared_grads(
     elif tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
     parts = [_as_tuple(ch) for ch in chunks]
-    plans = [_safe_plan(f, params) for f in parts] if method in ("auto", "linear") else [None] * k
+    plans = [_safe_plan(f, params) for f in parts] if method == "linear" else [None] * k
     if all(p is not None and not p.generic for p in plans) and _disjoint(plans):
         # every shared parameter in linear layers, each micro-batch its own graph: one
         # backward pass per task covers all micro-batches
