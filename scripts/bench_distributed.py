@@ -55,6 +55,22 @@ def synthetic(n: int, members: int):
     return TaskData(z, frac, spg, targets).with_bootstrap(members, 0)
 
 
+def synthetic_trainer(cfg, balancer: str, surgery: str, size: str, rows: int, folder: Path, **trainer_kw):
+    """(model, Trainer) of the two-task model of preset ``size`` on ``rows`` synthetic rows,
+    saving no state (the benchmarks time the training only)."""
+    from matmtl.config import MTLConfig
+    from matmtl.models import ModelConfig, MultiTaskModel, TaskSpec
+    from matmtl.train.engine import Source, Trainer
+
+    mcfg = ModelConfig.preset(size)
+    model = MultiTaskModel(mcfg, [TaskSpec("e_form", "regression", "eV/atom"), TaskSpec("gap_pbe", "hurdle", "eV")])
+    sources = [Source(synthetic(rows, mcfg.members), ["e_form", "gap_pbe"], cfg.batch_size)]
+    mtl = MTLConfig(balancer=balancer, surgery=surgery)
+    trainer = Trainer(model, cfg, mtl, sources, folder, **trainer_kw)
+    trainer.save_state = lambda: None
+    return model, trainer
+
+
 def worker(args) -> None:
     """One process: train, print the timings (rank 0) as one JSON line."""
     import tempfile
@@ -62,9 +78,8 @@ def worker(args) -> None:
     import torch
 
     from matmtl import distributed
-    from matmtl.config import MTLConfig, TrainConfig
-    from matmtl.models import ModelConfig, MultiTaskModel, TaskSpec
-    from matmtl.train.engine import Source, Trainer, set_determinism
+    from matmtl.config import TrainConfig
+    from matmtl.train.engine import set_determinism
 
     world = distributed.join("cpu", 600)
     blocked = {"s": 0.0}
@@ -82,12 +97,8 @@ def worker(args) -> None:
     balancer, surgery = CASES[args.case]
     cfg = TrainConfig.preset("default", epochs=args.epochs, batch_size=args.batch, threads=args.threads)
     set_determinism(cfg.seed, cfg.threads)
-    mcfg = ModelConfig.preset(args.size)
-    model = MultiTaskModel(mcfg, [TaskSpec("e_form", "regression", "eV/atom"), TaskSpec("gap_pbe", "hurdle", "eV")])
-    sources = [Source(synthetic(args.rows, mcfg.members), ["e_form", "gap_pbe"], args.batch)]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, cfg, MTLConfig(balancer=balancer, surgery=surgery), sources, Path(tmp), world=world)
-        trainer.save_state = lambda: None
+        model, trainer = synthetic_trainer(cfg, balancer, surgery, args.size, args.rows, Path(tmp), world=world)
         history = trainer.fit()
     seconds = [h["seconds"] for h in history[1:]] or [history[0]["seconds"]]
     if world.is_main:

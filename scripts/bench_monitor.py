@@ -8,9 +8,8 @@ Runs, in one process on the same model and batches:
   rust_bg    : the same, in a background thread (the CUDA default);
   torch_sync : the same angles computed synchronously with torch (QR + SVD) every N steps.
 With --methods, also grads_<method> rows: grads_only with the per-task gradients forced
-through one path of matmtl.mtl.gradients ("linear": the linear-layer path the default
-takes for this MLP; "batched": the vmapped backward, the CPU default before it; "loop":
-one backward per task), side by side with the rest.
+through one path of matmtl.mtl.gradients ("batched": the vmapped backward, the default;
+"loop": one backward per task), side by side with the rest.
 Prints the mean and median step time of each and the overhead of the mean relative to
 `off`, and splits the monitor's overhead into gradients and angles; --json writes them.
 The modes are interleaved over --rounds rounds so machine noise hits all of them alike;
@@ -155,7 +154,7 @@ def main(argv=None) -> int:
         "--methods",
         nargs="*",
         default=[],
-        choices=["linear", "batched", "loop"],
+        choices=["batched", "loop"],
         help="also grads_<method> rows: the per-task gradients forced through that path",
     )
     ap.add_argument(

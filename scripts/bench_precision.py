@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_distributed import synthetic  # noqa: E402  (seeded synthetic rows)
+from bench_distributed import synthetic_trainer  # noqa: E402  (seeded synthetic rows)
 
 CASES = {"plain": ("static", "none"), "gradnorm+pcgrad": ("gradnorm", "pcgrad")}
 
@@ -28,21 +28,16 @@ CASES = {"plain": ("static", "none"), "gradnorm+pcgrad": ("gradnorm", "pcgrad")}
 def run(args, precision: str) -> dict:
     import torch
 
-    from matmtl.config import MTLConfig, TrainConfig
-    from matmtl.models import ModelConfig, MultiTaskModel, TaskSpec
-    from matmtl.train.engine import Source, Trainer, set_determinism
+    from matmtl.config import TrainConfig
+    from matmtl.train.engine import set_determinism
 
     balancer, surgery = CASES[args.case]
     cfg = TrainConfig.preset(
         "default", epochs=args.epochs, batch_size=args.batch, device=args.device, precision=precision, threads=0
     )
     set_determinism(cfg.seed, cfg.threads, cfg.device)
-    mcfg = ModelConfig.preset(args.size)
-    model = MultiTaskModel(mcfg, [TaskSpec("e_form", "regression", "eV/atom"), TaskSpec("gap_pbe", "hurdle", "eV")])
-    sources = [Source(synthetic(args.rows, mcfg.members), ["e_form", "gap_pbe"], args.batch)]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, cfg, MTLConfig(balancer=balancer, surgery=surgery), sources, Path(tmp), progress=False)
-        trainer.save_state = lambda: None
+        _, trainer = synthetic_trainer(cfg, balancer, surgery, args.size, args.rows, Path(tmp), progress=False)
         t0 = time.perf_counter()
         history = trainer.fit()
         if args.device == "cuda":
