@@ -1,0 +1,247 @@
+"""Compare matbench_expt_gap recipes over several seeds: the mean over seeds, the seed
+spread, the per-fold paired difference against a reference recipe, and the seed ensemble
+(issue #14).
+
+    python scripts/compare_recipes.py \
+        static=results,RUNS/results-static-s1,RUNS/results-static-s2 \
+        uncertainty=RUNS/results-unc-s0,RUNS/results-unc-s1,RUNS/results-unc-s2 \
+        --reference static:finetune_anchor_replay \
+        --json results/expt_gap_seeds.json --markdown docs/seeds.md
+
+Each recipe is NAME=FOLDER[,FOLDER...]: the ``--out`` folders of ``matmtl evaluate`` runs
+that differ only in ``--seed`` (and, between recipes, in ``--checkpoint``); each holds
+expt_gap.json and expt_gap_predictions.json. Every folder must cover the same folds with
+the same test rows and the same fine-tuning settings apart from the seed; the script
+refuses anything else.
+
+Per recipe and variant (units: eV):
+  - the 5-fold MAE of each seed, their mean and their standard deviation (the seed spread);
+  - the per-fold MAE averaged over seeds, and its paired difference against the reference
+    (mean over folds +- its standard error);
+  - the seed ensemble: each test row's predictions averaged over the seeds, then scored
+    (one ensemble, not a mean over seeds: its spread is not measured).
+``finetune_anchor`` is the anchored recipe as the evaluation defines it: per seed and fold,
+the replay or distill run with the lower validation MAE (replay on a tie; the rule of
+``matmtl evaluate --anchor validation``). The test folds are read only to score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SELECTED = "finetune_anchor"
+# fine-tuning settings that may differ between the folders of one comparison
+FREE = {"seed", "threads", "device"}
+
+
+class Refused(Exception):
+    """The folders cannot be compared; the message says why."""
+
+
+def _read(folder: Path) -> tuple[dict, dict]:
+    out = []
+    for name in ("expt_gap.json", "expt_gap_predictions.json"):
+        path = folder / name
+        if not path.is_file():
+            raise Refused(f"{folder}: no {name} (not a finished `matmtl evaluate --out` folder?)")
+        out.append(json.loads(path.read_text()))
+    return out[0], out[1]
+
+
+class Seed:
+    """One evaluation folder: its seed, per-variant fold MAEs and test predictions."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.summary, self.preds = _read(folder)
+        settings = self.summary["settings"]
+        self.seed = settings["eval"]["seed"]
+        self.checkpoint = settings["eval"]["checkpoint"]
+        self.train = {k: v for k, v in settings["finetune_train"].items() if k not in FREE}
+        self.folds = [int(k) for k in self.summary["folds"]]
+        self.variants = {
+            name: entry for name, entry in self.summary["variants"].items() if entry.get("status") == "done"
+        }
+        if "finetune_anchor_replay" in self.variants and "finetune_anchor_distill" in self.variants:
+            self.variants[SELECTED] = None  # made from the two below
+
+    def chosen(self, fold: int) -> str:
+        """The anchor source of a fold, chosen on its validation rows (evaluate's rule)."""
+        from matmtl.eval.finetune_cells import choose_anchor
+
+        i = self.folds.index(fold)
+        runs = [
+            {"validation": {"mae": self.variants[f"finetune_anchor_{s}"]["fold_validation_mae"][i]}}
+            for s in ("replay", "distill")
+        ]
+        return choose_anchor(*runs)["chosen"]
+
+    def predictions(self, variant: str, fold: int) -> np.ndarray:
+        if variant == SELECTED:
+            variant = f"finetune_anchor_{self.chosen(fold)}"
+        return np.asarray(self.preds["variants"][variant][str(fold)], dtype=float)
+
+    def fold_mae(self, variant: str, fold: int) -> float:
+        if variant == SELECTED:
+            variant = f"finetune_anchor_{self.chosen(fold)}"
+        return float(self.variants[variant]["fold_mae"][self.folds.index(fold)])
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    se = float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+    return float(np.mean(x)), se
+
+
+def load(recipes: dict[str, list[Path]]) -> dict[str, list[Seed]]:
+    seeds = {name: [Seed(f) for f in folders] for name, folders in recipes.items()}
+    first = next(iter(seeds.values()))[0]
+    for name, runs in seeds.items():
+        numbers = [r.seed for r in runs]
+        if len(set(numbers)) != len(numbers):
+            raise Refused(f"recipe {name!r}: seeds {numbers} repeat (one folder per seed)")
+        if len({r.checkpoint for r in runs}) != 1:
+            raise Refused(f"recipe {name!r}: its folders fine-tuned different checkpoints")
+        for r in runs:
+            if r.folds != first.folds:
+                raise Refused(f"{r.folder}: folds {r.folds}, but {first.folder} has {first.folds}")
+            if r.train != first.train:
+                diff = sorted(k for k in set(r.train) | set(first.train) if r.train.get(k) != first.train.get(k))
+                raise Refused(f"{r.folder}: fine-tuning settings {diff} differ from {first.folder}'s")
+            for k in r.folds:
+                a, b = r.preds["folds"][str(k)], first.preds["folds"][str(k)]
+                if a["ids"] != b["ids"] or a["target"] != b["target"]:
+                    raise Refused(f"{r.folder}: fold {k}'s test rows differ from {first.folder}'s")
+    return seeds
+
+
+def row(runs: list[Seed], variant: str) -> dict:
+    folds = runs[0].folds
+    per = np.array([[r.fold_mae(variant, k) for k in folds] for r in runs])  # (seeds, folds)
+    seed_mae = per.mean(axis=1)
+    ens = []
+    for k in folds:
+        target = np.asarray(runs[0].preds["folds"][str(k)]["target"], dtype=float)
+        mean_pred = np.mean([r.predictions(variant, k) for r in runs], axis=0)
+        ens.append(float(np.mean(np.abs(mean_pred - target))))
+    out = {
+        "seeds": [r.seed for r in runs],
+        "seed_mae": seed_mae.tolist(),
+        "mae_mean": float(seed_mae.mean()),
+        "seed_std": float(np.std(seed_mae, ddof=1)) if len(runs) > 1 else None,
+        "fold_mae": per.mean(axis=0).tolist(),
+        "fold_std": float(np.std(per.mean(axis=0), ddof=1)),
+        "ensemble_fold_mae": ens,
+        "ensemble_mae": float(np.mean(ens)),
+    }
+    if variant == SELECTED:
+        out["anchor_source"] = {str(r.seed): {str(k): r.chosen(k) for k in folds} for r in runs}
+    return out
+
+
+def compare(seeds: dict[str, list[Seed]], reference: tuple[str, str]) -> dict:
+    rows = {}
+    for name, runs in seeds.items():
+        common = [v for v in runs[0].variants if all(v in r.variants for r in runs)]
+        rows[name] = {v: row(runs, v) for v in common}
+    ref_name, ref_variant = reference
+    if ref_variant not in rows.get(ref_name, {}):
+        raise Refused(f"reference {ref_name}:{ref_variant} was not run in every folder of {ref_name!r}")
+    ref = np.array(rows[ref_name][ref_variant]["fold_mae"])
+    ref_ens = np.array(rows[ref_name][ref_variant]["ensemble_fold_mae"])
+    for variants in rows.values():
+        for entry in variants.values():
+            d, se = _mean_se(np.array(entry["fold_mae"]) - ref)
+            e, ese = _mean_se(np.array(entry["ensemble_fold_mae"]) - ref_ens)
+            entry["paired_vs_reference"] = {"mean": d, "se": se}
+            entry["ensemble_paired_vs_reference_ensemble"] = {"mean": e, "se": ese}
+    first = next(iter(seeds.values()))[0]
+    return {
+        "task": "matbench_expt_gap",
+        "unit": "eV",
+        "folds": first.folds,
+        "reference": f"{ref_name}:{ref_variant}",
+        "about": __doc__.split("\n\n", 2)[2].strip(),
+        "recipes": {
+            name: {
+                "checkpoint": runs[0].checkpoint,
+                "folders": [str(r.folder) for r in runs],
+                "commands": [r.summary.get("command") for r in runs],
+                "variants": rows[name],
+            }
+            for name, runs in seeds.items()
+        },
+        "finetune_train": {k: v for k, v in first.train.items()},
+    }
+
+
+def _pm(mean: float, se: float | None) -> str:
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return f"{mean:+.4f}"
+    return f"{mean:+.4f} ± {se:.4f}"
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "| recipe | variant | MAE, mean of seeds (eV) | seed spread (std) | per-seed MAE | "
+        f"paired vs {result['reference']} (± SE over folds) | seed ensemble (eV) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, rec in result["recipes"].items():
+        for variant, e in rec["variants"].items():
+            spread = "–" if e["seed_std"] is None else f"{e['seed_std']:.4f}"
+            seeds = ", ".join(f"{m:.4f}" for m in e["seed_mae"])
+            lines.append(
+                f"| {name} | {variant} | {e['mae_mean']:.4f} | {spread} | {seeds} | "
+                f"{_pm(**e['paired_vs_reference'])} | {e['ensemble_mae']:.4f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def parse_recipe(text: str) -> tuple[str, list[Path]]:
+    name, sep, folders = text.partition("=")
+    if not sep or not name or not folders:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=FOLDER[,FOLDER...]")
+    return name, [Path(f) for f in folders.split(",") if f]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("recipes", nargs="+", type=parse_recipe, metavar="NAME=FOLDER[,FOLDER...]")
+    ap.add_argument("--reference", default=None, help="RECIPE:VARIANT (default: the first recipe's replay anchor)")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--markdown", type=Path, default=None)
+    args = ap.parse_args(argv)
+    recipes = dict(args.recipes)
+    if len(recipes) != len(args.recipes):
+        ap.error("a recipe name is given twice")
+    reference = args.reference or f"{args.recipes[0][0]}:finetune_anchor_replay"
+    ref_name, sep, ref_variant = reference.partition(":")
+    if not sep:
+        ap.error(f"--reference {reference!r}: expected RECIPE:VARIANT")
+    try:
+        result = compare(load(recipes), (ref_name, ref_variant))
+    except (Refused, OSError, KeyError, ValueError) as err:
+        print(f"compare_recipes: {err}", file=sys.stderr)
+        return 2
+    table = markdown(result)
+    print(table, end="")
+    from matmtl.io import atomic_write, atomic_write_json
+
+    if args.json:
+        atomic_write_json(args.json, result)
+    if args.markdown:
+        atomic_write(args.markdown, lambda tmp: tmp.write_text(table))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""scripts/compare_recipes.py on small evaluation folders written here: the seed mean and
+spread, the anchor chosen per seed and fold on validation MAEs only, the seed ensemble
+scored from averaged predictions, the paired differences, and the refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = {"0": [0.0, 1.0, 2.0], "1": [0.5, 0.0, 3.0]}
+IDS = {"0": ["a", "b", "c"], "1": ["d", "e", "f"]}
+TRAIN = {"epochs": 60, "lr": 5e-4, "seed": 0, "threads": 2, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("compare_recipes", ROOT / "scripts" / "compare_recipes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write_folder(folder: Path, seed: int, preds: dict, val: dict, checkpoint="ckpt", train=None, target=TARGET):
+    """An evaluate --out folder: preds[variant][fold] test predictions, val[variant] the
+    per-fold validation MAEs."""
+    folder.mkdir(parents=True)
+    variants = {}
+    for name, per_fold in preds.items():
+        fold_mae = [float(np.mean(np.abs(np.array(per_fold[k]) - target[k]))) for k in ("0", "1")]
+        variants[name] = {"status": "done", "fold_mae": fold_mae, "fold_validation_mae": val.get(name)}
+    variants["rf_magpie"] = {"status": "not run"}
+    summary = {
+        "folds": [0, 1],
+        "variants": variants,
+        "command": f"matmtl evaluate --seed {seed}",
+        "settings": {
+            "eval": {"seed": seed, "checkpoint": checkpoint},
+            "finetune_train": {**(train or TRAIN), "seed": seed},
+        },
+    }
+    folds = {k: {"ids": IDS[k], "target": target[k]} for k in ("0", "1")}
+    (folder / "expt_gap.json").write_text(json.dumps(summary))
+    (folder / "expt_gap_predictions.json").write_text(json.dumps({"folds": folds, "variants": preds}))
+    return folder
+
+
+def shifted(offset: float) -> dict:
+    return {k: [max(0.0, t + offset) for t in v] for k, v in TARGET.items()}
+
+
+@pytest.fixture()
+def recipes(tmp_path):
+    # seed 0: replay off by 0.1, distill by 0.3; seed 1: replay off by 0.3 (below), distill by 0.1
+    a0 = write_folder(
+        tmp_path / "a0",
+        0,
+        {"finetune_anchor_replay": shifted(0.1), "finetune_anchor_distill": shifted(0.3), "finetune": shifted(0.2)},
+        {"finetune_anchor_replay": [0.2, 0.2], "finetune_anchor_distill": [0.3, 0.1]},
+    )
+    a1 = write_folder(
+        tmp_path / "a1",
+        1,
+        {"finetune_anchor_replay": shifted(-0.3), "finetune_anchor_distill": shifted(0.1), "finetune": shifted(0.4)},
+        {"finetune_anchor_replay": [0.2, 0.2], "finetune_anchor_distill": [0.2, 0.3]},
+    )
+    b0 = write_folder(
+        tmp_path / "b0",
+        0,
+        {"finetune_anchor_replay": shifted(0.05), "finetune_anchor_distill": shifted(0.05)},
+        {"finetune_anchor_replay": [0.1, 0.1], "finetune_anchor_distill": [0.2, 0.2]},
+        checkpoint="other",
+    )
+    return {"a": [a0, a1], "b": [b0]}
+
+
+def test_seed_mean_spread_selection_and_ensemble(script, recipes):
+    res = script.compare(script.load(recipes), ("a", "finetune_anchor_replay"))
+    a = res["recipes"]["a"]["variants"]
+    replay = a["finetune_anchor_replay"]
+    # per-seed 5-fold means of the fold MAEs; the spread is their sample std
+    s0 = np.mean([0.1, np.mean([0.1, 0.1, 0.1])])
+    s1 = np.mean([np.mean([0.0, 0.3, 0.3]), np.mean([0.3, 0.0, 0.3])])  # clipped at 0
+    assert replay["seed_mae"] == pytest.approx([s0, s1])
+    assert replay["mae_mean"] == pytest.approx((s0 + s1) / 2)
+    assert replay["seed_std"] == pytest.approx(np.std([s0, s1], ddof=1))
+    # ensemble: predictions averaged over the seeds, clipped ones included, then scored
+    ens0 = np.mean(np.abs((np.array(shifted(0.1)["0"]) + np.array(shifted(-0.3)["0"])) / 2 - TARGET["0"]))
+    ens1 = np.mean(np.abs((np.array(shifted(0.1)["1"]) + np.array(shifted(-0.3)["1"])) / 2 - TARGET["1"]))
+    assert replay["ensemble_fold_mae"] == pytest.approx([ens0, ens1])
+    # the selected anchor follows the validation MAEs (replay on a tie), never the test rows
+    sel = a["finetune_anchor"]
+    assert sel["anchor_source"] == {"0": {"0": "replay", "1": "distill"}, "1": {"0": "replay", "1": "replay"}}
+    assert sel["seed_mae"][0] == pytest.approx(np.mean([0.1, 0.3]))
+    # paired differences against the reference, per fold averaged over seeds
+    fin = a["finetune"]
+    d = np.array(fin["fold_mae"]) - np.array(replay["fold_mae"])
+    assert fin["paired_vs_reference"]["mean"] == pytest.approx(d.mean())
+    assert fin["paired_vs_reference"]["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(2))
+    assert replay["paired_vs_reference"] == {"mean": 0.0, "se": 0.0}
+    # a recipe with one seed has no spread
+    assert res["recipes"]["b"]["variants"]["finetune_anchor_replay"]["seed_std"] is None
+    assert "finetune" not in res["recipes"]["b"]["variants"]
+    assert "| a | finetune_anchor |" in script.markdown(res)
+
+
+def test_refusals(script, recipes, tmp_path):
+    with pytest.raises(script.Refused, match="repeat"):
+        script.load({"a": [recipes["a"][0], recipes["a"][0]]})
+    odd = write_folder(
+        tmp_path / "odd",
+        2,
+        {"finetune_anchor_replay": shifted(0.1)},
+        {"finetune_anchor_replay": [0.1, 0.1]},
+        train={**TRAIN, "lr": 1e-3},
+    )
+    with pytest.raises(script.Refused, match=r"\['lr'\] differ"):
+        script.load({"a": recipes["a"], "odd": [odd]})
+    other = write_folder(
+        tmp_path / "rows",
+        3,
+        {"finetune_anchor_replay": shifted(0.1)},
+        {"finetune_anchor_replay": [0.1, 0.1]},
+        target={"0": [0.0, 1.0, 2.5], "1": TARGET["1"]},
+    )
+    with pytest.raises(script.Refused, match="test rows differ"):
+        script.load({"a": recipes["a"], "rows": [other]})
+    mixed = write_folder(
+        tmp_path / "mixed", 4, {"finetune": shifted(0.1)}, {"finetune": [0.1, 0.1]}, checkpoint="elsewhere"
+    )
+    with pytest.raises(script.Refused, match="different checkpoints"):
+        script.load({"a": [recipes["a"][0], mixed]})
+    with pytest.raises(script.Refused, match="reference"):
+        script.compare(script.load({"b": recipes["b"]}), ("b", "finetune"))
+
+
+def test_command_line(script, recipes, tmp_path, capsys):
+    out = tmp_path / "cmp.json"
+    rc = script.main(
+        [
+            f"a={recipes['a'][0]},{recipes['a'][1]}",
+            f"b={recipes['b'][0]}",
+            "--json",
+            str(out),
+            "--markdown",
+            str(tmp_path / "t.md"),
+        ]
+    )
+    assert rc == 0
+    assert json.loads(out.read_text())["reference"] == "a:finetune_anchor_replay"
+    assert "| b | finetune_anchor_replay |" in (tmp_path / "t.md").read_text()
+    assert script.main(["a=" + str(tmp_path / "missing")]) == 2
+    assert "no expt_gap.json" in capsys.readouterr().err
