@@ -23,6 +23,11 @@ Per recipe and variant (units: eV):
 ``finetune_anchor`` is the anchored recipe as the evaluation defines it: per seed and fold,
 the replay or distill run with the lower validation MAE (replay on a tie; the rule of
 ``matmtl evaluate --anchor validation``). The test folds are read only to score.
+
+The best recipe is chosen by a rule fixed before any result was read, on validation rows
+only: among the recipes' ``finetune_anchor`` rows, the lowest validation MAE (each run's
+own validation rows, averaged over folds and seeds; seed s holds out the same rows in every
+recipe); the reference recipe on a tie. Test MAEs are reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -90,10 +95,12 @@ class Seed:
             variant = f"finetune_anchor_{self.chosen(fold)}"
         return np.asarray(self.preds["variants"][variant][str(fold)], dtype=float)
 
-    def fold_mae(self, variant: str, fold: int) -> float:
+    def fold_mae(self, variant: str, fold: int, key: str = "fold_mae") -> float:
+        """The test MAE of a fold (``key="fold_validation_mae"``: its validation MAE)."""
         if variant == SELECTED:
             variant = f"finetune_anchor_{self.chosen(fold)}"
-        return float(self.variants[variant]["fold_mae"][self.folds.index(fold)])
+        value = self.variants[variant].get(key)
+        return float("nan") if value is None else float(value[self.folds.index(fold)])
 
 
 def _mean_se(x: np.ndarray) -> tuple[float, float]:
@@ -132,6 +139,7 @@ def row(runs: list[Seed], variant: str) -> dict:
         target = np.asarray(runs[0].preds["folds"][str(k)]["target"], dtype=float)
         mean_pred = np.mean([r.predictions(variant, k) for r in runs], axis=0)
         ens.append(float(np.mean(np.abs(mean_pred - target))))
+    val = float(np.mean([[r.fold_mae(variant, k, "fold_validation_mae") for k in folds] for r in runs]))
     out = {
         "seeds": [r.seed for r in runs],
         "seed_mae": seed_mae.tolist(),
@@ -141,6 +149,7 @@ def row(runs: list[Seed], variant: str) -> dict:
         "fold_std": float(np.std(per.mean(axis=0), ddof=1)),
         "ensemble_fold_mae": ens,
         "ensemble_mae": float(np.mean(ens)),
+        "validation_mae_mean": None if math.isnan(val) else val,
     }
     if variant == SELECTED:
         out["anchor_source"] = {str(r.seed): {str(k): r.chosen(k) for k in folds} for r in runs}
@@ -165,6 +174,7 @@ def compare(seeds: dict[str, list[Seed]], reference: tuple[str, str]) -> dict:
             entry["ensemble_paired_vs_reference_ensemble"] = {"mean": e, "se": ese}
     first = next(iter(seeds.values()))[0]
     return {
+        "choice": choose(rows, ref_name),
         "task": "matbench_expt_gap",
         "unit": "eV",
         "folds": first.folds,
@@ -183,6 +193,21 @@ def compare(seeds: dict[str, list[Seed]], reference: tuple[str, str]) -> dict:
     }
 
 
+def choose(rows: dict[str, dict], reference: str) -> dict:
+    """The best recipe by the validation rule of the module docstring."""
+    val = {name: v[SELECTED]["validation_mae_mean"] for name, v in rows.items() if SELECTED in v}
+    val = {name: m for name, m in val.items() if m is not None}
+    if not val:
+        return {"rule": "validation", "chosen": None, "why": f"no recipe has a {SELECTED} row"}
+    best = min(val.values())
+    chosen = reference if val.get(reference) == best else min(val, key=val.get)
+    return {"rule": "validation", "variant": SELECTED, "validation_mae": val, "chosen": chosen}
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
 def _pm(mean: float, se: float | None) -> str:
     if se is None or (isinstance(se, float) and math.isnan(se)):
         return f"{mean:+.4f}"
@@ -192,8 +217,8 @@ def _pm(mean: float, se: float | None) -> str:
 def markdown(result: dict) -> str:
     lines = [
         "| recipe | variant | MAE, mean of seeds (eV) | seed spread (std) | per-seed MAE | "
-        f"paired vs {result['reference']} (± SE over folds) | seed ensemble (eV) |",
-        "|---|---|---|---|---|---|---|",
+        f"paired vs {result['reference']} (± SE over folds) | seed ensemble (eV) | validation MAE (eV) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, rec in result["recipes"].items():
         for variant, e in rec["variants"].items():
@@ -201,8 +226,11 @@ def markdown(result: dict) -> str:
             seeds = ", ".join(f"{m:.4f}" for m in e["seed_mae"])
             lines.append(
                 f"| {name} | {variant} | {e['mae_mean']:.4f} | {spread} | {seeds} | "
-                f"{_pm(**e['paired_vs_reference'])} | {e['ensemble_mae']:.4f} |"
+                f"{_pm(**e['paired_vs_reference'])} | {e['ensemble_mae']:.4f} | {_num(e['validation_mae_mean'])} |"
             )
+    choice = result["choice"]
+    if choice.get("chosen"):
+        lines += ["", f"Chosen on validation rows ({SELECTED}, lowest validation MAE): **{choice['chosen']}**."]
     return "\n".join(lines) + "\n"
 
 

@@ -106,6 +106,10 @@ def test_seed_mean_spread_selection_and_ensemble(script, recipes):
     assert res["recipes"]["b"]["variants"]["finetune_anchor_replay"]["seed_std"] is None
     assert "finetune" not in res["recipes"]["b"]["variants"]
     assert "| a | finetune_anchor |" in script.markdown(res)
+    # the best recipe: the lowest validation MAE of the selected anchor (test MAEs not read)
+    assert sel["validation_mae_mean"] == pytest.approx(np.mean([0.2, 0.1, 0.2, 0.2]))
+    assert res["choice"]["chosen"] == "b"
+    assert fin["validation_mae_mean"] is None  # this folder has no validation MAEs for it
 
 
 def test_refusals(script, recipes, tmp_path):
