@@ -1,8 +1,10 @@
 """The recipe that makes a shipped model (``scripts/release_model.py``): pretrain on DFT
 data (e_form + PBE gap), fine-tune on every experimental band gap the mirror holds
 (matbench expt_gap and the full Zhuo et al. 2018 set, repeated compositions merged by
-their median) with the replay anchor, and write the checkpoint with its card into
-``matmtl/pretrained/<name>/``. Every run holds out its own validation rows; the
+their median) with the DFT anchor, and write the checkpoint with its card into
+``matmtl/pretrained/<name>/``. The anchor source is chosen as the evaluation chooses it
+(``anchor="validation"``): a replay and a distill run, the lower validation MAE kept
+(replay on a tie); or fixed. Every run holds out its own validation rows; the
 matbench figures in the card come from the matbench-only evaluation of the recipe
 (results/expt_gap.json), never from this model."""
 
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import zoo
-from .config import FinetuneConfig, MTLConfig, PretrainConfig, TrainConfig
+from .config import AUX_SOURCES, FinetuneConfig, MTLConfig, PretrainConfig, TrainConfig
 from .errors import MatmtlError
 from .io import atomic_write_json
 from .models import ModelConfig
@@ -73,6 +75,16 @@ class Recipe:
     tiny: bool = False
     max_rows: int | None = None
     data_dir: str | None = None
+    balance: str = "static"  # the pretraining's loss balancer (static, uncertainty, gradnorm)
+    anchor: str = "validation"  # the fine-tuning's anchor source: replay, distill or validation
+
+    def __post_init__(self):
+        if self.anchor not in (*AUX_SOURCES, "validation"):
+            raise MatmtlError(f"anchor must be one of {(*AUX_SOURCES, 'validation')}, got {self.anchor!r}")
+
+    def sources(self) -> tuple[str, ...]:
+        """The anchor sources fine-tuned: both when the validation rows choose."""
+        return AUX_SOURCES if self.anchor == "validation" else (self.anchor,)
 
     def pretrain_config(self) -> PretrainConfig:
         size = "tiny" if self.tiny else "default"
@@ -83,15 +95,16 @@ class Recipe:
             data_dir=self.data_dir,
             model=ModelConfig.preset(size),
             train=TrainConfig.preset(size, seed=self.seed),
+            mtl=MTLConfig(balancer=self.balance),
         )
 
-    def finetune_config(self, checkpoint: Path, table: Path) -> FinetuneConfig:
+    def finetune_config(self, checkpoint: Path, table: Path, source: str = "replay") -> FinetuneConfig:
         return FinetuneConfig(
             checkpoint=str(checkpoint),
             dataset=str(table),
             target="gap_expt",
             aux=("e_form",),
-            aux_source="replay",
+            aux_source=source,
             holdout_fold=None,
             symmetry=self.symmetry,
             replay_max_rows=self.max_rows,
@@ -161,12 +174,17 @@ def release(
     pre = _run(work / "pretrain", lambda d: pretrain(recipe.pretrain_config(), d, progress=progress), resume, progress)
     table = work / "experimental_gaps.csv"
     merged = experimental_table(table, recipe.data_dir)
-    ft = _run(
-        work / "finetune",
-        lambda d: finetune(recipe.finetune_config(pre, table), d, progress=progress),
-        resume,
-        progress,
-    )
+    runs = {
+        source: _run(
+            work / _finetune_folder(source),
+            lambda d, source=source: finetune(recipe.finetune_config(pre, table, source), d, progress=progress),
+            resume,
+            progress,
+        )
+        for source in recipe.sources()
+    }
+    anchor = choose_source(runs)
+    ft = runs[anchor["chosen"]]
     model, meta = load_checkpoint(ft)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -182,7 +200,7 @@ def release(
         "version": recipe.version,
         "description": "Experimental band gap (eV) and DFT formation energy (eV/atom) from a composition or "
         "structure: pretrained on Materials Project (e_form + PBE gap), fine-tuned on experimental "
-        "gaps with the replay anchor" + (" (tiny test recipe)" if recipe.tiny else ""),
+        f"gaps with the {anchor['chosen']} anchor" + (" (tiny test recipe)" if recipe.tiny else ""),
         "outputs": {
             "gap_expt": "eV, experimental scale, calibrated std",
             "e_form": "eV/atom, DFT (PBE) formation energy, calibrated std; 0 for a single element by construction",
@@ -200,6 +218,7 @@ def release(
             "pretrain": recipe.pretrain_config().to_dict(),
             "finetune": read_json(ft / "config.json"),
             "symmetry": recipe.symmetry,
+            "anchor": anchor,
         },
         "benchmark": benchmark_figures(),
         "validation": read_json(ft / "metrics.json").get("validation"),
@@ -209,12 +228,16 @@ def release(
         },
         "command": f"python scripts/release_model.py --name {recipe.name}"
         + (" --tiny" if recipe.tiny else "")
+        + ("" if recipe.balance == "static" else f" --balance {recipe.balance}")
+        + ("" if recipe.anchor == "validation" else f" --anchor {recipe.anchor}")
         + ("" if recipe.holdout_fold is None else f" --holdout-fold {recipe.holdout_fold}"),
         "commit": _commit(),
         "package_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         # the two runs' own training time (a release that reuses finished runs takes seconds)
-        "train_seconds": round(sum(read_json(r / "metrics.json").get("train_seconds") or 0.0 for r in (pre, ft)), 1),
+        "train_seconds": round(
+            sum(read_json(r / "metrics.json").get("train_seconds") or 0.0 for r in (pre, *runs.values())), 1
+        ),
         "licences": LICENCES,
         "citations": CITATIONS,
         "sha256": zoo.file_digests(tmp),
@@ -225,6 +248,33 @@ def release(
     tmp.rename(target)
     zoo.verify(target)
     return target
+
+
+def _finetune_folder(source: str) -> str:
+    # the replay run keeps the folder name of releases before the anchor was chosen
+    return "finetune" if source == "replay" else f"finetune-{source}"
+
+
+def choose_source(runs: dict[str, Path]) -> dict:
+    """The anchor source kept: the run with the lower MAE on its own validation rows
+    (replay on a tie, the rule of ``matmtl evaluate --anchor validation``); the only run
+    when the source was fixed."""
+    from .checkpoints import read_json
+
+    maes = {}
+    for source, run in runs.items():
+        val = (read_json(run / "metrics.json").get("validation") or {}).get("gap_expt") or {}
+        maes[source] = val.get("mae")
+    if len(runs) == 1:
+        return {"rule": "fixed", "chosen": next(iter(runs)), "validation_mae": maes}
+    if any(m is None for m in maes.values()):
+        raise MatmtlError(f"a fine-tuning run has no validation MAE ({maes}): the anchor cannot be chosen")
+    chosen = min(AUX_SOURCES, key=lambda s: (maes[s], AUX_SOURCES.index(s)))
+    return {
+        "rule": "validation (lower MAE on the run's own validation rows; replay on a tie)",
+        "chosen": chosen,
+        "validation_mae": maes,
+    }
 
 
 def _run(run_dir: Path, start, resume, progress: bool) -> Path:

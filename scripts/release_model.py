@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from matmtl.cli.options import parse_fold
+from matmtl.cli.options import Balance, parse_fold
+from matmtl.eval.cli import Anchor
 from matmtl.zoo import DEFAULT_MODEL, PRETRAINED_DIR
 
 
@@ -29,6 +30,12 @@ def main(
     ),
     max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Cap DFT rows per dataset (quick tries)."),
     seed: int = typer.Option(0, "--seed", min=0),
+    balance: Balance = typer.Option(Balance.static, "--balance", help="Pretraining loss balancer."),
+    anchor: Anchor = typer.Option(
+        Anchor.validation,
+        "--anchor",
+        help="Fine-tuning anchor source: replay, distill, or validation (both runs; the lower validation MAE kept).",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing model folder of that name."),
 ) -> None:
     from matmtl.release import Recipe, release
@@ -41,6 +48,8 @@ def main(
         seed=seed,
         tiny=tiny,
         max_rows=max_rows,
+        balance=balance.value,
+        anchor=anchor.value,
     )
     target = release(recipe, work, out, force=force)
     typer.echo(f"wrote {target}")

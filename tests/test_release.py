@@ -42,6 +42,12 @@ def test_a_release_writes_a_verified_model_with_its_card(released, monkeypatch):
     assert card["recipe"]["finetune"]["symmetry"] == "mp_ground_state"
     assert any("CC-BY 4.0" in lic for lic in card["licences"]) and len(card["citations"]) == 3
     assert "validation" in card and card["validation"]["gap_expt"]["rows"] > 0
+    # the anchor is chosen as the evaluation chooses it: both runs, the lower validation MAE
+    anchor = card["recipe"]["anchor"]
+    maes = anchor["validation_mae"]
+    assert set(maes) == {"replay", "distill"} and anchor["chosen"] == min(maes, key=lambda s: (maes[s], s != "replay"))
+    assert card["recipe"]["finetune"]["aux_source"] == anchor["chosen"]
+    assert card["validation"]["gap_expt"]["mae"] == maes[anchor["chosen"]]
     monkeypatch.setattr(zoo, "PRETRAINED_DIR", released.parent)
     assert [m["name"] for m in zoo.list_models()] == ["tiny-test-v1"]
     assert zoo.resolve("tiny-test-v1") == released
@@ -80,6 +86,31 @@ def test_a_damaged_or_newer_model_is_refused(released, tmp_path, monkeypatch):
 def test_a_release_never_replaces_a_shipped_model(released):
     with pytest.raises(MatmtlError, match="--force"):
         release(Recipe(name="tiny-test-v1", tiny=True), released.parent / "work", released.parent)
+
+
+def test_the_anchor_source_follows_the_validation_rows(tmp_path):
+    from matmtl.release import choose_source
+
+    def run(name, mae):
+        folder = tmp_path / name
+        folder.mkdir()
+        val = {} if mae is None else {"gap_expt": {"mae": mae, "rows": 10}}
+        (folder / "metrics.json").write_text(json.dumps({"validation": val}))
+        return folder
+
+    assert choose_source({"replay": run("r1", 0.3), "distill": run("d1", 0.2)})["chosen"] == "distill"
+    assert choose_source({"replay": run("r2", 0.2), "distill": run("d2", 0.2)})["chosen"] == "replay"  # tie
+    assert choose_source({"distill": run("d3", 0.5)}) == {
+        "rule": "fixed",
+        "chosen": "distill",
+        "validation_mae": {"distill": 0.5},
+    }
+    with pytest.raises(MatmtlError, match="no validation MAE"):
+        choose_source({"replay": run("r4", None), "distill": run("d4", 0.2)})
+    with pytest.raises(MatmtlError, match="anchor must be one of"):
+        Recipe(anchor="pcgrad")
+    assert Recipe(anchor="replay").sources() == ("replay",)
+    assert Recipe(balance="uncertainty").pretrain_config().mtl.balancer.to_dict()["name"] == "uncertainty"
 
 
 def test_experimental_table_merges_repeats_by_median(tmp_path):
