@@ -143,11 +143,18 @@ def test_quick_end_to_end_neural_variants(tmp_path):
         quick=True,
         out=str(tmp_path / "results"),
         markdown=str(tmp_path / "results.md"),
-        work_dir=str(tmp_path / "work"),
+        work_dir=str(tmp_path / "work[b]"),  # brackets: printed as they are, not read as markup
         progress=False,
         command="test-quick",
     )
-    res = evaluate(s)
+    import io
+
+    from rich.console import Console
+
+    printed = io.StringIO()
+    res = evaluate(s, console=Console(file=printed, width=10_000))
+    header = printed.getvalue().splitlines()[0]
+    assert "[quick]" in header and f"cells cached in {tmp_path / 'work[b]'}" in header
     assert res["expt_gap"]["settings"]["finetune_train"]["epochs"] == 2  # the finetune-tiny preset
     expt = res["expt_gap"]
     for name in ("rf_magpie", "scratch", "finetune", "finetune_anchor_replay", "finetune_anchor_distill"):
@@ -169,7 +176,7 @@ def test_quick_end_to_end_neural_variants(tmp_path):
     )
     cells = {
         p.parent.parent.name: json.loads(p.read_text())
-        for p in (tmp_path / "work" / "cells" / "expt_gap").glob("*/*/fold0-frac1.json")
+        for p in (tmp_path / "work[b]" / "cells" / "expt_gap").glob("*/*/fold0-frac1.json")
     }
     for name in ("scratch", "finetune", "finetune_anchor_replay", "finetune_anchor_distill", "finetune_anchor_pcgrad"):
         v, c = expt["variants"][name], cells[name]
@@ -182,7 +189,7 @@ def test_quick_end_to_end_neural_variants(tmp_path):
     assert sel["rule"] == "validation" and (sel["replay"], sel["distill"]) == (r, d)
     assert sel["chosen"] == ("replay" if r <= d else "distill") == pc["anchor_source_per_fold"]["0"]
     assert cells["finetune_anchor_pcgrad"]["spec"]["aux_source"] == sel["chosen"]
-    assert sorted(p.name for p in (tmp_path / "work" / "cells").iterdir()) == ["expt_gap", "forgetting", "mp"]
+    assert sorted(p.name for p in (tmp_path / "work[b]" / "cells").iterdir()) == ["expt_gap", "forgetting", "mp"]
     # the per-fold test predictions: matbench ids, targets and predictions that re-score to the table
     out = tmp_path / "results"
     preds = json.loads((out / "expt_gap_predictions.json").read_text())
@@ -223,7 +230,7 @@ def test_quick_end_to_end_neural_variants(tmp_path):
     page = (tmp_path / "results.md").read_text()
     assert "matbench_mp_e_form" in page and "Data efficiency" in page and "Forgetting" in page
     # run folders of finished cells are not kept (their numbers are in the cell records)
-    assert not list((tmp_path / "work" / "runs" / "expt_gap").rglob("model.safetensors"))
+    assert not list((tmp_path / "work[b]" / "runs" / "expt_gap").rglob("model.safetensors"))
     # a re-run from cached cells reports the same forgetting, "before" included
     with pytest.raises(MatmtlError, match="force"):  # the results of the first run are not replaced silently
         evaluate(s)

@@ -95,6 +95,8 @@ class Evaluation:
             self.claims.close()
 
     def _run(self) -> dict:
+        from rich.markup import escape
+
         s = self.s
         eff = self.efficiency_variants()
         self.console.print(
@@ -105,9 +107,9 @@ class Evaluation:
                 if eff
                 else ", no data-efficiency curve"
             )
-            + (" [quick]" if s.quick else "")
-            + f"; cells cached in {self.work}; "
-            + (f"results to {self.out}" if self.writes else "rank 0 writes the results")
+            + (" \\[quick]" if s.quick else "")
+            + f"; cells cached in {escape(str(self.work))}; "
+            + (f"results to {escape(str(self.out))}" if self.writes else "rank 0 writes the results")
             + (f"; worker {self.worker.label}" if self.world.size > 1 else "")
         )
         self.check_folds()
