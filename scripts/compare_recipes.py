@@ -52,6 +52,14 @@ class Refused(Exception):
     """The folders cannot be compared; the message says why."""
 
 
+def _train_defaults() -> dict:
+    import dataclasses
+
+    from matmtl.config import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
 def _read(folder: Path) -> tuple[dict, dict]:
     out = []
     for name in ("expt_gap.json", "expt_gap_predictions.json"):
@@ -71,7 +79,9 @@ class Seed:
         settings = self.summary["settings"]
         self.seed = settings["eval"]["seed"]
         self.checkpoint = settings["eval"]["checkpoint"]
-        self.train = {k: v for k, v in settings["finetune_train"].items() if k not in FREE}
+        # settings added after a folder was written read as their defaults (e.g. precision)
+        train = {**_train_defaults(), **settings["finetune_train"]}
+        self.train = {k: v for k, v in train.items() if k not in FREE}
         self.folds = [int(k) for k in self.summary["folds"]]
         self.variants = {
             name: entry for name, entry in self.summary["variants"].items() if entry.get("status") == "done"

@@ -122,6 +122,14 @@ def test_refusals(script, recipes, tmp_path):
         {"finetune_anchor_replay": [0.1, 0.1]},
         train={**TRAIN, "lr": 1e-3},
     )
+    newer = write_folder(
+        tmp_path / "newer",
+        5,
+        {"finetune_anchor_replay": shifted(0.1)},
+        {"finetune_anchor_replay": [0.1, 0.1]},
+        train={**TRAIN, "precision": "fp32"},  # a setting added later, at its default
+    )
+    script.load({"a": recipes["a"], "newer": [newer]})
     with pytest.raises(script.Refused, match=r"\['lr'\] differ"):
         script.load({"a": recipes["a"], "odd": [odd]})
     other = write_folder(
