@@ -22,7 +22,10 @@ Per recipe and variant (units: eV):
     (one ensemble, not a mean over seeds: its spread is not measured).
 ``finetune_anchor`` is the anchored recipe as the evaluation defines it: per seed and fold,
 the replay or distill run with the lower validation MAE (replay on a tie; the rule of
-``matmtl evaluate --anchor validation``). The test folds are read only to score.
+``matmtl evaluate --anchor validation``). ``finetune_anchor_mean`` averages the test
+predictions of a seed's replay and distill runs (a two-member ensemble; its seed ensemble
+has 2 x seeds members); it has no validation MAE, so it is reported, never chosen. The test
+folds are read only to score.
 
 The best recipe is chosen by a rule fixed before any result was read, on validation rows
 only: among the recipes' ``finetune_anchor`` rows, the lowest validation MAE (each run's
@@ -44,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SELECTED = "finetune_anchor"
+AVERAGED = "finetune_anchor_mean"  # replay and distill runs of a seed, predictions averaged
 # fine-tuning settings that may differ between the folders of one comparison
 FREE = {"seed", "threads", "device"}
 
@@ -88,6 +92,7 @@ class Seed:
         }
         if "finetune_anchor_replay" in self.variants and "finetune_anchor_distill" in self.variants:
             self.variants[SELECTED] = None  # made from the two below
+            self.variants[AVERAGED] = None
 
     def chosen(self, fold: int) -> str:
         """The anchor source of a fold, chosen on its validation rows (evaluate's rule)."""
@@ -101,12 +106,19 @@ class Seed:
         return choose_anchor(*runs)["chosen"]
 
     def predictions(self, variant: str, fold: int) -> np.ndarray:
+        if variant == AVERAGED:
+            return np.mean([self.predictions(f"finetune_anchor_{s}", fold) for s in ("replay", "distill")], axis=0)
         if variant == SELECTED:
             variant = f"finetune_anchor_{self.chosen(fold)}"
         return np.asarray(self.preds["variants"][variant][str(fold)], dtype=float)
 
     def fold_mae(self, variant: str, fold: int, key: str = "fold_mae") -> float:
         """The test MAE of a fold (``key="fold_validation_mae"``: its validation MAE)."""
+        if variant == AVERAGED:  # scored from its (rounded) predictions; no validation MAE stored
+            if key != "fold_mae":
+                return float("nan")
+            target = np.asarray(self.preds["folds"][str(fold)]["target"], dtype=float)
+            return float(np.mean(np.abs(self.predictions(variant, fold) - target)))
         if variant == SELECTED:
             variant = f"finetune_anchor_{self.chosen(fold)}"
         value = self.variants[variant].get(key)

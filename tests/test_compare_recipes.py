@@ -96,6 +96,9 @@ def test_seed_mean_spread_selection_and_ensemble(script, recipes):
     sel = a["finetune_anchor"]
     assert sel["anchor_source"] == {"0": {"0": "replay", "1": "distill"}, "1": {"0": "replay", "1": "replay"}}
     assert sel["seed_mae"][0] == pytest.approx(np.mean([0.1, 0.3]))
+    # replay and distill averaged per seed: scored from the averaged predictions, never chosen
+    mean = a["finetune_anchor_mean"]
+    assert mean["seed_mae"][0] == pytest.approx(0.2) and mean["validation_mae_mean"] is None
     # paired differences against the reference, per fold averaged over seeds
     fin = a["finetune"]
     d = np.array(fin["fold_mae"]) - np.array(replay["fold_mae"])
