@@ -171,18 +171,20 @@ def release(
     if target.exists() and not force:
         raise MatmtlError(f"{target} exists; a release never replaces a shipped model without --force")
     work = Path(work)
-    pre = _run(work / "pretrain", lambda d: pretrain(recipe.pretrain_config(), d, progress=progress), resume, progress)
+    pre_cfg = recipe.pretrain_config()
+    pre = _run(work / "pretrain", lambda d: pretrain(pre_cfg, d, progress=progress), resume, progress, pre_cfg)
     table = work / "experimental_gaps.csv"
     merged = experimental_table(table, recipe.data_dir)
-    runs = {
-        source: _run(
+    runs = {}
+    for source in recipe.sources():
+        cfg = recipe.finetune_config(pre, table, source)
+        runs[source] = _run(
             work / _finetune_folder(source),
-            lambda d, source=source: finetune(recipe.finetune_config(pre, table, source), d, progress=progress),
+            lambda d, cfg=cfg: finetune(cfg, d, progress=progress),
             resume,
             progress,
+            cfg,
         )
-        for source in recipe.sources()
-    }
     anchor = choose_source(runs)
     ft = runs[anchor["chosen"]]
     model, meta = load_checkpoint(ft)
@@ -277,8 +279,40 @@ def choose_source(runs: dict[str, Path]) -> dict:
     }
 
 
-def _run(run_dir: Path, start, resume, progress: bool) -> Path:
-    """A finished run in ``run_dir``: reused, resumed or started."""
+# what may differ between a reused run and the recipe: when and where it ran, and the
+# paths of its inputs (the run folder and table of this release)
+_FREE = {"created", "checkpoint", "dataset", "data_dir"}
+_FREE_TRAIN = {"threads", "device", "dist_timeout"}
+
+
+def _settings(cfg) -> dict:
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _FREE}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in _FREE_TRAIN}
+    return d
+
+
+def check_reused(run_dir: Path, expected) -> None:
+    """Refuse a run folder made with other settings than the recipe's (a release reuses
+    finished runs: a stale folder must never become the shipped model silently)."""
+    from .checkpoints import read_json
+    from .config import config_from_dict
+
+    have, want = _settings(config_from_dict(read_json(run_dir / "config.json"))), _settings(expected)
+    if have != want:
+        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        if "train" in diff:
+            diff += [f"train.{k}" for k in want["train"] if have["train"].get(k) != want["train"][k]]
+        raise MatmtlError(
+            f"{run_dir} was made with other settings than this recipe ({', '.join(diff)}); "
+            "use another --work folder or remove that run"
+        )
+
+
+def _run(run_dir: Path, start, resume, progress: bool, expected=None) -> Path:
+    """A finished run in ``run_dir``: reused (its settings checked against ``expected``),
+    resumed or started."""
+    if expected is not None and (run_dir / "config.json").is_file():
+        check_reused(run_dir, expected)
     if (run_dir / "model.json").is_file():
         return run_dir
     if (run_dir / "state" / "state.json").is_file():

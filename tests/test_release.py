@@ -88,6 +88,13 @@ def test_a_release_never_replaces_a_shipped_model(released):
         release(Recipe(name="tiny-test-v1", tiny=True), released.parent / "work", released.parent)
 
 
+def test_a_release_refuses_runs_made_with_other_settings(released, tmp_path):
+    work = released.parent.parent / "work"  # the fixture's finished runs
+    with pytest.raises(MatmtlError, match=r"pretrain was made with other settings than this recipe \(mtl\)"):
+        release(Recipe(name="other", tiny=True, max_rows=300, balance="uncertainty"), work, tmp_path)
+    assert not (tmp_path / "other").exists()
+
+
 def test_the_anchor_source_follows_the_validation_rows(tmp_path):
     from matmtl.release import choose_source
 
