@@ -163,10 +163,14 @@ def test_command_line(script, recipes, tmp_path, capsys):
             str(out),
             "--markdown",
             str(tmp_path / "t.md"),
+            "--note",
+            "Pretraining: two runs.",
         ]
     )
     assert rc == 0
     assert json.loads(out.read_text())["reference"] == "a:finetune_anchor_replay"
-    assert "| b | finetune_anchor_replay |" in (tmp_path / "t.md").read_text()
+    page = (tmp_path / "t.md").read_text()
+    assert "| b | finetune_anchor_replay |" in page and "Pretraining: two runs." in page
+    assert "This page: `python scripts/compare_recipes.py a=" in page
     assert script.main(["a=" + str(tmp_path / "missing")]) == 2
     assert "no expt_gap.json" in capsys.readouterr().err
