@@ -1,0 +1,39 @@
+"""scripts/textbook_gaps.py: every crystal it builds has the space group it names, and the
+shipped model answers each one from its structure and from its formula (gaps >= 0, eV)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPG = {"Fd-3m": 227, "F-43m": 216, "P6_3mc": 186, "Fm-3m": 225}
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("textbook_gaps", ROOT / "scripts" / "textbook_gaps.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_crystals_have_their_space_groups(script):
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    for name, (spg, *_rest) in script.CRYSTALS.items():
+        s = script.structure(name)
+        assert s.composition.reduced_formula == name
+        assert SpacegroupAnalyzer(s, symprec=0.01).get_space_group_number() == SPG[spg], name
+
+
+def test_the_shipped_model_answers_every_crystal(script):
+    res = script.measure()
+    assert set(res["crystals"]) == set(script.CRYSTALS) and res["unit"] == "eV"
+    for name, r in res["crystals"].items():
+        assert r["structure"] >= 0 and r["formula"] >= 0 and r["spg_num"] == SPG[script.CRYSTALS[name][0]]
+        assert "pure element" in r["trust"] or len(script.CRYSTALS[name][2]) > 1
+    assert 0 <= res["structure_better_or_equal"] <= len(script.CRYSTALS)
+    assert "| MAE |" in script.table(res)
