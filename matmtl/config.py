@@ -38,6 +38,10 @@ CONFIG_VERSION = 2
 DFT_TASKS = {"e_form": ("mp", "e_form"), "gap_pbe": ("mp_gap", "gap_pbe")}
 AUX_ALIASES = {"dft_energy": "e_form", "dft_gap": "gap_pbe", "e_form": "e_form", "gap_pbe": "gap_pbe"}
 AUX_SOURCES = ("replay", "distill")
+# the pretraining's loss balancer unless told otherwise: uncertainty weighting transferred
+# best to experimental gaps on validation rows (docs/seeds.md) and removes the e_form cost of
+# 2-task pretraining (docs/pretraining.md)
+PRETRAIN_BALANCER = "uncertainty"
 SYMMETRY_SOURCES = ("none", "mp_ground_state")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -252,7 +256,8 @@ class PretrainConfig:
     """Pretraining on DFT data: ``tasks`` (e_form is the main task; gap_pbe adds the PBE
     gap from mp_gap, each row training only its own head; the pair is the transfer model
     that evaluated best), matbench fold ``holdout_fold`` of each dataset held out as test
-    rows (None: every row but the validation rows trains)."""
+    rows (None: every row but the validation rows trains). The losses are balanced by
+    uncertainty weighting (``PRETRAIN_BALANCER``) unless ``mtl`` says otherwise."""
 
     tasks: tuple[str, ...] = ("e_form", "gap_pbe")
     dataset: str = "mp"
@@ -262,7 +267,7 @@ class PretrainConfig:
     data_dir: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    mtl: MTLConfig = field(default_factory=MTLConfig)
+    mtl: MTLConfig = field(default_factory=lambda: MTLConfig(balancer=PRETRAIN_BALANCER))
 
     kind = "pretrain"
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import zoo
-from .config import AUX_SOURCES, FinetuneConfig, MTLConfig, PretrainConfig, TrainConfig
+from .config import AUX_SOURCES, PRETRAIN_BALANCER, FinetuneConfig, MTLConfig, PretrainConfig, TrainConfig
 from .errors import MatmtlError
 from .io import atomic_write_json
 from .models import ModelConfig
@@ -75,7 +75,7 @@ class Recipe:
     tiny: bool = False
     max_rows: int | None = None
     data_dir: str | None = None
-    balance: str = "static"  # the pretraining's loss balancer (static, uncertainty, gradnorm)
+    balance: str = PRETRAIN_BALANCER  # the pretraining's loss balancer (static, uncertainty, gradnorm)
     anchor: str = "validation"  # the fine-tuning's anchor source: replay, distill or validation
 
     def __post_init__(self):
@@ -230,7 +230,7 @@ def release(
         },
         "command": f"python scripts/release_model.py --name {recipe.name}"
         + (" --tiny" if recipe.tiny else "")
-        + ("" if recipe.balance == "static" else f" --balance {recipe.balance}")
+        + ("" if recipe.balance == PRETRAIN_BALANCER else f" --balance {recipe.balance}")
         + ("" if recipe.anchor == "validation" else f" --anchor {recipe.anchor}")
         + ("" if recipe.holdout_fold is None else f" --holdout-fold {recipe.holdout_fold}"),
         "commit": _commit(),

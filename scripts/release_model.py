@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from matmtl.cli.options import Balance, parse_fold
+from matmtl.config import PRETRAIN_BALANCER
 from matmtl.eval.cli import Anchor
 from matmtl.zoo import DEFAULT_MODEL, PRETRAINED_DIR
 
@@ -30,7 +31,7 @@ def main(
     ),
     max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Cap DFT rows per dataset (quick tries)."),
     seed: int = typer.Option(0, "--seed", min=0),
-    balance: Balance = typer.Option(Balance.static, "--balance", help="Pretraining loss balancer."),
+    balance: Balance = typer.Option(Balance(PRETRAIN_BALANCER), "--balance", help="Pretraining loss balancer."),
     anchor: Anchor = typer.Option(
         Anchor.validation,
         "--anchor",

@@ -61,6 +61,17 @@ def test_defaults_shown_are_the_configs():
     text = runner.invoke(app, ["pretrain", "--help"], terminal_width=200).output
     for value in (TrainConfig().epochs, TrainConfig.PRESETS["large"]["epochs"], TrainConfig().batch_size):
         assert str(value) in text
+    # the pretraining balances its losses by uncertainty unless told otherwise, in the CLI and the
+    # config alike; fine-tuning keeps static weights; a run recorded without mtl settings reads as static
+    import typer
+
+    from matmtl.config import PRETRAIN_BALANCER, MTLConfig, PretrainConfig
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["pretrain"].params}
+    assert PRETRAIN_BALANCER == "uncertainty" and params["balance"].default.value == PRETRAIN_BALANCER
+    assert PretrainConfig().mtl.balancer.to_dict()["name"] == PRETRAIN_BALANCER
+    assert FinetuneConfig().mtl.balancer.to_dict()["name"] == "static"
+    assert MTLConfig.from_dict({}).balancer.to_dict()["name"] == "static"
 
 
 def _interrupt(monkeypatch, tmp_path, after_save: bool):

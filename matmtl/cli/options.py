@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ..config import AUX_ALIASES, DFT_TASKS, Device, ModelConfig, Precision, TrainConfig
+from ..config import AUX_ALIASES, DFT_TASKS, PRETRAIN_BALANCER, Device, ModelConfig, Precision, TrainConfig
 
 
 class Size(str, Enum):
@@ -158,6 +158,13 @@ BalanceOpt = typer.Option(
     "(Kendall et al. 2018, learned task variances) or gradnorm (Chen et al. 2018, equalises the "
     "tasks' gradient norms, so eV and eV/atom tasks talk on equal terms). Static weights act as a "
     "prior for the other two.",
+)
+PretrainBalanceOpt = typer.Option(
+    Balance(PRETRAIN_BALANCER),
+    "--balance",
+    help="Loss balancing of the pretraining tasks: uncertainty (default: Kendall et al. 2018, learned "
+    "task variances; it transferred best to experimental gaps and costs e_form nothing against single-task "
+    "pretraining), static (fixed weights) or gradnorm (Chen et al. 2018).",
 )
 SurgeryOpt = typer.Option(
     SurgeryChoice.none,
