@@ -120,6 +120,29 @@ def test_the_anchor_source_follows_the_validation_rows(tmp_path):
     assert Recipe(balance="uncertainty").pretrain_config().mtl.balancer.to_dict()["name"] == "uncertainty"
 
 
+def test_the_card_carries_the_recipe_chosen_over_seeds(tmp_path):
+    from matmtl.release import benchmark_figures
+
+    single = tmp_path / "expt_gap.json"
+    single.write_text(
+        json.dumps({"task": "matbench_expt_gap", "unit": "eV", "variants": {"finetune": {"mae_mean": 0.3}}})
+    )
+    assert "over_seeds" not in benchmark_figures(single, tmp_path / "absent.json")
+    seeds = tmp_path / "seeds.json"
+    row = {"mae_mean": 0.28, "seed_std": 0.006, "seed_mae": [0.28, 0.29, 0.27], "seeds": [0, 1, 2]}
+    seeds.write_text(
+        json.dumps(
+            {
+                "choice": {"chosen": "unc"},
+                "recipes": {"unc": {"checkpoint": "c", "variants": {"finetune_anchor": row}}, "static": {}},
+            }
+        )
+    )
+    over = benchmark_figures(single, seeds)["over_seeds"]
+    assert over["recipe"] == "unc" and over["variants"]["finetune_anchor"]["seed_mae"] == [0.28, 0.29, 0.27]
+    assert benchmark_figures(tmp_path / "none.json") is None
+
+
 def test_experimental_table_merges_repeats_by_median(tmp_path):
     info = experimental_table(tmp_path / "gaps.csv")
     import pandas as pd
