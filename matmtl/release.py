@@ -201,7 +201,8 @@ def release(
         "name": recipe.name,
         "version": recipe.version,
         "description": "Experimental band gap (eV) and DFT formation energy (eV/atom) from a composition or "
-        "structure: pretrained on Materials Project (e_form + PBE gap), fine-tuned on experimental "
+        f"structure: pretrained on Materials Project (e_form + PBE gap, {recipe.balance} loss balancing), "
+        "fine-tuned on experimental "
         f"gaps with the {anchor['chosen']} anchor" + (" (tiny test recipe)" if recipe.tiny else ""),
         "outputs": {
             "gap_expt": "eV, experimental scale, calibrated std",
@@ -230,6 +231,7 @@ def release(
         },
         "command": f"python scripts/release_model.py --name {recipe.name}"
         + (" --tiny" if recipe.tiny else "")
+        + ("" if recipe.version == "1" else f" --version {recipe.version}")
         + ("" if recipe.balance == PRETRAIN_BALANCER else f" --balance {recipe.balance}")
         + ("" if recipe.anchor == "validation" else f" --anchor {recipe.anchor}")
         + ("" if recipe.holdout_fold is None else f" --holdout-fold {recipe.holdout_fold}"),

@@ -104,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="Shipped model name or run folder (default: the shipped model).")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    res = measure(args.model)
+    from matmtl.errors import MatmtlError
+
+    try:
+        res = measure(args.model)
+    except MatmtlError as err:
+        print(f"textbook_gaps: {err}", file=sys.stderr)
+        return 2
     print(table(res), end="")
     if args.json:
         from matmtl.io import atomic_write_json

@@ -16,7 +16,7 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils import estimator_checks as checks
 
 import matmtl
-from matmtl import BandGapRegressor
+from matmtl import BandGapRegressor, zoo
 from matmtl.data import load_dataset
 from matmtl.errors import ConfigError, DataError, InputTypeError, MatmtlError
 from matmtl.train import pretrain
@@ -43,7 +43,7 @@ def pretrained(tmp_path_factory, mirror):
 def test_the_estimator_contract_without_fitting():
     reg = BandGapRegressor(epochs=3, aux="dft_energy")
     params = reg.get_params()
-    assert params["base_model"] == "matmtl-mp-exptgap-v1" and params["epochs"] == 3 and params["aux"] == "dft_energy"
+    assert params["base_model"] == zoo.DEFAULT_MODEL and params["epochs"] == 3 and params["aux"] == "dft_energy"
     assert reg.set_params(lr=1e-3, seed=2) is reg and (reg.lr, reg.seed) == (1e-3, 2)
     twin = clone(reg)
     assert twin is not reg and twin.get_params() == reg.get_params()
@@ -140,7 +140,7 @@ def test_the_shipped_model_fine_tuned_kept_and_pickled(gaps, tmp_path):
     assert reg.run_dir_ == tmp_path / "mine" and (reg.run_dir_ / "model.json").is_file()
     table = pd.read_csv(tmp_path / "mine.train.csv")  # the rows it was trained on, beside the run
     assert len(table) == 42 and table["spg_num"].tolist()[-2:] == [216, 0]
-    assert reg.model_.meta["parent"]["checkpoint"].endswith("matmtl-mp-exptgap-v1")
+    assert reg.model_.meta["parent"]["checkpoint"].endswith(zoo.DEFAULT_MODEL)
     # the gap head kept training: its domain still holds the shipped model's compositions
     assert reg.model_.meta["domain"]["gap_expt"]["compositions"] > 1000
 

@@ -83,6 +83,16 @@ def test_a_damaged_or_newer_model_is_refused(released, tmp_path, monkeypatch):
         zoo.resolve("nope")
 
 
+def test_a_retired_model_name_says_what_replaced_it():
+    import matmtl
+
+    old, (new, _why) = next(iter(zoo.RETIRED.items()))
+    assert zoo.shipped(new) is not None and zoo.DEFAULT_MODEL == new
+    for call in (zoo.resolve, zoo.card, matmtl.load_model):
+        with pytest.raises(zoo.ModelNotFound, match=f"{old!r} is no longer shipped: it was replaced by {new!r}"):
+            call(old)
+
+
 def test_a_release_never_replaces_a_shipped_model(released):
     with pytest.raises(MatmtlError, match="--force"):
         release(Recipe(name="tiny-test-v1", tiny=True), released.parent / "work", released.parent)
