@@ -59,7 +59,9 @@ def test_paired_holdout_rows_are_the_runs_own(runs, tmp_path):
     better = all(v_unc[t] < v_ref[t] for t in v_ref)
     assert res["choice"]["chosen"] == ("uncertainty" if better else "static")
     assert "single" not in res["choice"]["candidates_better_on_every_task"]  # other tasks: never a candidate
-    assert "Default balancer" in out_md.read_text()
+    page = out_md.read_text()
+    assert "Balancer chosen by this page's validation-only rule" in page and "pretraining default" in page
+    assert "--balance static" in page  # the run commands name their balancer
 
 
 def test_runs_holding_out_other_rows_are_refused(runs, tmp_path, capsys):
