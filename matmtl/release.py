@@ -260,25 +260,17 @@ def _finetune_folder(source: str) -> str:
 
 
 def choose_source(runs: dict[str, Path]) -> dict:
-    """The anchor source kept: the run with the lower MAE on its own validation rows
-    (replay on a tie, the rule of ``matmtl evaluate --anchor validation``); the only run
-    when the source was fixed."""
+    """The anchor source kept: by ``matmtl evaluate``'s own rule when both runs were made
+    (the lower MAE on the runs' validation rows, replay on a tie); the only run when the
+    source was fixed."""
     from .checkpoints import read_json
+    from .eval.finetune_cells import choose_anchor, validation_record
 
-    maes = {}
-    for source, run in runs.items():
-        val = (read_json(run / "metrics.json").get("validation") or {}).get("gap_expt") or {}
-        maes[source] = val.get("mae")
+    records = {source: validation_record(read_json(run / "metrics.json")) for source, run in runs.items()}
     if len(runs) == 1:
-        return {"rule": "fixed", "chosen": next(iter(runs)), "validation_mae": maes}
-    if any(m is None for m in maes.values()):
-        raise MatmtlError(f"a fine-tuning run has no validation MAE ({maes}): the anchor cannot be chosen")
-    chosen = min(AUX_SOURCES, key=lambda s: (maes[s], AUX_SOURCES.index(s)))
-    return {
-        "rule": "validation (lower MAE on the run's own validation rows; replay on a tie)",
-        "chosen": chosen,
-        "validation_mae": maes,
-    }
+        source, rec = next(iter(records.items()))
+        return {"rule": "fixed", "chosen": source, source: (rec["validation"] or {}).get("mae")}
+    return choose_anchor(records["replay"], records["distill"])
 
 
 # what may differ between a reused run and the recipe: when and where it ran, and the

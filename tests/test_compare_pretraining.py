@@ -4,25 +4,19 @@ validation-only rule."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from _scripts import load_script
 from _tiny import tiny_pretrain, tiny_train
 
 from matmtl.config import MTLConfig
 from matmtl.mtl import Uncertainty
 from matmtl.train import pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("compare_pretraining", ROOT / "scripts" / "compare_pretraining.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compare_pretraining")
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,13 @@ scored from averaged predictions, the paired differences, and the refusals."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET = {"0": [0.0, 1.0, 2.0], "1": [0.5, 0.0, 3.0]}
 IDS = {"0": ["a", "b", "c"], "1": ["d", "e", "f"]}
 TRAIN = {"epochs": 60, "lr": 5e-4, "seed": 0, "threads": 2, "device": "cpu"}
@@ -19,10 +18,7 @@ TRAIN = {"epochs": 60, "lr": 5e-4, "seed": 0, "threads": 2, "device": "cpu"}
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("compare_recipes", ROOT / "scripts" / "compare_recipes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compare_recipes")
 
 
 def write_folder(folder: Path, seed: int, preds: dict, val: dict, checkpoint="ckpt", train=None, target=TARGET):

@@ -3,21 +3,15 @@ shipped model answers each one from its structure and from its formula (gaps >= 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from _scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 SPG = {"Fd-3m": 227, "F-43m": 216, "P6_3mc": 186, "Fm-3m": 225}
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("textbook_gaps", ROOT / "scripts" / "textbook_gaps.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("textbook_gaps")
 
 
 def test_the_crystals_have_their_space_groups(script):
