@@ -54,6 +54,19 @@ def test_pretrain_writes_a_complete_run_folder(pretrained):
     assert m["best_epoch"] == 1 + int(np.argmin(scores)) and m["best_validation_score"] == min(scores)
 
 
+def test_a_single_task_gap_pbe_pretraining_selects_on_its_own_task(tmp_path):
+    """The negative-transfer baseline: gap_pbe alone trains, keeps its best gap_pbe epoch,
+    and a fine-tuning that asks it for an e_form anchor is refused by name."""
+    res = pretrain(tiny_pretrain(["gap_pbe"], max_rows=300), tmp_path / "gap", progress=False)
+    m = res.metrics
+    assert m["tasks"] == ["gap_pbe"] and set(m["holdout"]) == {"gap_pbe"}
+    scores = [h["val_mae_gap_pbe"] for h in res.history]
+    assert m["best_epoch"] == 1 + int(np.argmin(scores))
+    with pytest.raises(MatmtlError, match="no 'e_form' head"):
+        finetune(tiny_finetune(str(res.run_dir), aux=("e_form",)), tmp_path / "ft", progress=False)
+    assert PretrainConfig(tasks=("gap_pbe", "e_form")).main_task == "e_form"
+
+
 def test_two_seeded_runs_are_identical(tmp_path):
     a = pretrain(tiny_pretrain(max_rows=300), tmp_path / "a", progress=False)
     b = pretrain(tiny_pretrain(max_rows=300), tmp_path / "b", progress=False)

@@ -62,7 +62,7 @@ def run_pretrain(
         train,
         sources,
         validation_scorer(va, config.tasks, train),
-        select="val_mae_e_form",
+        select=f"val_mae_{config.main_task}",
         weights=config.task_weights,
         progress=progress,
         stop_after=stop_after,
