@@ -11,6 +11,11 @@ reference. Printed and written, per run and task (units: e_form eV/atom, gap_pbe
     on the same held-out rows with its standard error (every model is re-read from its
     checkpoint and predicts those rows here: ensemble mean, as in the run's metrics).
 
+Multi- against single-task (negative transfer): for every single-task run and every
+multi-task run that trains the same task, the multi-task run's minus the single-task run's
+held-out MAE on that task's rows, ± SE (paired, same rows); within 1 SE is a tie, and a
+multi-task model with a higher MAE beyond that shows negative transfer on that task.
+
 The rule that picks the default balancer is fixed before any result is read and uses the
 validation rows only: among the runs with the reference's tasks, a balancer replaces the
 reference only if it has a lower validation MAE on every task; among several such, the
@@ -96,6 +101,28 @@ def choose(runs: dict[str, dict], ref: str) -> dict:
     }
 
 
+def transfer(runs: dict[str, dict], errors: dict[str, dict]) -> list[dict]:
+    """Multi- vs single-task on each task a single-task run trains (module docstring)."""
+    out = []
+    for single, s in runs.items():
+        if len(s["tasks"]) != 1:
+            continue
+        t = s["tasks"][0]
+        for multi, m in runs.items():
+            if len(m["tasks"]) < 2 or t not in m["tasks"]:
+                continue
+            d = errors[multi][t] - errors[single][t]
+            diff, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+            if abs(diff) < se:
+                verdict = "tie"
+            else:
+                verdict = "negative transfer" if diff > 0 else "positive transfer"
+            out.append(
+                {"task": t, "multi": multi, "single": single, "diff": diff, "se": se, "rows": len(d), "verdict": verdict}
+            )
+    return out
+
+
 def _num(d: dict, t: str) -> str:
     return f"{d[t]:.4f}" if t in d else "–"
 
@@ -132,6 +159,22 @@ def markdown(res: dict) -> str:
             f"{_num(h, 'e_form')} | {_diff(p, 'e_form')} | {_num(h, 'gap_pbe')} | {_diff(p, 'gap_pbe')} | "
             f"{r['best_epoch']}/{r['epochs']} | {r['train_seconds']} |"
         )
+    if res.get("transfer"):
+        lines += [
+            "",
+            "Multi- vs single-task on each task (negative transfer): the multi-task run's minus the "
+            "single-task run's held-out MAE on the same rows, ± SE.",
+            "",
+            "| task | multi-task run | single-task run | multi-task MAE | single-task MAE | difference | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for x in res["transfer"]:
+            m, s = res["runs"][x["multi"]], res["runs"][x["single"]]
+            lines.append(
+                f"| {x['task']} ({UNITS[x['task']]}) | `{x['multi']}` | `{x['single']}` | "
+                f"{m['holdout_mae'][x['task']]:.4f} | {s['holdout_mae'][x['task']]:.4f} | "
+                f"{x['diff']:+.4f} ± {x['se']:.4f} | {x['verdict']} |"
+            )
     from matmtl.config import PRETRAIN_BALANCER
 
     c = res["choice"]
@@ -197,6 +240,7 @@ def main(argv=None) -> int:
         "units": UNITS,
         "runs": runs,
         "choice": choose(runs, ref),
+        "transfer": transfer(runs, errors),
         "command": "python scripts/compare_pretraining.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     text = markdown(res)

@@ -27,6 +27,12 @@ predictions of a seed's replay and distill runs (a two-member ensemble; its seed
 has 2 x seeds members); it has no validation MAE, so it is reported, never chosen. The test
 folds are read only to score.
 
+Where every folder of a recipe holds a data-efficiency curve (``matmtl evaluate
+--fractions``), the curve is averaged over seeds too: per training share and variant, the
+mean over seeds of the 5-fold MAE and its seed spread, and the anchored recipe's paired
+differences against plain fine-tuning and against training from scratch (each fold's MAE
+averaged over seeds, then mean +- SE over folds; a difference within 1 SE is a tie).
+
 The best recipe is chosen by a rule fixed before any result was read, on validation rows
 only: among the recipes' ``finetune_anchor`` rows, the lowest validation MAE (each run's
 own validation rows, averaged over folds and seeds; seed s holds out the same rows in every
@@ -179,6 +185,58 @@ def row(runs: list[Seed], variant: str) -> dict:
     return out
 
 
+CURVE_PAIRS = ((SELECTED, "finetune"), (SELECTED, "scratch"))
+
+
+def verdict(mean: float, se: float) -> str:
+    """'tie' within 1 SE; else which side is lower, and by how many SE."""
+    if not se or math.isnan(se) or abs(mean) < se:
+        return "tie"
+    return f"{'lower' if mean < 0 else 'higher'} by {abs(mean) / se:.1f} SE"
+
+
+def curve(runs: list[Seed]) -> dict | None:
+    """The data-efficiency curve over seeds, or None when a folder has none."""
+    curves = [r.summary.get("data_efficiency") for r in runs]
+    if not all(c and c.get("variants") for c in curves):
+        return None
+    folds = curves[0]["folds"]
+    if any(c["folds"] != folds for c in curves):
+        raise Refused("the data-efficiency curves of one recipe cover different folds")
+    fractions = [f for f in curves[0]["fractions"] if all(f in c["fractions"] for c in curves)]
+    out = {"folds": folds, "fractions": fractions, "rows": {}}
+    for f in fractions:
+        key = frac_key(f)
+        per = {}  # variant -> (seeds, folds)
+        for v in curves[0]["variants"]:
+            entries = [c["variants"].get(v, {}).get(key) for c in curves]
+            if all(e and e.get("complete") for e in entries):
+                per[v] = np.array([e["fold_mae"] for e in entries], dtype=float)
+        rows = {}
+        for v, m in per.items():
+            seed_mae = m.mean(axis=1)
+            rows[v] = {
+                "seed_mae": seed_mae.tolist(),
+                "mae_mean": float(seed_mae.mean()),
+                "seed_std": float(np.std(seed_mae, ddof=1)) if len(runs) > 1 else None,
+                "fold_mae": m.mean(axis=0).tolist(),
+            }
+        pairs = {}
+        for a, b in CURVE_PAIRS:
+            if a in per and b in per:
+                d, se = _mean_se(per[a].mean(axis=0) - per[b].mean(axis=0))
+                pairs[f"{a} - {b}"] = {"mean": d, "se": se, "verdict": verdict(d, se)}
+        out["rows"][key] = {"variants": rows, "paired": pairs}
+    return out
+
+
+def frac_key(fraction: float) -> str:
+    """The key evaluate gives a share in its data-efficiency record (1.0 -> '1')."""
+    from matmtl.eval.cells import frac_label
+
+    return frac_label(fraction)
+
+
 def compare(seeds: dict[str, list[Seed]], reference: tuple[str, str]) -> dict:
     rows = {}
     for name, runs in seeds.items():
@@ -209,6 +267,7 @@ def compare(seeds: dict[str, list[Seed]], reference: tuple[str, str]) -> dict:
                 "folders": [str(r.folder) for r in runs],
                 "commands": [r.summary.get("command") for r in runs],
                 "variants": rows[name],
+                "data_efficiency": curve(runs),
             }
             for name, runs in seeds.items()
         },
@@ -276,6 +335,9 @@ def page(result: dict, command: str, notes: list[str] = ()) -> str:
     for name, rec in result["recipes"].items():
         for variant, e in rec["variants"].items():
             out.append(f"| {name} | {variant} | " + " | ".join(f"{m:.4f}" for m in e["fold_mae"]) + " |")
+    for name, rec in result["recipes"].items():
+        if rec.get("data_efficiency"):
+            out += ["", *curve_markdown(name, rec["data_efficiency"], len(rec["folders"]))]
     out += ["", result["about"], "", "Folders and the commands that made them:", ""]
     for name, rec in result["recipes"].items():
         out.append(f"- **{name}** (checkpoint `{rec['checkpoint']}`):")
@@ -283,6 +345,29 @@ def page(result: dict, command: str, notes: list[str] = ()) -> str:
     out += [""] + [f"{n}\n" for n in notes]
     out += [f"This page: `{command}`", ""]
     return "\n".join(out)
+
+
+def curve_markdown(name: str, c: dict, n_seeds: int) -> list[str]:
+    pairs = [f"{a} - {b}" for a, b in CURVE_PAIRS]
+    lines = [
+        f"Data efficiency, recipe **{name}** ({n_seeds} seeds, folds {', '.join(map(str, c['folds']))}; "
+        "MAE in eV, mean of seeds ± seed std; paired: mean ± SE over folds):",
+        "",
+        "| share of training rows | variant | MAE (eV) | per-seed MAE | " + " | ".join(pairs) + " |",
+        "|---|---|---|---|" + "---|" * len(pairs),
+    ]
+    for key, r in c["rows"].items():
+        for v, e in r["variants"].items():
+            spread = "" if e["seed_std"] is None else f" ± {e['seed_std']:.4f}"
+            cells = [
+                f"{_pm(r['paired'][p]['mean'], r['paired'][p]['se'])}, {r['paired'][p]['verdict']}"
+                if v == SELECTED and p in r["paired"]
+                else ""
+                for p in pairs
+            ]
+            seeds = ", ".join(f"{m:.4f}" for m in e["seed_mae"])
+            lines.append(f"| {float(key):.0%} | {v} | {e['mae_mean']:.4f}{spread} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def parse_recipe(text: str) -> tuple[str, list[Path]]:

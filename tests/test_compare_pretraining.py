@@ -53,7 +53,14 @@ def test_paired_holdout_rows_are_the_runs_own(runs, tmp_path):
     better = all(v_unc[t] < v_ref[t] for t in v_ref)
     assert res["choice"]["chosen"] == ("uncertainty" if better else "static")
     assert "single" not in res["choice"]["candidates_better_on_every_task"]  # other tasks: never a candidate
+    # negative transfer: each multi-task run against the single-task run, on its one task
+    pairs = {(x["multi"], x["single"], x["task"]): x for x in res["transfer"]}
+    assert set(pairs) == {("static", "single", "e_form"), ("uncertainty", "single", "e_form")}
+    x = pairs[("uncertainty", "single", "e_form")]
+    assert x["diff"] == pytest.approx(unc["holdout_mae"]["e_form"] - single["holdout_mae"]["e_form"], rel=1e-4)
+    assert x["verdict"] in ("tie", "negative transfer", "positive transfer")
     page = out_md.read_text()
+    assert "negative transfer" in page and "| e_form (eV/atom) | `uncertainty` | `single` |" in page
     assert "Balancer chosen by this page's validation-only rule" in page and "pretraining default" in page
     assert "--balance static" in page  # the run commands name their balancer
 

@@ -170,3 +170,62 @@ def test_command_line(script, recipes, tmp_path, capsys):
     assert "This page: `python scripts/compare_recipes.py a=" in page
     assert script.main(["a=" + str(tmp_path / "missing")]) == 2
     assert "no expt_gap.json" in capsys.readouterr().err
+
+
+def add_curve(folder: Path, per_variant: dict, fractions=(0.1, 1.0)) -> None:
+    """Give an evaluate folder a data-efficiency curve: per_variant[v][fraction] = fold MAEs."""
+    path = folder / "expt_gap.json"
+    summary = json.loads(path.read_text())
+    variants = {
+        v: {
+            script_frac(f): {"fold_mae": maes, "mae_mean": float(np.mean(maes)), "complete": True}
+            for f, maes in per.items()
+        }
+        for v, per in per_variant.items()
+    }
+    summary["data_efficiency"] = {"fractions": list(fractions), "folds": [0, 1], "variants": variants}
+    path.write_text(json.dumps(summary))
+
+
+def script_frac(f: float) -> str:
+    return "1" if f == 1.0 else str(f)
+
+
+def test_the_data_efficiency_curve_over_seeds(script, recipes):
+    a0, a1 = recipes["a"]
+    add_curve(
+        a0,
+        {
+            "scratch": {0.1: [0.9, 0.8], 1.0: [0.5, 0.6]},
+            "finetune": {0.1: [0.5, 0.5], 1.0: [0.30, 0.32]},
+            "finetune_anchor": {0.1: [0.4, 0.5], 1.0: [0.30, 0.32]},
+        },
+    )
+    add_curve(
+        a1,
+        {
+            "scratch": {0.1: [0.7, 0.8], 1.0: [0.5, 0.6]},
+            "finetune": {0.1: [0.5, 0.7], 1.0: [0.31, 0.33]},
+            "finetune_anchor": {0.1: [0.4, 0.6]},  # 100% missing in this seed: not averaged
+        },
+    )
+    res = script.compare(script.load({"a": [a0, a1]}), ("a", "finetune_anchor_replay"))
+    c = res["recipes"]["a"]["data_efficiency"]
+    low = c["rows"]["0.1"]
+    assert low["variants"]["finetune_anchor"]["seed_mae"] == pytest.approx([0.45, 0.5])
+    assert low["variants"]["finetune_anchor"]["seed_std"] == pytest.approx(np.std([0.45, 0.5], ddof=1))
+    # paired per fold after averaging the seeds: anchor (0.4, 0.55) vs finetune (0.5, 0.6)
+    d = np.array([0.4 - 0.5, 0.55 - 0.6])
+    pair = low["paired"]["finetune_anchor - finetune"]
+    assert pair["mean"] == pytest.approx(d.mean()) and pair["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(2))
+    assert pair["verdict"].startswith("lower by")
+    assert low["paired"]["finetune_anchor - scratch"]["mean"] == pytest.approx(np.mean([0.4 - 0.8, 0.55 - 0.8]))
+    full = c["rows"]["1"]
+    assert "finetune_anchor" not in full["variants"] and full["paired"] == {}
+    assert script.verdict(0.001, 0.002) == "tie" and script.verdict(0.01, 0.002) == "higher by 5.0 SE"
+    page = script.page(res, "cmd")
+    assert "Data efficiency, recipe **a** (2 seeds" in page and "| 10% | finetune_anchor |" in page
+    # a recipe whose folders have no curve gets none
+    assert script.compare(script.load({"b": recipes["b"]}), ("b", "finetune_anchor_replay"))["recipes"]["b"][
+        "data_efficiency"
+    ] is None
