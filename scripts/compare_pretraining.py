@@ -118,7 +118,15 @@ def transfer(runs: dict[str, dict], errors: dict[str, dict]) -> list[dict]:
             else:
                 verdict = "negative transfer" if diff > 0 else "positive transfer"
             out.append(
-                {"task": t, "multi": multi, "single": single, "diff": diff, "se": se, "rows": len(d), "verdict": verdict}
+                {
+                    "task": t,
+                    "multi": multi,
+                    "single": single,
+                    "diff": diff,
+                    "se": se,
+                    "rows": len(d),
+                    "verdict": verdict,
+                }
             )
     return out
 

@@ -366,7 +366,9 @@ def curve_markdown(name: str, c: dict, n_seeds: int) -> list[str]:
                 for p in pairs
             ]
             seeds = ", ".join(f"{m:.4f}" for m in e["seed_mae"])
-            lines.append(f"| {float(key):.0%} | {v} | {e['mae_mean']:.4f}{spread} | {seeds} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {float(key):.0%} | {v} | {e['mae_mean']:.4f}{spread} | {seeds} | " + " | ".join(cells) + " |"
+            )
     return lines
 
 

@@ -226,6 +226,9 @@ def test_the_data_efficiency_curve_over_seeds(script, recipes):
     page = script.page(res, "cmd")
     assert "Data efficiency, recipe **a** (2 seeds" in page and "| 10% | finetune_anchor |" in page
     # a recipe whose folders have no curve gets none
-    assert script.compare(script.load({"b": recipes["b"]}), ("b", "finetune_anchor_replay"))["recipes"]["b"][
-        "data_efficiency"
-    ] is None
+    assert (
+        script.compare(script.load({"b": recipes["b"]}), ("b", "finetune_anchor_replay"))["recipes"]["b"][
+            "data_efficiency"
+        ]
+        is None
+    )

@@ -308,3 +308,55 @@ def test_efficiency_folds_default_to_the_folds_and_must_be_among_them():
     assert EvalSettings(folds=(0, 2), efficiency_folds=(2,)).efficiency_folds == (2,)
     with pytest.raises(MatmtlError, match=r"EvalSettings\.efficiency_folds"):  # the library names its parameter
         EvalSettings(folds=(0,), efficiency_folds=(1,))
+
+
+def test_the_anchor_tasks_are_a_setting_with_the_default_cells_unchanged():
+    from matmtl.errors import MatmtlError
+    from matmtl.eval.settings import VARIANTS
+
+    default = EvalSettings()
+    assert default.aux == ("dft_energy",)
+    for name in ("scratch", "finetune", "finetune_anchor_replay", "finetune_anchor_distill"):
+        assert default.spec(name) == VARIANTS[name]  # so earlier cells keep their fingerprints
+    both = EvalSettings(aux=("gap_pbe", "dft_energy"))  # task names read as the aliases
+    assert both.aux == ("dft_gap", "dft_energy")
+    spec = both.spec("finetune_anchor_distill")
+    assert spec.aux == ("dft_gap", "dft_energy") and spec.aux_source == "distill"
+    assert "gap_pbe + e_form anchor" in spec.description and both.spec("finetune") == VARIANTS["finetune"]
+    assert both.spec("finetune_anchor_pcgrad", "replay").aux == both.aux
+    assert "gap_pbe + e_form anchor" in both.description("finetune_anchor_pcgrad")
+    for bad, match in (((), "at least one"), (("dft_magic",), "DFT tasks"), (("e_form", "dft_energy"), "repeat")):
+        with pytest.raises(MatmtlError, match=match):
+            EvalSettings(aux=bad)
+    with pytest.raises(MatmtlError, match=r"EvalSettings\.aux.*gap_pbe"):  # the harness's own pretraining lacks it
+        EvalSettings(aux=("dft_gap",), pretrain_tasks=("e_form",))
+    assert EvalSettings(aux=("dft_gap",), pretrain_tasks=("e_form",), checkpoint="given").aux == ("dft_gap",)
+
+
+def test_evaluate_with_both_dft_anchors(tmp_path):
+    """``--aux dft_energy,dft_gap``: the anchored cells train both DFT heads (a quick run)."""
+    s = EvalSettings(
+        variants=("finetune_anchor_replay",),
+        folds=(0,),
+        fractions=(1.0,),
+        skip_baseline=True,
+        skip_mp=True,
+        quick=True,
+        aux=("dft_energy", "dft_gap"),
+        out=str(tmp_path / "results"),
+        page=False,
+        work_dir=str(tmp_path / "work"),
+        progress=False,
+    )
+    res = evaluate(s)["expt_gap"]
+    v = res["variants"]["finetune_anchor_replay"]
+    assert v["status"] == "done" and "e_form + gap_pbe anchor" in v["description"]
+    assert list(res["settings"]["eval"]["aux"]) == ["dft_energy", "dft_gap"]
+    (cell,) = (tmp_path / "work" / "cells" / "expt_gap" / "finetune_anchor_replay").glob("*/fold0-frac1.json")
+    assert json.loads(cell.read_text())["spec"]["aux"] == ["dft_energy", "dft_gap"]
+    from typer.testing import CliRunner
+
+    from matmtl.cli import app
+
+    r = CliRunner().invoke(app, ["evaluate", "--aux", "dft_magic"])
+    assert r.exit_code == 2 and "--aux" in r.output

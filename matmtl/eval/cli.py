@@ -24,6 +24,7 @@ from ..config import Device, SymmetrySource, TrainConfig, default_of
 from .claims import ClaimSettings
 from .settings import (
     ALL_VARIANTS,
+    AUX_NAMES,
     DEFAULT_FRACTIONS,
     EFFICIENCY_CHOICES,
     EFFICIENCY_VARIANTS,
@@ -119,6 +120,16 @@ def parse_pretrain_tasks(value: str) -> tuple[str, ...]:
     from ..cli.options import parse_tasks
 
     return parse_tasks(value)
+
+
+def parse_aux(value: str) -> tuple[str, ...]:
+    """``--aux``: the anchored variants' DFT tasks (dft_energy, dft_gap), as aliases."""
+    names = [a.strip() for a in value.split(",") if a.strip()]
+    aliases = {**{a: a for a in AUX_NAMES}, **{task: a for a, task in AUX_NAMES.items()}}
+    bad = [a for a in names if a not in aliases]
+    if not names or bad:
+        raise typer.BadParameter(f"give DFT tasks among dft_energy, dft_gap (comma list); got {value!r}")
+    return tuple(dict.fromkeys(aliases[a] for a in names))
 
 
 def parse_overrides(value: str, kind: str) -> dict:
@@ -262,6 +273,13 @@ def evaluate_cmd(
         "--submission-variant",
         help="The variant written to the matbench results file results.json.gz.",
     ),
+    aux: str = typer.Option(
+        ",".join(_D.aux),
+        "--aux",
+        callback=parse_aux,
+        help="DFT task(s) the anchored variants keep: dft_energy (formation energy), dft_gap (PBE gap; the "
+        "checkpoint needs that head), or both.",
+    ),
     aux_weight: float = typer.Option(_D.aux_weight, "--aux-weight", min=0.0, help="Weight of the DFT anchor loss."),
     monitor_every: int = typer.Option(
         _D.monitor_every,
@@ -378,6 +396,7 @@ def evaluate_cmd(
             val_fraction=val_fraction,
             patience=patience,
             submission_variant=submission_variant.value,
+            aux=aux,
             aux_weight=aux_weight,
             monitor_every=monitor_every,
             monitor_k=monitor_k,

@@ -31,7 +31,7 @@ from .cells import CellKey, Cells, fingerprint, frac_label, prepare_run_dir
 from .pretrained import Pretrained
 from .relatedness import summarize_records
 from .scoring import expt_gap, monitor_records, predict, taskdata
-from .settings import VARIANTS, EvalSettings, VariantSpec
+from .settings import EvalSettings, VariantSpec
 
 MAIN = "gap_expt"
 RECORD_FORMAT = 2  # 2: validation scores, best epoch, structure_vs_formula in the record
@@ -216,7 +216,7 @@ class FinetuneCells:
                 self.selection[fold] = {"chosen": self.s.anchor, "rule": "fixed"}
             else:
                 self.selection[fold] = choose_anchor(
-                    self.cell(VARIANTS["finetune_anchor_replay"], fold),
-                    self.cell(VARIANTS["finetune_anchor_distill"], fold),
+                    self.cell(self.s.spec("finetune_anchor_replay"), fold),
+                    self.cell(self.s.spec("finetune_anchor_distill"), fold),
                 )
         return self.selection[fold]["chosen"]

@@ -19,7 +19,7 @@ import numpy as np
 from . import protocol
 from .metrics import aggregate_folds, mean_std
 from .relatedness import average_over_folds
-from .settings import ALL_VARIANTS, ANCHORED, BASELINE_DESCRIPTION, FOLDS, PCGRAD_DESCRIPTION, VARIANTS, EvalSettings
+from .settings import ALL_VARIANTS, ANCHORED, FOLDS, VARIANTS, EvalSettings
 
 # Matbench v0.1 leaderboard MAEs for context (as listed in issue #6; matbench.materialsproject.org).
 LEADERBOARD = {
@@ -100,13 +100,10 @@ def variant_entry(name: str, recs: dict[int, dict], s: EvalSettings, selection: 
     }
     if name != "rf_magpie":
         entry.update(validation_summary(recs, folds))
-    if name in VARIANTS:
-        entry["description"] = VARIANTS[name].description
-    elif name == "finetune_anchor_pcgrad":
-        entry["description"] = PCGRAD_DESCRIPTION
+    entry["description"] = s.description(name)
+    if name == "finetune_anchor_pcgrad":
         entry["anchor_source_per_fold"] = {str(k): selection.get(k, {}).get("chosen") for k in recs}
-    else:
-        entry["description"] = BASELINE_DESCRIPTION
+    elif name not in VARIANTS:
         entry["settings"] = {"n_estimators": s.rf_trees, "random_state": s.seed, "n_jobs": -1}
     entry["seconds"] = round(sum(r.get("seconds") or 0 for r in recs.values()), 1)
     entry["command"] = s.command

@@ -39,7 +39,7 @@ from .output import SUBMISSION, prediction_files, prepare_outputs, read_json, re
 from .pretrained import Pretrained
 from .report import Records, expt_results, mp_results
 from .scoring import expt_gap
-from .settings import ANCHORED, BASELINE_DESCRIPTION, VARIANTS, EvalSettings, pcgrad_spec
+from .settings import ANCHORED, VARIANTS, EvalSettings
 from .submission import DATESTAMP_FORMAT, fold_parameters, predictions_file, submission
 
 
@@ -219,8 +219,8 @@ class Evaluation:
             return self.baseline.cell(fold, fraction)
         if name == "finetune_anchor":
             name = f"finetune_anchor_{self.finetunes.anchor_choice(fold)}"
-        spec = pcgrad_spec(self.finetunes.anchor_choice(fold)) if name == "finetune_anchor_pcgrad" else VARIANTS[name]
-        return self.finetunes.cell(spec, fold, fraction)
+        source = self.finetunes.anchor_choice(fold) if name == "finetune_anchor_pcgrad" else None
+        return self.finetunes.cell(self.s.spec(name, source), fold, fraction)
 
     # -- results ---------------------------------------------------------------------------
     def write(self) -> None:
@@ -278,7 +278,7 @@ class Evaluation:
     def anchor_source(self, variant: str, fold: int) -> str | None:
         if variant == "finetune_anchor_pcgrad":
             return (self.records.selection.get(fold) or {}).get("chosen")
-        spec = VARIANTS.get(variant)
+        spec = self.s.spec(variant) if variant in VARIANTS else None
         return spec.aux_source if spec is not None and spec.anchored else None
 
     def submission(self, prev: dict) -> tuple[dict | None, dict]:
@@ -295,11 +295,10 @@ class Evaluation:
             return None, {"file": None, "variant": v, "note": f"{v} has not run: no matbench results file"}
         rf = {"n_estimators": s.rf_trees, "random_state": s.seed} if v == "rf_magpie" else None
         params = {k: fold_parameters(r, v, self.anchor_source(v, k), rf=rf) for k, r in recs.items()}
-        spec = VARIANTS.get(v)
         complete = sorted(recs) == [0, 1, 2, 3, 4]
         meta = {
             "algorithm": f"matmtl {v}",
-            "algorithm_description": spec.description if spec else BASELINE_DESCRIPTION,
+            "algorithm_description": s.description(v),
             "matmtl_version": __version__,
             "variant": v,
             "protocol": (

@@ -7,7 +7,7 @@ This module imports no torch: the command line reads its defaults from here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from ..errors import ConfigError
 
@@ -20,6 +20,9 @@ EFFICIENCY_VARIANTS = ("scratch", "finetune", "finetune_anchor")
 EFFICIENCY_CHOICES = EFFICIENCY_VARIANTS + ("rf_magpie",)
 PROTOCOL_FIELDS = ("val_fraction", "patience")  # fine-tuning TrainConfig fields set by EvalSettings
 ANCHORS = ("validation", "replay", "distill")
+# the DFT task(s) the anchored variants keep (``matmtl evaluate --aux``); names as ``matmtl finetune --aux``
+DEFAULT_AUX = ("dft_energy",)
+AUX_NAMES = {"dft_energy": "e_form", "dft_gap": "gap_pbe"}  # alias -> task
 # the variant whose test predictions go into the matbench results file (results.json.gz)
 SUBMISSION_VARIANT = "finetune_anchor_replay"
 
@@ -149,6 +152,7 @@ class EvalSettings:
     val_fraction: float | None = None  # None: the fine-tuning preset's TrainConfig.val_fraction
     patience: int | None = None  # None: the fine-tuning preset's TrainConfig.patience
     submission_variant: str = SUBMISSION_VARIANT
+    aux: tuple[str, ...] = DEFAULT_AUX  # the anchored variants' DFT task(s): dft_energy, dft_gap
     aux_weight: float = 0.5
     monitor_every: int = 50
     monitor_k: int = 4
@@ -181,6 +185,7 @@ class EvalSettings:
             if not getattr(self, name) >= low:
                 _fail(name, f"must be >= {low}", getattr(self, name))
         self.pretrain_tasks = tuple(self.pretrain_tasks)
+        self._check_aux()
         self._check_overrides()
         if self.quick:
             self.forgetting_rows = min(self.forgetting_rows, QUICK["forgetting_rows"])
@@ -210,6 +215,45 @@ class EvalSettings:
             _fail(
                 "anchor", "'validation' needs validation rows (val_fraction > 0); fix the source instead", self.anchor
             )
+
+    def _check_aux(self) -> None:
+        """``aux``: distinct DFT tasks (alias or task name, stored as aliases), at least one,
+        each among the pretraining tasks when the harness pretrains itself."""
+        task_alias = {task: alias for alias, task in AUX_NAMES.items()}
+        names = tuple(self.aux) if not isinstance(self.aux, str) else (self.aux,)
+        bad = [a for a in names if a not in AUX_NAMES and a not in task_alias]
+        if not names or bad:
+            _fail("aux", f"must name DFT tasks among {', '.join(AUX_NAMES)} (at least one)", self.aux)
+        aliases = tuple(dict.fromkeys(task_alias.get(a, a) for a in names))
+        if len(aliases) != len(names):
+            _fail("aux", "must not repeat a task", self.aux)
+        if self.checkpoint is None:
+            missing = [a for a in aliases if AUX_NAMES[a] not in self.pretrain_tasks]
+            if missing:
+                tasks = [AUX_NAMES[a] for a in missing]
+                _fail("aux", f"needs the pretraining task(s) {tasks} (pretrain_tasks)", aliases)
+        self.aux = aliases
+
+    def spec(self, name: str, source: str | None = None) -> VariantSpec:
+        """The :class:`VariantSpec` of a fine-tuning variant with this evaluation's anchor
+        tasks (``source``: the anchor source of the PCGrad variant)."""
+        spec = pcgrad_spec(source) if name == "finetune_anchor_pcgrad" else VARIANTS[name]
+        if not spec.anchored or self.aux == DEFAULT_AUX:
+            return spec  # (the default: the fingerprints of earlier cells stay as they were)
+        text = spec.description.replace("e_form anchor", f"{self.aux_label} anchor")
+        return replace(spec, aux=self.aux, description=text)
+
+    def description(self, name: str) -> str:
+        """What a variant is, in a sentence (its anchor tasks named)."""
+        if name in VARIANTS:
+            return self.spec(name).description
+        if name == "finetune_anchor_pcgrad":
+            return PCGRAD_DESCRIPTION.replace("e_form anchor", f"{self.aux_label} anchor")
+        return BASELINE_DESCRIPTION
+
+    @property
+    def aux_label(self) -> str:
+        return " + ".join(AUX_NAMES[a] for a in self.aux)
 
     def _check_variants(self) -> None:
         for name, choices in (("variants", ALL_VARIANTS), ("efficiency_variants", EFFICIENCY_CHOICES)):
