@@ -24,7 +24,9 @@ Per recipe and variant (units: eV):
 the replay or distill run with the lower validation MAE (replay on a tie; the rule of
 ``matmtl evaluate --anchor validation``). ``finetune_anchor_mean`` averages the test
 predictions of a seed's replay and distill runs (a two-member ensemble; its seed ensemble
-has 2 x seeds members); it has no validation MAE, so it is reported, never chosen. The test
+has 2 x seeds members); its validation MAE averages their validation predictions where the
+folders keep them (evaluations whose cells ran with matmtl keeping validation predictions),
+and it is reported, not chosen, by the rule below. The test
 folds are read only to score.
 
 Where every folder of a recipe holds a data-efficiency curve (``matmtl evaluate
@@ -121,15 +123,25 @@ class Seed:
 
     def fold_mae(self, variant: str, fold: int, key: str = "fold_mae") -> float:
         """The test MAE of a fold (``key="fold_validation_mae"``: its validation MAE)."""
-        if variant == AVERAGED:  # scored from its (rounded) predictions; no validation MAE stored
+        if variant == AVERAGED:  # scored from its (rounded) predictions
             if key != "fold_mae":
-                return float("nan")
+                return self.averaged_validation_mae(fold)
             target = np.asarray(self.preds["folds"][str(fold)]["target"], dtype=float)
             return float(np.mean(np.abs(self.predictions(variant, fold) - target)))
         if variant == SELECTED:
             variant = f"finetune_anchor_{self.chosen(fold)}"
         value = self.variants[variant].get(key)
         return float("nan") if value is None else float(value[self.folds.index(fold)])
+
+    def averaged_validation_mae(self, fold: int) -> float:
+        """The validation MAE of the replay and distill runs' averaged predictions (the same
+        validation rows: one seed), or NaN where the folder has no validation predictions."""
+        val = self.preds.get("validation") or {}
+        runs = [(val.get(f"finetune_anchor_{s}") or {}).get(str(fold)) for s in ("replay", "distill")]
+        if not all(runs) or runs[0]["rows"] != runs[1]["rows"]:
+            return float("nan")
+        mean = (np.asarray(runs[0]["pred"], dtype=float) + np.asarray(runs[1]["pred"], dtype=float)) / 2
+        return float(np.mean(np.abs(mean - np.asarray(runs[0]["target"], dtype=float))))
 
 
 def _mean_se(x: np.ndarray) -> tuple[float, float]:

@@ -111,6 +111,25 @@ def test_seed_mean_spread_selection_and_ensemble(script, recipes):
     assert fin["validation_mae_mean"] is None  # this folder has no validation MAEs for it
 
 
+def test_the_averaged_anchors_get_a_validation_mae_from_kept_validation_predictions(script, recipes):
+    a0 = recipes["a"][0]
+    path = a0 / "expt_gap_predictions.json"
+    obj = json.loads(path.read_text())
+    rows, target = [7, 9], [1.0, 0.0]
+    obj["validation"] = {
+        "finetune_anchor_replay": {k: {"rows": rows, "target": target, "pred": [1.2, 0.2]} for k in ("0", "1")},
+        "finetune_anchor_distill": {k: {"rows": rows, "target": target, "pred": [0.9, 0.0]} for k in ("0", "1")},
+    }
+    path.write_text(json.dumps(obj))
+    seed = script.Seed(a0)
+    # mean predictions (1.05, 0.1) against (1.0, 0.0)
+    assert seed.fold_mae("finetune_anchor_mean", 0, "fold_validation_mae") == pytest.approx(0.075)
+    row = script.row([seed], "finetune_anchor_mean")
+    assert row["validation_mae_mean"] == pytest.approx(0.075)
+    # without them (the other seed's folder), no validation MAE: never a made-up number
+    assert script.row([script.Seed(recipes["a"][1])], "finetune_anchor_mean")["validation_mae_mean"] is None
+
+
 def test_refusals(script, recipes, tmp_path):
     with pytest.raises(script.Refused, match="repeat"):
         script.load({"a": [recipes["a"][0], recipes["a"][0]]})

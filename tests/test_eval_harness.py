@@ -184,6 +184,11 @@ def test_quick_end_to_end_neural_variants(tmp_path):
         assert v["fold_validation_mae"] == [c["validation"]["mae"]] and 1 <= v["fold_best_epoch"][0] <= 2
         assert "metal_cut" in c["validation"] and "calibration" in c["validation"]
         assert c["metrics"]["mae"] == pytest.approx(c["metrics"]["finetune_reported_mae"], abs=1e-6)  # one test pass
+        # the run's validation predictions: its own validation rows, re-scoring to its validation MAE
+        vp = c["validation_pred"]
+        assert len(vp["rows"]) == 20 and not set(vp["rows"]) & set(load_dataset("expt_gap").folds()[0][1])
+        assert vp["target"] == pytest.approx(load_dataset("expt_gap").target("gap_expt")[vp["rows"]], abs=1e-4)
+        assert np.abs(np.subtract(vp["pred"], vp["target"])).mean() == pytest.approx(c["validation"]["mae"], abs=1e-3)
     sel = expt["anchor_selection"]["folds"]["0"]
     r, d = (cells[f"finetune_anchor_{a}"]["validation"]["mae"] for a in ("replay", "distill"))
     assert sel["rule"] == "validation" and (sel["replay"], sel["distill"]) == (r, d)
@@ -200,6 +205,9 @@ def test_quick_end_to_end_neural_variants(tmp_path):
     for name in ("rf_magpie", "scratch", "finetune", "finetune_anchor_replay", "finetune_anchor_distill"):
         mae = np.abs(np.asarray(preds["variants"][name]["0"]) - y).mean()
         assert mae == pytest.approx(expt["variants"][name]["fold_mae"][0], abs=1e-4), name
+    for name in ("finetune_anchor_replay", "finetune_anchor_distill"):
+        assert preds["validation"][name]["0"] == cells[name]["validation_pred"]
+    assert preds["validation"]["finetune_anchor_replay"]["0"]["rows"] == preds["validation"]["finetune"]["0"]["rows"]
     # the matbench results file of the submission variant, in the official format (fold 0 only here)
     with gzip.open(out / "results.json.gz", "rt") as fh:
         sub = json.load(fh)

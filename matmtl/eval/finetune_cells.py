@@ -71,6 +71,20 @@ def validation_record(metrics: dict) -> dict:
     }
 
 
+def validation_predictions(run_dir: Path) -> dict | None:
+    """A finished run's validation rows (dataset positions), their labels and the run's gap
+    predictions on them (eV, 4 decimals); None for a run folder written before matmtl
+    kept them."""
+    from ..checkpoints import read_json
+    from ..train.finetuning import VALIDATION_PREDICTIONS
+
+    path = run_dir / VALIDATION_PREDICTIONS
+    if not path.is_file():
+        return None
+    got = read_json(path)
+    return {"rows": got["rows"], **{k: [round(x, 4) for x in got[k]] for k in ("target", "pred")}}
+
+
 def choose_anchor(replay: dict, distill: dict) -> dict:
     """The anchor source of a fold from the validation MAEs of its replay and distill
     runs (fraction 100%): the lower one, replay on a tie. Raises when a run has no
@@ -194,6 +208,9 @@ class FinetuneCells:
             "pred": pred.tolist(),
             "symmetry": metrics.get("symmetry", self.s.symmetry),
         }
+        val = validation_predictions(run_dir)
+        if val:  # what choosing between runs, or averaging them, on validation rows needs
+            rec["validation_pred"] = val
         if metrics.get("structure_vs_formula"):
             rec["structure_vs_formula"] = metrics["structure_vs_formula"]
         forgetting = self.pre.forgetting_after(net) if scores_forgetting else None

@@ -122,14 +122,10 @@ def read_predictions(out: Path) -> dict:
         obj = read_json(p)
         if not obj:
             continue
-        variants, folds = (
-            {**merged.get("variants", {}), **obj.get("variants", {})},
-            {
-                **merged.get("folds", {}),
-                **obj.get("folds", {}),
-            },
-        )
-        merged = {**obj, "variants": variants, "folds": folds}
+        merged = {
+            **obj,
+            **{key: {**merged.get(key, {}), **obj.get(key, {})} for key in ("variants", "folds", "validation")},
+        }
     return merged
 
 

@@ -67,8 +67,12 @@ def predictions_file(
                 for k in per:
                     if k in (prev.get("folds") or {}):
                         out_folds[k] = prev["folds"][k]
+    validation = {v: per for v, per in (prev.get("validation") or {}).items() if v in variants}  # kept with them
     for v, recs in expt.items():
         per = {}
+        val = {str(k): r["validation_pred"] for k, r in sorted(recs.items()) if r.get("validation_pred")}
+        if val:
+            validation[v] = val
         for k in sorted(recs):
             pred = recs[k].get("pred")
             if pred is None or k not in folds:
@@ -88,13 +92,17 @@ def predictions_file(
             "Test predictions of each variant on each matbench fold it ran: folds.<k>.ids are the fold's "
             "matbench test ids, folds.<k>.target the measured gaps, variants.<name>.<k> the predictions in the "
             f"same order (all rounded to {DECIMALS} decimals). Each model was trained on the fold's training "
-            "rows only and predicted the test rows once."
+            "rows only and predicted the test rows once. validation.<name>.<k>: the same run's validation rows "
+            "(positions in the dataset, a seeded share of its training rows), their labels and its predictions."
         ),
         "quick": quick,
         "command": command,
         "anchor_source_per_fold": {str(k): v.get("chosen") for k, v in sorted(selection.items())},
         "folds": dict(sorted(out_folds.items(), key=lambda kv: int(kv[0]))),
         "variants": variants,
+        # per variant and fold: the run's validation rows (positions in the dataset), their
+        # labels and its predictions (cells computed before matmtl kept them have none)
+        "validation": validation,
     }
 
 
@@ -102,7 +110,9 @@ def split_predictions(obj: dict) -> dict[str, dict]:
     """The predictions file cut into one file per variant (each with the folds it ran)."""
     out = {}
     for v, per in obj.get("variants", {}).items():
-        out[v] = {**obj, "folds": {k: obj["folds"][k] for k in per if k in obj["folds"]}, "variants": {v: per}}
+        folds = {k: obj["folds"][k] for k in per if k in obj["folds"]}
+        val = obj.get("validation") or {}
+        out[v] = {**obj, "folds": folds, "variants": {v: per}, "validation": {v: val[v]} if v in val else {}}
     return out
 
 

@@ -108,11 +108,17 @@ def split_validation(data: TaskData, fraction: float, seed: int) -> tuple[TaskDa
     """(training rows, validation rows): a seeded ``fraction`` of a run's own training
     rows, held out for best-epoch selection, the metal cut and the uncertainty
     calibration. Never the test rows."""
-    n_val = int(round(fraction * len(data)))
-    if n_val == 0 or n_val >= len(data):
-        return data, data.subset(np.arange(0))
-    order = np.random.default_rng([seed, 4242]).permutation(len(data))
-    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
+    keep, val = validation_positions(len(data), fraction, seed)
+    return data.subset(keep), data.subset(val)
+
+
+def validation_positions(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, validation) positions, each sorted, of :func:`split_validation` over n rows."""
+    n_val = int(round(fraction * n))
+    if n_val == 0 or n_val >= n:
+        return np.arange(n), np.arange(0)
+    order = np.random.default_rng([seed, 4242]).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def composition_keys(z: np.ndarray, frac: np.ndarray) -> list[tuple]:

@@ -26,6 +26,7 @@ from ..config import FinetuneConfig
 from ..data import DataWarning
 from ..distributed import World
 from ..errors import MatmtlError
+from ..io import atomic_write_json
 from ..models import TaskSpec
 from ..uncertainty import Domain, training_domain
 from .data import (
@@ -37,6 +38,7 @@ from .data import (
     split_validation,
     task_unit,
     to_taskdata,
+    validation_positions,
 )
 from .engine import Source, TaskData, set_determinism
 from .fit import RunResult, featurizer_settings, fit, joined, on_device, start_run
@@ -176,7 +178,11 @@ def run_finetune(
     mtl = done.trainer.mtl
 
     def finish() -> dict:
-        return finish_run(run_dir, model, te, va, eval_tasks, done.history, meta, metrics, mtl, progress, extra=extra)
+        out = finish_run(run_dir, model, te, va, eval_tasks, done.history, meta, metrics, mtl, progress, extra=extra)
+        rows = tr_pos[validation_positions(len(tr_pos), train.val_fraction, train.seed)[1]]
+        if len(rows) == len(va):  # (the rows are featurized one to one)
+            write_validation_predictions(run_dir, model, va, rows)
+        return out
 
     metrics.update(world.main_does(finish, "writing the run's results"))
     return RunResult(run_dir, metrics, done.history)
@@ -300,6 +306,29 @@ def make_sources(config: FinetuneConfig, base, base_meta: dict, tr: TaskData, me
         )
         sources.append(Source(rep.with_bootstrap(members, train.seed + 1), aux, train.batch_size, "replay"))
     return sources, replay_info
+
+
+VALIDATION_PREDICTIONS = "validation_predictions.json"
+
+
+def write_validation_predictions(run_dir: Path, model, va: TaskData, rows: np.ndarray) -> None:
+    """``validation_predictions.json``: the kept model's experimental-gap predictions (eV,
+    ensemble mean, after the metal cut chosen on these rows) on the run's validation rows,
+    with their positions in the dataset and their labels: what choosing between runs, or
+    averaging them, on validation rows needs."""
+    if not len(va):
+        return
+    pred = model.predict_arrays(va.z, va.frac, va.spg, [MAIN_TASK])[MAIN_TASK].mean(1)
+    atomic_write_json(
+        Path(run_dir) / VALIDATION_PREDICTIONS,
+        {
+            "task": MAIN_TASK,
+            "unit": task_unit(MAIN_TASK),
+            "rows": [int(r) for r in rows],
+            "target": [float(y) for y in va.targets[MAIN_TASK]],
+            "pred": [float(p) for p in pred],
+        },
+    )
 
 
 def drop_stale_heads(model, aux) -> list[str]:
