@@ -258,8 +258,9 @@ class PretrainConfig:
     the transfer model that evaluated best; either alone is the single-task baseline of the
     negative-transfer check). The main task (:attr:`main_task`: e_form when trained, else
     the first) chooses the kept epoch; matbench fold ``holdout_fold`` of each dataset is
-    held out as test rows (None: every row but the validation rows trains). The losses are balanced by
-    uncertainty weighting (``PRETRAIN_BALANCER``) unless ``mtl`` says otherwise."""
+    held out as test rows (None: every row but the validation rows trains). The losses
+    are balanced by uncertainty weighting (``PRETRAIN_BALANCER``) unless ``mtl`` says
+    otherwise."""
 
     tasks: tuple[str, ...] = ("e_form", "gap_pbe")
     dataset: str = "mp"
