@@ -368,3 +368,12 @@ def test_evaluate_with_both_dft_anchors(tmp_path):
 
     r = CliRunner().invoke(app, ["evaluate", "--aux", "dft_magic"])
     assert r.exit_code == 2 and "--aux" in r.output
+
+
+def test_the_random_forest_baseline_repeats_bit_for_bit():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 12)), rng.normal(size=300)
+    X[rng.random(X.shape) < 0.05] = np.nan  # missing features are filled from the training rows
+    a = baseline_mod.fit_predict_rf(X[:200], y[:200], X[200:], n_estimators=64, random_state=3)
+    b = baseline_mod.fit_predict_rf(X[:200], y[:200], X[200:], n_estimators=64, random_state=3)
+    assert np.array_equal(a, b) and np.isfinite(a).all()

@@ -94,6 +94,9 @@ def fit_predict_rf(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
 
     rf = RandomForestRegressor(**{**RF_DEFAULTS, **rf_kw})
     rf.fit(fill(X_train), np.asarray(y_train, dtype=np.float64))
+    # one thread sums the trees in a fixed order: the predictions repeat bit for bit (the
+    # parallel sum's order varies, ~1e-16)
+    rf.set_params(n_jobs=1)
     return rf.predict(fill(X_test))
 
 
