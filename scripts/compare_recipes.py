@@ -34,6 +34,9 @@ Where every folder of a recipe holds a data-efficiency curve (``matmtl evaluate
 mean over seeds of the 5-fold MAE and its seed spread, and the anchored recipe's paired
 differences against plain fine-tuning and against training from scratch (each fold's MAE
 averaged over seeds, then mean +- SE over folds; a difference within 1 SE is a tie).
+``anchor_or_plain`` takes, per seed, fold and share, the anchored run or the plain one,
+whichever has the lower validation MAE (the anchor on a tie): the anchor weight (0.5 or 0)
+chosen inside the training fold, as issue #14 lists among its levers.
 
 The best recipe is chosen by a rule fixed before any result was read, on validation rows
 only: among the recipes' ``finetune_anchor`` rows, the lowest validation MAE (each run's
@@ -197,7 +200,11 @@ def row(runs: list[Seed], variant: str) -> dict:
     return out
 
 
-CURVE_PAIRS = ((SELECTED, "finetune"), (SELECTED, "scratch"))
+# on the curve: the anchored run or the plain one, per seed, fold and share, whichever has the
+# lower validation MAE (the anchor on a tie): the anchor's weight (0.5 or 0) chosen inside the
+# training fold
+EITHER = "anchor_or_plain"
+CURVE_PAIRS = ((SELECTED, "finetune"), (SELECTED, "scratch"), (EITHER, "finetune"), (EITHER, "scratch"))
 
 
 def verdict(mean: float, se: float) -> str:
@@ -219,11 +226,17 @@ def curve(runs: list[Seed]) -> dict | None:
     out = {"folds": folds, "fractions": fractions, "rows": {}}
     for f in fractions:
         key = frac_key(f)
-        per = {}  # variant -> (seeds, folds)
+        per, val = {}, {}  # variant -> (seeds, folds) test and validation MAEs
         for v in curves[0]["variants"]:
             entries = [c["variants"].get(v, {}).get(key) for c in curves]
             if all(e and e.get("complete") for e in entries):
                 per[v] = np.array([e["fold_mae"] for e in entries], dtype=float)
+                if all(e.get("fold_validation_mae") and None not in e["fold_validation_mae"] for e in entries):
+                    val[v] = np.array([e["fold_validation_mae"] for e in entries], dtype=float)
+        anchor_chosen = None
+        if SELECTED in val and "finetune" in val:
+            anchor_chosen = val[SELECTED] <= val["finetune"]
+            per[EITHER] = np.where(anchor_chosen, per[SELECTED], per["finetune"])
         rows = {}
         for v, m in per.items():
             seed_mae = m.mean(axis=1)
@@ -239,6 +252,8 @@ def curve(runs: list[Seed]) -> dict | None:
                 d, se = _mean_se(per[a].mean(axis=0) - per[b].mean(axis=0))
                 pairs[f"{a} - {b}"] = {"mean": d, "se": se, "verdict": verdict(d, se)}
         out["rows"][key] = {"variants": rows, "paired": pairs}
+        if anchor_chosen is not None:
+            out["rows"][key]["anchor_chosen_share"] = float(anchor_chosen.mean())
     return out
 
 
@@ -360,26 +375,26 @@ def page(result: dict, command: str, notes: list[str] = ()) -> str:
 
 
 def curve_markdown(name: str, c: dict, n_seeds: int) -> list[str]:
-    pairs = [f"{a} - {b}" for a, b in CURVE_PAIRS]
     lines = [
         f"Data efficiency, recipe **{name}** ({n_seeds} seeds, folds {', '.join(map(str, c['folds']))}; "
-        "MAE in eV, mean of seeds ± seed std; paired: mean ± SE over folds):",
+        "MAE in eV, mean of seeds ± seed std; paired differences: mean ± SE over folds, each fold "
+        f"averaged over seeds; `{EITHER}`: the anchored or the plain run, whichever has the lower "
+        "validation MAE, with the share of (seed, fold) cells where that was the anchored one):",
         "",
-        "| share of training rows | variant | MAE (eV) | per-seed MAE | " + " | ".join(pairs) + " |",
-        "|---|---|---|---|" + "---|" * len(pairs),
+        "| share of training rows | variant | MAE (eV) | per-seed MAE | minus finetune | minus scratch |",
+        "|---|---|---|---|---|---|",
     ]
     for key, r in c["rows"].items():
         for v, e in r["variants"].items():
             spread = "" if e["seed_std"] is None else f" ± {e['seed_std']:.4f}"
-            cells = [
-                f"{_pm(r['paired'][p]['mean'], r['paired'][p]['se'])}, {r['paired'][p]['verdict']}"
-                if v == SELECTED and p in r["paired"]
-                else ""
-                for p in pairs
-            ]
+            cells = []
+            for other in ("finetune", "scratch"):
+                d = r["paired"].get(f"{v} - {other}")
+                cells.append(f"{_pm(d['mean'], d['se'])}, {d['verdict']}" if d else "")
+            label = v if v != EITHER else f"{v} (anchor in {r['anchor_chosen_share']:.0%})"
             seeds = ", ".join(f"{m:.4f}" for m in e["seed_mae"])
             lines.append(
-                f"| {float(key):.0%} | {v} | {e['mae_mean']:.4f}{spread} | {seeds} | " + " | ".join(cells) + " |"
+                f"| {float(key):.0%} | {label} | {e['mae_mean']:.4f}{spread} | {seeds} | " + " | ".join(cells) + " |"
             )
     return lines
 

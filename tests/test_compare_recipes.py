@@ -191,13 +191,20 @@ def test_command_line(script, recipes, tmp_path, capsys):
     assert "no expt_gap.json" in capsys.readouterr().err
 
 
-def add_curve(folder: Path, per_variant: dict, fractions=(0.1, 1.0)) -> None:
-    """Give an evaluate folder a data-efficiency curve: per_variant[v][fraction] = fold MAEs."""
+def add_curve(folder: Path, per_variant: dict, fractions=(0.1, 1.0), val=None) -> None:
+    """Give an evaluate folder a data-efficiency curve: per_variant[v][fraction] = fold MAEs
+    (``val[v][fraction]``: the runs' validation MAEs, where given)."""
     path = folder / "expt_gap.json"
     summary = json.loads(path.read_text())
+    val = val or {}
     variants = {
         v: {
-            script_frac(f): {"fold_mae": maes, "mae_mean": float(np.mean(maes)), "complete": True}
+            script_frac(f): {
+                "fold_mae": maes,
+                "mae_mean": float(np.mean(maes)),
+                "complete": True,
+                "fold_validation_mae": val.get(v, {}).get(f, [None, None]),
+            }
             for f, maes in per.items()
         }
         for v, per in per_variant.items()
@@ -219,6 +226,8 @@ def test_the_data_efficiency_curve_over_seeds(script, recipes):
             "finetune": {0.1: [0.5, 0.5], 1.0: [0.30, 0.32]},
             "finetune_anchor": {0.1: [0.4, 0.5], 1.0: [0.30, 0.32]},
         },
+        # at 10%, seed 0: validation prefers the anchor in fold 0, plain fine-tuning in fold 1
+        val={"finetune": {0.1: [0.3, 0.2]}, "finetune_anchor": {0.1: [0.2, 0.3]}},
     )
     add_curve(
         a1,
@@ -227,6 +236,7 @@ def test_the_data_efficiency_curve_over_seeds(script, recipes):
             "finetune": {0.1: [0.5, 0.7], 1.0: [0.31, 0.33]},
             "finetune_anchor": {0.1: [0.4, 0.6]},  # 100% missing in this seed: not averaged
         },
+        val={"finetune": {0.1: [0.3, 0.3]}, "finetune_anchor": {0.1: [0.3, 0.3]}},  # ties: the anchor
     )
     res = script.compare(script.load({"a": [a0, a1]}), ("a", "finetune_anchor_replay"))
     c = res["recipes"]["a"]["data_efficiency"]
@@ -239,6 +249,12 @@ def test_the_data_efficiency_curve_over_seeds(script, recipes):
     assert pair["mean"] == pytest.approx(d.mean()) and pair["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(2))
     assert pair["verdict"].startswith("lower by")
     assert low["paired"]["finetune_anchor - scratch"]["mean"] == pytest.approx(np.mean([0.4 - 0.8, 0.55 - 0.8]))
+    # the anchor or plain fine-tuning, chosen per seed and fold on validation MAEs only
+    either = low["variants"]["anchor_or_plain"]
+    assert either["seed_mae"] == pytest.approx([np.mean([0.4, 0.5]), np.mean([0.4, 0.6])])
+    assert low["anchor_chosen_share"] == pytest.approx(0.75)
+    assert "anchor_or_plain - finetune" in low["paired"]
+    assert "anchor_or_plain" not in c["rows"]["1"]["variants"]  # no validation MAEs at 100% here
     full = c["rows"]["1"]
     assert "finetune_anchor" not in full["variants"] and full["paired"] == {}
     assert script.verdict(0.001, 0.002) == "tie" and script.verdict(0.01, 0.002) == "higher by 5.0 SE"

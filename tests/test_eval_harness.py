@@ -170,6 +170,10 @@ def test_quick_end_to_end_neural_variants(tmp_path):
     de = expt["data_efficiency"]
     assert set(de["variants"]) == {"scratch", "finetune", "finetune_anchor"}
     assert de["variants"]["finetune"]["0.5"]["mae_mean"] > 0
+    half = json.loads(
+        next((tmp_path / "work[b]" / "cells" / "expt_gap" / "finetune").glob("*/fold0-frac0.5.json")).read_text()
+    )
+    assert de["variants"]["finetune"]["0.5"]["fold_validation_mae"] == [half["validation"]["mae"]]  # its own rows
     # the protocol: every run's own validation rows chose its epoch and metal cut, and the anchor source
     assert (
         expt["settings"]["finetune_train"]["val_fraction"] == 0.1 and expt["settings"]["eval"]["anchor"] == "validation"

@@ -301,6 +301,8 @@ def efficiency_section(eff: dict[str, dict[float, dict[int, dict]]], s: EvalSett
                 "fold_mae": agg["fold_mae"],
                 "n_train_mean": float(np.mean([r["n_train"] for r in recs.values()])) if recs else None,
                 "complete": len(agg["folds_done"]) == len(folds),
+                # each run's own validation rows (None: the RF baseline has none)
+                "fold_validation_mae": [((recs.get(k) or {}).get("validation") or {}).get("mae") for k in folds],
             }
         out["variants"][v] = cells
     if not out["variants"] and (prev.get("data_efficiency") or {}).get("variants"):
