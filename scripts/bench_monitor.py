@@ -7,6 +7,11 @@ Runs, in one process on the same model and batches:
   rust_sync  : the monitor every N steps, angles by the Rust core inline (the CPU default);
   rust_bg    : the same, in a background thread (the CUDA default);
   torch_sync : the same angles computed synchronously with torch (QR + SVD) every N steps.
+  torchjd_grads : the peer: every N steps the same (T, k, d) per-task, per-micro-batch
+               gradients from torchjd (one encoder pass on the whole batch, T*k losses,
+               torchjd.autojac.mtl_backward's Jacobian, jac_to_grad with its Sum()), no angles;
+               the other steps as `off`. Compare with grads_only (skipped when torchjd is
+               not installed: pip install torchjd; not a dependency).
 With --methods, also grads_<method> rows: grads_only with the per-task gradients forced
 through one path of matmtl.mtl.gradients ("batched": the vmapped backward, the default;
 "loop": one backward per task), side by side with the rest.
@@ -98,6 +103,13 @@ def _run(mode: str, args, device: str) -> list[float]:
         monitor = SyncTorchMonitor(args.every, args.k)
     elif mode.startswith("grads_"):
         monitor = GradsOnlyMonitor(args.every, args.k)
+    jd = mode == "torchjd_grads"
+    if jd:
+        from torchjd.aggregation import Sum
+        from torchjd.autojac import jac_to_grad
+        from torchjd.autojac import mtl_backward as jd_backward
+
+        summed = Sum()
     surgery = surgery_from(args.surgery)
     mtl = MTLBackward(net.parameters(), net.encoder.parameters(), ["gap", "e_form"], monitor=monitor, surgery=surgery)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -110,7 +122,15 @@ def _run(mode: str, args, device: str) -> list[float]:
             torch.cuda.synchronize()
         t0 = clock()
         opt.zero_grad(set_to_none=True)
-        if mtl.monitor_due():  # the encoder on k micro-batches (same total work as one pass)
+        if jd and step % args.every == 0:  # torchjd: the T x k per-micro-batch task gradients
+            z = net.encoder(x)
+            rows = torch.tensor_split(torch.arange(args.batch, device=device), args.k)
+            losses = [
+                (h(z[r]).squeeze(-1) - y[i][r]).abs().mean() / args.k for i, h in enumerate(net.heads) for r in rows
+            ]
+            jd_backward(losses, z, shared_params=list(net.encoder.parameters()))
+            jac_to_grad(list(net.encoder.parameters()), summed)
+        elif mtl.monitor_due():  # the encoder on k micro-batches (same total work as one pass)
             feats = [net.encoder(xc) for xc in torch.tensor_split(x, args.k)]
             ys = [torch.tensor_split(y[i], args.k) for i in range(2)]
             losses = {
@@ -164,6 +184,7 @@ def main(argv=None) -> int:
         choices=["rust_bg", "torch_sync"],
         help="leave these modes out (a shorter run on a busy machine)",
     )
+    ap.add_argument("--no-torchjd", action="store_true", help="leave out the torchjd_grads row")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the modes, interleaved")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument(
@@ -178,6 +199,10 @@ def main(argv=None) -> int:
     # interleave the modes over rounds so machine noise hits all of them alike
     modes = ("off", "grads_only", *(f"grads_{m}" for m in args.methods), "rust_sync", "rust_bg", "torch_sync")
     modes = tuple(m for m in modes if m not in args.skip)
+    if not args.no_torchjd and _has_torchjd():
+        modes += ("torchjd_grads",)
+    elif not args.no_torchjd:
+        print("note: torchjd is not installed, so its row is skipped (pip install torchjd)")
     per_mode: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(args.rounds):
         for mode in per_mode:
@@ -199,6 +224,9 @@ def main(argv=None) -> int:
         for m in ("rust_sync", "rust_bg", "torch_sync")
         if m in results
     }
+    if "torchjd_grads" in results:
+        jd_over = results["torchjd_grads"]["overhead_vs_off"]
+        print(f"per-task gradients of the monitored steps: matmtl {100 * grads:.1f}%, torchjd {100 * jd_over:.1f}%")
     for m, part in split.items():
         print(
             f"{m}: {100 * results[m]['overhead_vs_off']:.1f}% = per-task gradients {100 * part['gradients']:.1f}% "
@@ -224,6 +252,14 @@ def main(argv=None) -> int:
             },
         )
     return 0
+
+
+def _has_torchjd() -> bool:
+    try:
+        import torchjd.autojac  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -485,7 +485,9 @@ def render_markdown(
     ]
     L.append(
         "Every number below is written by the evaluation harness; the command that reproduces it and the "
-        "machine it ran on are listed with it. Protocol and settings: [evaluation.md](evaluation.md)."
+        "machine it ran on are listed with it. Protocol and settings: [evaluation.md](evaluation.md). "
+        "One evaluation is one fine-tuning seed (`--seed`); `scripts/compare_recipes.py` combines the "
+        "folders of several (mean, seed spread, paired differences; [seeds.md](seeds.md))."
     )
     L.append("")
     if expt:
