@@ -3,8 +3,8 @@ spread, the per-fold paired difference against a reference recipe, and the seed 
 (issue #14).
 
     python scripts/compare_recipes.py \
-        static=results,RUNS/results-static-s1,RUNS/results-static-s2 \
-        uncertainty=RUNS/results-unc-s0,RUNS/results-unc-s1,RUNS/results-unc-s2 \
+        static=results/static_pretraining,results/seeds/static-s1,results/seeds/static-s2 \
+        uncertainty=results,results/seeds/uncertainty-s1,results/seeds/uncertainty-s2 \
         --reference static:finetune_anchor_replay \
         --json results/expt_gap_seeds.json --markdown docs/seeds.md
 
