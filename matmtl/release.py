@@ -325,7 +325,11 @@ def benchmark_figures(
     if not path.is_file():
         return None
     r = json.loads(path.read_text())
-    keep = {k: {f: v.get(f) for f in ("mae_mean", "mae_std", "folds_run")} for k, v in r.get("variants", {}).items()}
+    keep = {
+        k: {f: v.get(f) for f in ("mae_mean", "mae_std", "folds_run")}
+        for k, v in r.get("variants", {}).items()
+        if v.get("mae_mean") is not None  # variants this evaluation did not run are left out
+    }
     out = {
         "task": r.get("task"),
         "unit": r.get("unit"),

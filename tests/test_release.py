@@ -132,9 +132,16 @@ def test_the_card_carries_the_recipe_chosen_over_seeds(tmp_path):
 
     single = tmp_path / "expt_gap.json"
     single.write_text(
-        json.dumps({"task": "matbench_expt_gap", "unit": "eV", "variants": {"finetune": {"mae_mean": 0.3}}})
+        json.dumps(
+            {
+                "task": "matbench_expt_gap",
+                "unit": "eV",
+                "variants": {"finetune": {"mae_mean": 0.3}, "finetune_anchor_pcgrad": {"mae_mean": None}},
+            }
+        )
     )
     assert "over_seeds" not in benchmark_figures(single, tmp_path / "absent.json")
+    assert list(benchmark_figures(single, tmp_path / "absent.json")["variants"]) == ["finetune"]  # run ones only
     seeds = tmp_path / "seeds.json"
     row = {"mae_mean": 0.28, "seed_std": 0.006, "seed_mae": [0.28, 0.29, 0.27], "seeds": [0, 1, 2]}
     seeds.write_text(
