@@ -231,7 +231,11 @@ class EvalSettings:
             missing = [a for a in aliases if AUX_NAMES[a] not in self.pretrain_tasks]
             if missing:
                 tasks = [AUX_NAMES[a] for a in missing]
-                _fail("aux", f"needs the pretraining task(s) {tasks} (pretrain_tasks)", aliases)
+                _fail(
+                    "pretrain_tasks",
+                    f"must include {tasks}: EvalSettings.aux {aliases} anchors the fine-tuning to them",
+                    self.pretrain_tasks,
+                )
         self.aux = aliases
 
     def spec(self, name: str, source: str | None = None) -> VariantSpec:
