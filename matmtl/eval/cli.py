@@ -24,6 +24,7 @@ from ..config import Device, SymmetrySource, TrainConfig, default_of
 from .claims import ClaimSettings
 from .settings import (
     ALL_VARIANTS,
+    AUX_ALIAS,
     AUX_NAMES,
     DEFAULT_FRACTIONS,
     EFFICIENCY_CHOICES,
@@ -125,11 +126,9 @@ def parse_pretrain_tasks(value: str) -> tuple[str, ...]:
 def parse_aux(value: str) -> tuple[str, ...]:
     """``--aux``: the anchored variants' DFT tasks (dft_energy, dft_gap), as aliases."""
     names = [a.strip() for a in value.split(",") if a.strip()]
-    aliases = {**{a: a for a in AUX_NAMES}, **{task: a for a, task in AUX_NAMES.items()}}
-    bad = [a for a in names if a not in aliases]
-    if not names or bad:
-        raise typer.BadParameter(f"give DFT tasks among dft_energy, dft_gap (comma list); got {value!r}")
-    return tuple(dict.fromkeys(aliases[a] for a in names))
+    if not names or any(a not in AUX_ALIAS for a in names):
+        raise typer.BadParameter(f"give DFT tasks among {', '.join(AUX_NAMES)} (comma list); got {value!r}")
+    return tuple(dict.fromkeys(AUX_ALIAS[a] for a in names))
 
 
 def parse_overrides(value: str, kind: str) -> dict:

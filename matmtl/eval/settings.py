@@ -23,6 +23,7 @@ ANCHORS = ("validation", "replay", "distill")
 # the DFT task(s) the anchored variants keep (``matmtl evaluate --aux``); names as ``matmtl finetune --aux``
 DEFAULT_AUX = ("dft_energy",)
 AUX_NAMES = {"dft_energy": "e_form", "dft_gap": "gap_pbe"}  # alias -> task
+AUX_ALIAS = {**{a: a for a in AUX_NAMES}, **{task: a for a, task in AUX_NAMES.items()}}  # alias or task -> alias
 # the variant whose test predictions go into the matbench results file (results.json.gz)
 SUBMISSION_VARIANT = "finetune_anchor_replay"
 
@@ -219,12 +220,10 @@ class EvalSettings:
     def _check_aux(self) -> None:
         """``aux``: distinct DFT tasks (alias or task name, stored as aliases), at least one,
         each among the pretraining tasks when the harness pretrains itself."""
-        task_alias = {task: alias for alias, task in AUX_NAMES.items()}
         names = tuple(self.aux) if not isinstance(self.aux, str) else (self.aux,)
-        bad = [a for a in names if a not in AUX_NAMES and a not in task_alias]
-        if not names or bad:
+        if not names or any(a not in AUX_ALIAS for a in names):
             _fail("aux", f"must name DFT tasks among {', '.join(AUX_NAMES)} (at least one)", self.aux)
-        aliases = tuple(dict.fromkeys(task_alias.get(a, a) for a in names))
+        aliases = tuple(dict.fromkeys(AUX_ALIAS[a] for a in names))
         if len(aliases) != len(names):
             _fail("aux", "must not repeat a task", self.aux)
         if self.checkpoint is None:
