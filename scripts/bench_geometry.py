@@ -12,6 +12,11 @@ Principal angles of all task pairs for float32 gradient samples (d, k) x T:
                (one thread; the floor the targets refer to)
   read_floor_mt : the same pass with torch's sum on all threads -- the machine's
                real read bandwidth, a stricter floor
+  arith_floor_mt : the arithmetic floor: the multiply-adds the Gram's upper triangle
+               needs (n (n + 1) / 2 d, n = T k) at the rate numpy's (OpenBLAS's) square
+               float32 product of SGEMM_SIDE^2 matrices reaches on all threads, timed in
+               the same rounds (the machine's practical FMA peak). Whichever floor is
+               higher bounds the angles: memory or arithmetic.
 PCGrad on T gradients of length d (float32):
   rust_pcgrad  : matmtl.geometry.pcgrad (projected gradients and their sum)
   rust_pcgrad_out : the same, writing into output arrays reused from call to call (out=)
@@ -29,6 +34,13 @@ PCGrad on T gradients of length d (float32):
                  once more for the weighted sum (the weights depend on the whole Gram)
   floor_out_mt : one read pass plus one copy of the T gradients (torch's copy_ on all
                  threads): the least memory traffic of PCGrad with per-task outputs
+On a GPU (--device cuda; ops angles_cuda and pcgrad_cuda, every call followed by a
+device synchronize), with the tensors in device memory:
+  matmtl : subspace_geometry on the device tensors (the torch backend, as `auto` picks)
+  matmtl_pcgrad_total_out, matmtl_pcgrad_out : pcgrad into reused device outputs
+  torchjd_pcgrad : torchjd's PCGrad() on the same device tensor
+  read_floor, read_floor_2pass : one / two reduction passes over the input on the
+                 device: its memory-read floor
 
 Implementations of one size are timed round-robin (one call of each per round), so a
 change of machine load affects all of them alike; the table shows the median time, its
@@ -111,6 +123,18 @@ def read_floor_fns(arrays) -> dict:
     }
 
 
+# Side of the square float32 product that measures the machine's arithmetic rate:
+# large enough for OpenBLAS to run near peak, small enough to time in ~30 ms.
+SGEMM_SIDE = 1536
+
+
+def arith_floor_seconds(sgemm_seconds: list[float], d: int, n: int) -> list[float]:
+    """Per timed product, the seconds the Gram's upper triangle (n (n + 1) / 2 dot
+    products of length d) takes at that product's multiply-add rate."""
+    needed = n * (n + 1) / 2 * d
+    return [t * needed / SGEMM_SIDE**3 for t in sgemm_seconds]
+
+
 def torch_batched_angles(tensors):
     """All pairs' principal angles the usual torch way: QR + svdvals."""
     Q = torch.linalg.qr(torch.stack(tensors)).Q  # (T, d, k)
@@ -126,9 +150,17 @@ def bench_angles(d: int, k: int, T: int, args) -> list[dict]:
     X = np.concatenate(tasks, axis=1)
     tensors = [torch.from_numpy(t) for t in tasks]
     scipy_repeats = args.scipy_repeats if args.scipy_repeats else (3 if d * k * T <= 2_000_000 else 1)
-    fast = {"rust": lambda: geo.subspace_geometry(tasks), "numpy_gram": lambda: X.T @ X, **read_floor_fns(tasks)}
+    A = rng.standard_normal((SGEMM_SIDE, SGEMM_SIDE), dtype=np.float32)
+    fast = {
+        "rust": lambda: geo.subspace_geometry(tasks),
+        "numpy_gram": lambda: X.T @ X,
+        **read_floor_fns(tasks),
+        "sgemm": lambda: A @ A,
+    }
+    times = timed_round_robin(fast, args.repeats)
+    times["arith_floor_mt"] = arith_floor_seconds(times.pop("sgemm"), d, k * T)
     times = {
-        **timed_round_robin(fast, args.repeats),
+        **times,
         "torch_cpu": timed(lambda: torch_batched_angles(tensors), args.torch_repeats),
         # No warm-up run for scipy: nothing to warm up, and seconds per pair.
         "scipy": timed(
@@ -138,6 +170,45 @@ def bench_angles(d: int, k: int, T: int, args) -> list[dict]:
         ),
     }
     return rows_of(times, "angles", d, k, T)
+
+
+def on_device(fns: dict, device: str) -> dict:
+    """The functions, each followed by a synchronize of the device (GPU calls return
+    before the work is done)."""
+    if device != "cuda":
+        return fns
+
+    def synced(fn):
+        return lambda: (fn(), torch.cuda.synchronize())
+
+    return {name: synced(fn) for name, fn in fns.items()}
+
+
+def bench_device(device: str, angle_size: tuple[int, int, int], pcgrad_size: tuple[int, int], args) -> list[dict]:
+    """matmtl's path for device tensors against torchjd and the device's read floor
+    (the GPU rows; ``device`` "cpu" runs the same code on CPU tensors, for the tests)."""
+    rng = np.random.default_rng(args.seed)
+    d, k, T = angle_size
+    tasks = [torch.from_numpy(rng.standard_normal((d, k), dtype=np.float32)).to(device) for _ in range(T)]
+    fns = {"matmtl": lambda: geo.subspace_geometry(tasks), "read_floor": lambda: [t.sum() for t in tasks]}
+    rows = rows_of(timed_round_robin(on_device(fns, device), args.repeats), f"angles_{device}", d, k, T)
+    d, T = pcgrad_size
+    shared = rng.standard_normal(d, dtype=np.float32)
+    grads = np.stack([0.3 * shared + rng.standard_normal(d, dtype=np.float32) for _ in range(T)])
+    tensor = torch.from_numpy(grads).to(device)
+    projected, total = torch.empty_like(tensor), torch.empty_like(tensor[0])
+    fns = {
+        "matmtl_pcgrad_total_out": lambda: geo.pcgrad(
+            tensor, seed=args.seed, return_projected=False, out=(None, total)
+        ),
+        "matmtl_pcgrad_out": lambda: geo.pcgrad(tensor, seed=args.seed, out=(projected, total)),
+        "read_floor": lambda: tensor.sum(),
+        "read_floor_2pass": lambda: (tensor.sum(), tensor.sum()),
+    }
+    if TorchjdPCGrad is not None:
+        aggregator = TorchjdPCGrad()
+        fns["torchjd_pcgrad"] = lambda: aggregator(tensor)
+    return rows + rows_of(timed_round_robin(on_device(fns, device), args.repeats), f"pcgrad_{device}", d, 1, T)
 
 
 def torch_pcgrad_reference(grads: torch.Tensor, orders: list[list[int]]):
@@ -186,6 +257,7 @@ def bench_pcgrad(d: int, T: int, args) -> list[dict]:
 # means the numerator takes longer.
 TARGET_RATIOS = [
     ("angles_vs_read_floor_mt", "rust", "read_floor_mt", "angles"),
+    ("angles_vs_arith_floor_mt", "rust", "arith_floor_mt", "angles"),
     ("torchjd_vs_pcgrad_total_out", "torchjd_pcgrad", "rust_pcgrad_total_out", "pcgrad"),
     ("torchjd_vs_pcgrad_total", "torchjd_pcgrad", "rust_pcgrad_total", "pcgrad"),
     ("torchjd_vs_pcgrad_out", "torchjd_pcgrad", "rust_pcgrad_out", "pcgrad"),
@@ -193,6 +265,9 @@ TARGET_RATIOS = [
     ("pcgrad_total_vs_2pass_floor", "rust_pcgrad_total", "read_floor_2pass_mt", "pcgrad"),
     ("pcgrad_out_vs_2pass_floor", "rust_pcgrad_out", "read_floor_2pass_mt", "pcgrad"),
     ("pcgrad_out_vs_floor_out", "rust_pcgrad_out", "floor_out_mt", "pcgrad"),
+    ("angles_vs_read_floor_cuda", "matmtl", "read_floor", "angles_cuda"),
+    ("torchjd_vs_pcgrad_total_out_cuda", "torchjd_pcgrad", "matmtl_pcgrad_total_out", "pcgrad_cuda"),
+    ("pcgrad_total_out_vs_2pass_floor_cuda", "matmtl_pcgrad_total_out", "read_floor_2pass", "pcgrad_cuda"),
 ]
 
 
@@ -246,11 +321,13 @@ def _torchjd_version() -> str | None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'impl':<23}{'op':<8}{'d':>10}{'k':>4}{'T':>3}  {'dtype':<8}{'median ms':>12}{'vs rust':>10}{'min ms':>10}")
+    print(
+        f"{'impl':<23}{'op':<8}{'d':>10}{'k':>4}{'T':>3}  {'dtype':<8}{'median ms':>12}{'vs first':>10}{'min ms':>10}"
+    )
     for row in rows:
         same = [r for r in rows if (r["op"], r["d"], r["k"], r["T"]) == (row["op"], row["d"], row["k"], row["T"])]
-        rust = next(r for r in same if r["impl"] in ("rust", "rust_pcgrad"))
-        ratio = row["seconds_median"] / rust["seconds_median"]
+        first = same[0]  # rust's own row on the CPU, matmtl's on a device
+        ratio = row["seconds_median"] / first["seconds_median"]
         size = f"{row['op']:<8}{row['d']:>10}{row['k']:>4}{row['T']:>3}  {row['dtype']:<8}"
         times = f"{row['seconds_median'] * 1e3:>12.3f}{ratio:>9.2f}x{row['seconds_min'] * 1e3:>10.3f}"
         print(f"{row['impl']:<23}{size}{times}")
@@ -261,7 +338,7 @@ def parse_size(text: str) -> tuple[int, int, int]:
     return d, k, T
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--sizes",
@@ -277,17 +354,31 @@ def main() -> None:
         "--pcgrad", type=parse_size, default=(10_000_000, 1, 8), metavar="d,1,T", help="PCGrad size (default 1e7,1,8)"
     )
     parser.add_argument("--no-pcgrad", action="store_true")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cpu (default: the Rust core against its peers) or cuda (the GPU rows: matmtl on device tensors "
+        "against torchjd and the device's read floor, at the first --sizes size, default 1e6,16,4, and --pcgrad)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     load_before = os.getloadavg()
     rows = []
-    for d, k, T in args.sizes or DEFAULT_SIZES:
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("bench_geometry: --device cuda, but torch sees no CUDA GPU here", file=sys.stderr)
+            return 2
+        d, _, T = args.pcgrad
+        rows = bench_device("cuda", (args.sizes or [DEFAULT_SIZES[1]])[0], (d, T), args)
+        print_table(rows)
+    for d, k, T in (args.sizes or DEFAULT_SIZES) if args.device == "cpu" else []:
         new = bench_angles(d, k, T, args)
         rows += new
         print_table(new)
-    if not args.no_pcgrad:
+    if not args.no_pcgrad and args.device == "cpu":
         d, _, T = args.pcgrad
         new = bench_pcgrad(d, T, args)
         rows += new
@@ -306,11 +397,15 @@ def main() -> None:
             {
                 "results": rows,
                 "ratios": ratios,
-                "machine": machine(load_before),
-                "command": " ".join(["python"] + sys.argv),
+                "machine": {
+                    **machine(load_before),
+                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+                },
+                "command": " ".join(["python", "scripts/bench_geometry.py", *(sys.argv[1:] if argv is None else argv)]),
             },
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

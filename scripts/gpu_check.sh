@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The GPU checks of the training engine: at most 7.5 minutes (the steps' time limits add up to
-# 440 s). Not run on a GPU yet.
+# The GPU checks of the training engine: at most 8 minutes (the steps' time limits add up to
+# 470 s). Not run on a GPU yet.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_check_out)
 #
 # 1. the CUDA tests (tests/test_cuda.py: tiny pretraining in fp32 and bf16, deterministic
 #    repeats, GradNorm/PCGrad/monitor on the GPU, the geometry core's CUDA path vs the CPU one);
-# 2. the geometry monitor's overhead per training step on the GPU (scripts/bench_monitor.py);
+# 2. the geometry monitor's overhead per training step on the GPU (scripts/bench_monitor.py), and
+#    the geometry core's CUDA path against torchjd on CUDA and the device's read floor
+#    (scripts/bench_geometry.py --device cuda);
 # 3. a pretraining epoch in fp32 and in bf16, side by side (scripts/bench_precision.py);
 # 4. with 2 or more GPUs visible: a tiny pretraining over 2 processes (torchrun, nccl).
 # Each step's log is OUT_DIR/<step>.log, its figures OUT_DIR/<step>.json, and
@@ -46,6 +48,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log, record s
 
 step cuda_tests 180 python -m pytest tests/test_cuda.py -q -rs --junitxml="$out/cuda_tests.xml"
 step bench_monitor 50 python scripts/bench_monitor.py --device cuda --steps 200 --json "$out/bench_monitor.json"
+step bench_geometry 30 python scripts/bench_geometry.py --device cuda --repeats 21 --json "$out/bench_geometry.json"
 step bench_precision 100 python scripts/bench_precision.py --device cuda --size large --rows 131072 \
     --batch 1024 --epochs 3 --json "$out/bench_precision.json"
 step bench_precision_pcgrad 50 python scripts/bench_precision.py --device cuda --size large --rows 16384 \
