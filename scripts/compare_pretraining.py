@@ -126,6 +126,8 @@ def transfer(runs: dict[str, dict], errors: dict[str, dict]) -> list[dict]:
                     "se": se,
                     "rows": len(d),
                     "verdict": verdict,
+                    # the issue's comparison is at the same budget; other pairs are shown, marked
+                    "same_epochs": m["epochs"] == s["epochs"],
                 }
             )
     return out
@@ -171,17 +173,21 @@ def markdown(res: dict) -> str:
         lines += [
             "",
             "Multi- vs single-task on each task (negative transfer): the multi-task run's minus the "
-            "single-task run's held-out MAE on the same rows, ± SE.",
+            "single-task run's held-out MAE on the same rows, ± SE. Only pairs with the same epochs compare "
+            "equal budgets; the others are marked.",
             "",
-            "| task | multi-task run | single-task run | multi-task MAE | single-task MAE | difference | verdict |",
-            "|---|---|---|---|---|---|---|",
+            "| task | multi-task run | single-task run | multi-task MAE | single-task MAE | difference | verdict "
+            "| epochs |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for x in res["transfer"]:
             m, s = res["runs"][x["multi"]], res["runs"][x["single"]]
             lines.append(
                 f"| {x['task']} ({UNITS[x['task']]}) | `{x['multi']}` | `{x['single']}` | "
                 f"{m['holdout_mae'][x['task']]:.4f} | {s['holdout_mae'][x['task']]:.4f} | "
-                f"{x['diff']:+.4f} ± {x['se']:.4f} | {x['verdict']} |"
+                f"{x['diff']:+.4f} ± {x['se']:.4f} | {x['verdict']} | "
+                + ("same" if x["same_epochs"] else f"**{m['epochs']} vs {s['epochs']}: not the same budget**")
+                + " |"
             )
     from matmtl.config import PRETRAIN_BALANCER
 
@@ -204,7 +210,11 @@ def markdown(res: dict) -> str:
 
 
 def run_command(r: dict) -> str:
+    from matmtl.config import TrainConfig
+
     cmd = f"matmtl pretrain --tasks {','.join(r['tasks'])} --holdout-fold {r['holdout_fold']}"
+    if r["epochs"] != TrainConfig.epochs:
+        cmd += f" --epochs {r['epochs']}"
     return cmd + f" --balance {r['balancer']}"  # explicit: the default may change
 
 

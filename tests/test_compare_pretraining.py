@@ -58,11 +58,12 @@ def test_paired_holdout_rows_are_the_runs_own(runs, tmp_path):
     assert set(pairs) == {("static", "single", "e_form"), ("uncertainty", "single", "e_form")}
     x = pairs[("uncertainty", "single", "e_form")]
     assert x["diff"] == pytest.approx(unc["holdout_mae"]["e_form"] - single["holdout_mae"]["e_form"], rel=1e-4)
-    assert x["verdict"] in ("tie", "negative transfer", "positive transfer")
+    assert x["verdict"] in ("tie", "negative transfer", "positive transfer") and x["same_epochs"]
     page = out_md.read_text()
     assert "negative transfer" in page and "| e_form (eV/atom) | `uncertainty` | `single` |" in page
     assert "Balancer chosen by this page's validation-only rule" in page and "pretraining default" in page
     assert "--balance static" in page  # the run commands name their balancer
+    assert "--holdout-fold 0 --epochs 1 --balance" in page  # ... and their epochs, where not the default
 
 
 def test_runs_holding_out_other_rows_are_refused(runs, tmp_path, capsys):
