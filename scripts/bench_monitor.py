@@ -20,7 +20,8 @@ With --methods, also grads_<method> rows: grads_only with the per-task gradients
 through one path of matmtl.mtl.gradients ("batched": the vmapped backward, the default;
 "loop": one backward per task), side by side with the rest.
 Prints the mean and median step time of each and the overhead of the mean relative to
-`off`, and splits the monitor's overhead into gradients and angles; --json writes them.
+`off` (across runs), and splits the monitor's overhead into gradients and angles (within
+runs, below); --json writes them.
 Differences between runs carry the machine's drift (+-10% between runs on a shared 2-core
 machine), so each monitored run is also measured within itself: its monitored steps
 against its ordinary steps, which alternate step by step (`within_run`: the extra time of
@@ -295,21 +296,14 @@ def main(argv=None) -> int:
             + (f"{100 * inside:>11.1f}%" if inside is not None else f"{'':>12}")
             + (f"{100 * angles:>8.1f}%" if angles is not None else "")
         )
-    grads = results["grads_only"]["mean_s"] / base - 1
-    split = {
-        m: {"gradients": grads, "angles": results[m]["overhead_vs_off"] - grads}
-        for m in ("rust_sync", "rust_bg", "torch_sync")
-        if m in results
-    }
-    if "torchjd_grads" in results:
-        jd_over = results["torchjd_grads"]["overhead_vs_off"]
-        print(f"per-task gradients of the monitored steps: matmtl {100 * grads:.1f}%, torchjd {100 * jd_over:.1f}%")
-    for m, part in split.items():
-        print(
-            f"{m}: {100 * results[m]['overhead_vs_off']:.1f}% = per-task gradients {100 * part['gradients']:.1f}% "
-            f"+ angles {100 * part['angles']:.1f}%"
-        )
+    # the split uses the within-run figures: differences between runs carry the drift
     inside = {m: r for m, r in results.items() if "within_run" in r}
+    grads = inside.get("grads_only", {}).get("within_run")
+    split = {
+        m: {"gradients": grads, "angles": inside[m]["within_run"] - grads}
+        for m in ("rust_sync", "rust_bg", "torch_sync")
+        if m in inside and grads is not None
+    }
     if inside:
         print("within each run (its monitored steps, and the steps right after them, against its other steps):")
         for m, r in inside.items():
@@ -318,6 +312,14 @@ def main(argv=None) -> int:
                 f"  {m}: {100 * r['within_run']:.1f}% over {r['monitored_steps']} monitored steps "
                 f"(the next step's share {100 * r['next_step']:.1f}%){angles}"
             )
+    if grads is not None and "torchjd_grads" in inside:
+        jd = inside["torchjd_grads"]["within_run"]
+        print(f"per-task gradients of the monitored steps: matmtl {100 * grads:.1f}%, torchjd {100 * jd:.1f}%")
+    for m, part in split.items():
+        print(
+            f"{m}: {100 * inside[m]['within_run']:.1f}% = per-task gradients {100 * part['gradients']:.1f}% "
+            f"+ angles {100 * part['angles']:.1f}%"
+        )
     if args.json:
         from matmtl.io import atomic_write_json
 

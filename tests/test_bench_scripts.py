@@ -24,6 +24,10 @@ def test_bench_monitor_runs_every_mode_and_writes_its_json(tmp_path, capsys):
     assert "off" not in inside  # nothing to compare
     assert all(r["monitored_steps"] == 2 for r in inside.values())
     assert res["results"]["rust_sync"]["angles_share"] > 0 and "angles_share" not in res["results"]["grads_only"]
+    # the gradients/angles split is of the within-run figures, not of differences between runs
+    split = res["overhead_split"]["rust_sync"]
+    assert split["gradients"] == inside["grads_only"]["within_run"]
+    assert split["gradients"] + split["angles"] == pytest.approx(inside["rust_sync"]["within_run"])
     if bench._has_torchjd():  # the peer's row, when it is installed (pip install torchjd)
         assert "torchjd_grads" in res["results"]
         assert "per-task gradients of the monitored steps: matmtl" in capsys.readouterr().out
