@@ -77,8 +77,11 @@ class Recipe:
     data_dir: str | None = None
     balance: str = PRETRAIN_BALANCER  # the pretraining's loss balancer (static, uncertainty, gradnorm)
     anchor: str = "validation"  # the fine-tuning's anchor source: replay, distill or validation
+    pretrain_epochs: int | None = None  # None: the size preset's (25 for the default size)
 
     def __post_init__(self):
+        if self.pretrain_epochs is not None and self.pretrain_epochs < 1:
+            raise MatmtlError(f"pretrain_epochs must be >= 1, got {self.pretrain_epochs}")
         if self.anchor not in (*AUX_SOURCES, "validation"):
             raise MatmtlError(f"anchor must be one of {(*AUX_SOURCES, 'validation')}, got {self.anchor!r}")
 
@@ -94,7 +97,9 @@ class Recipe:
             max_rows=self.max_rows,
             data_dir=self.data_dir,
             model=ModelConfig.preset(size),
-            train=TrainConfig.preset(size, seed=self.seed),
+            train=TrainConfig.preset(
+                size, seed=self.seed, **({} if self.pretrain_epochs is None else {"epochs": self.pretrain_epochs})
+            ),
             mtl=MTLConfig(balancer=self.balance),
         )
 
@@ -234,7 +239,8 @@ def release(
         + ("" if recipe.version == "1" else f" --version {recipe.version}")
         + ("" if recipe.balance == PRETRAIN_BALANCER else f" --balance {recipe.balance}")
         + ("" if recipe.anchor == "validation" else f" --anchor {recipe.anchor}")
-        + ("" if recipe.holdout_fold is None else f" --holdout-fold {recipe.holdout_fold}"),
+        + ("" if recipe.holdout_fold is None else f" --holdout-fold {recipe.holdout_fold}")
+        + ("" if recipe.pretrain_epochs is None else f" --pretrain-epochs {recipe.pretrain_epochs}"),
         "commit": _commit(),
         "package_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -37,6 +37,9 @@ def main(
         "--anchor",
         help="Fine-tuning anchor source: replay, distill, or validation (both runs; the lower validation MAE kept).",
     ),
+    pretrain_epochs: Optional[int] = typer.Option(
+        None, "--pretrain-epochs", min=1, help="Pretraining epochs (default: the size preset's, 25)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing model folder of that name."),
 ) -> None:
     from matmtl.release import Recipe, release
@@ -51,6 +54,7 @@ def main(
         max_rows=max_rows,
         balance=balance.value,
         anchor=anchor.value,
+        pretrain_epochs=pretrain_epochs,
     )
     target = release(recipe, work, out, force=force)
     typer.echo(f"wrote {target}")

@@ -104,6 +104,12 @@ def test_a_release_refuses_runs_made_with_other_settings(released, tmp_path):
         other = "gradnorm"  # neither the default balancer nor static
         release(Recipe(name="other", tiny=True, max_rows=300, balance=other), work, tmp_path)
     assert not (tmp_path / "other").exists()
+    longer = Recipe(name="longer", tiny=True, max_rows=300, pretrain_epochs=7)
+    assert longer.pretrain_config().train.epochs == 7 and Recipe(tiny=True).pretrain_config().train.epochs != 7
+    with pytest.raises(MatmtlError, match=r"pretrain was made with other settings .*train\.epochs"):
+        release(longer, work, tmp_path)
+    with pytest.raises(MatmtlError, match="pretrain_epochs must be >= 1"):
+        Recipe(pretrain_epochs=0)
 
 
 def test_the_anchor_source_follows_the_validation_rows(tmp_path):
