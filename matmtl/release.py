@@ -133,27 +133,41 @@ def experimental_table(path: Path, data_dir: str | None = None) -> dict:
         z = pd.read_csv(zhuo_path).rename(columns={"composition": "formula", "Eg": "gap_expt"})
         parts.append(z[["formula", "gap_expt"]].assign(source="zhuo2018"))
     rows = pd.concat(parts, ignore_index=True)
-    rows["key"] = [_reduced(f) for f in rows["formula"]]
-    rows = rows[rows["key"].notna() & np.isfinite(rows["gap_expt"]) & (rows["gap_expt"] >= 0)]
-    grouped = rows.groupby("key", sort=True)
-    table = pd.DataFrame(
-        {
-            "formula": grouped["key"].first(),
-            "gap_expt": grouped["gap_expt"].median(),
-            "measurements": grouped["gap_expt"].size(),
-            "spread": grouped["gap_expt"].agg(lambda v: v.max() - v.min()),
-        }
-    ).reset_index(drop=True)
+    rows["reduced"] = [_reduced(f) for f in rows["formula"]]
+    rows = rows[rows["reduced"].notna() & np.isfinite(rows["gap_expt"]) & (rows["gap_expt"] >= 0)]
+    # one row per composition as training sees it (the same element fractions: Cu9S5 and
+    # Cu1.8S are one), named by its first reduced formula in sorted order
+    rows["key"] = [_composition_key(f) for f in rows["reduced"]]
+    rows = rows.sort_values(["reduced"], kind="stable")
+    grouped = rows.groupby("key", sort=False)
+    table = (
+        pd.DataFrame(
+            {
+                "formula": grouped["reduced"].first(),
+                "gap_expt": grouped["gap_expt"].median(),
+                "measurements": grouped["gap_expt"].size(),
+                "spread": grouped["gap_expt"].agg(lambda v: v.max() - v.min()),
+            }
+        )
+        .sort_values("formula", kind="stable")
+        .reset_index(drop=True)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
     return {
         "rows_read": int(len(rows)),
         "compositions": int(len(table)),
         "sources": {k: int(v) for k, v in rows["source"].value_counts().items()},
-        "merge_rule": "repeated reduced compositions: median gap (eV)",
+        "merge_rule": "repeated compositions (the same element fractions): median gap (eV)",
         "compositions_with_repeats": int((table["measurements"] > 1).sum()),
         "zhuo_file": str(zhuo_path) if zhuo_path is not None and zhuo_path.is_file() else None,
     }
+
+
+def _composition_key(formula: str) -> str:
+    from .data.validate import _composition_key as key
+
+    return key(formula)
 
 
 def _reduced(formula: str) -> str | None:

@@ -60,7 +60,10 @@ def measure(model: str | None = None) -> dict:
     import numpy as np
 
     import matmtl
+    from matmtl import zoo
 
+    # the shipped model by name (not load_model()'s default, which prefers a run of your own)
+    model = model or zoo.DEFAULT_MODEL
     names = list(CRYSTALS)
     df = matmtl.predict([structure(n) for n in names] + names, model=model)
     rows = {}
@@ -77,7 +80,7 @@ def measure(model: str | None = None) -> dict:
     err = {k: [abs(r[k] - r["measured"]) for r in rows.values()] for k in ("structure", "formula")}
     return {
         "unit": "eV",
-        "model": model or "the shipped default",
+        "model": str(model),
         "crystals": rows,
         "mae": {k: round(float(np.mean(v)), 3) for k, v in err.items()},
         "structure_better_or_equal": int(sum(a <= b + 1e-9 for a, b in zip(err["structure"], err["formula"]))),
@@ -101,7 +104,7 @@ def table(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="Shipped model name or run folder (default: the shipped model).")
+    ap.add_argument("--model", default=None, help="Shipped model name or run folder (default: the shipped one).")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     from matmtl.errors import MatmtlError

@@ -86,11 +86,12 @@ def test_a_damaged_or_newer_model_is_refused(released, tmp_path, monkeypatch):
 def test_a_retired_model_name_says_what_replaced_it():
     import matmtl
 
-    old, (new, _why) = next(iter(zoo.RETIRED.items()))
-    assert zoo.shipped(new) is not None and zoo.DEFAULT_MODEL == new
-    for call in (zoo.resolve, zoo.card, matmtl.load_model):
-        with pytest.raises(zoo.ModelNotFound, match=f"{old!r} is no longer shipped: it was replaced by {new!r}"):
-            call(old)
+    assert zoo.RETIRED
+    for old, (new, _why) in zoo.RETIRED.items():  # each points at the model shipped now
+        assert zoo.shipped(new) is not None and zoo.DEFAULT_MODEL == new
+        for call in (zoo.resolve, zoo.card, matmtl.load_model):
+            with pytest.raises(zoo.ModelNotFound, match=f"{old!r} is no longer shipped: it was replaced by {new!r}"):
+                call(old)
 
 
 def test_a_release_never_replaces_a_shipped_model(released):
@@ -169,6 +170,12 @@ def test_experimental_table_merges_repeats_by_median(tmp_path):
 
     t = pd.read_csv(tmp_path / "gaps.csv")
     assert info["compositions"] == len(t) and t["formula"].is_unique and (t["gap_expt"] >= 0).all()
+    # one row per composition as training reads it: no two rows with the same element fractions
+    # (reduced formulas alone leave e.g. Cu9S5 and Cu1.8S apart, and training merged them again)
+    from matmtl.data.validate import _composition_key
+
+    keys = [_composition_key(f) for f in t["formula"]]
+    assert len(set(keys)) == len(keys)
     assert info["sources"]["matbench_expt_gap"] == 4604 and info["sources"]["zhuo2018"] == 6354
     for f in ("GaAs", "NaCl", "MgO", "ZnO", "GaN", "CdTe"):  # textbook crystals absent from matbench expt_gap
         assert f in set(t["formula"]), f

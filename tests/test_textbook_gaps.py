@@ -24,8 +24,11 @@ def test_the_crystals_have_their_space_groups(script):
 
 
 def test_the_shipped_model_answers_every_crystal(script):
+    from matmtl import zoo
+
     res = script.measure()
     assert set(res["crystals"]) == set(script.CRYSTALS) and res["unit"] == "eV"
+    assert res["model"] == zoo.DEFAULT_MODEL  # by name, even where a run of one's own exists
     for name, r in res["crystals"].items():
         assert r["structure"] >= 0 and r["formula"] >= 0 and r["spg_num"] == SPG[script.CRYSTALS[name][0]]
         assert "pure element" in r["trust"] or len(script.CRYSTALS[name][2]) > 1
