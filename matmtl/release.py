@@ -137,7 +137,9 @@ def experimental_table(path: Path, data_dir: str | None = None) -> dict:
     rows = rows[rows["reduced"].notna() & np.isfinite(rows["gap_expt"]) & (rows["gap_expt"] >= 0)]
     # one row per composition as training sees it (the same element fractions: Cu9S5 and
     # Cu1.8S are one), named by its first reduced formula in sorted order
-    rows["key"] = [_composition_key(f) for f in rows["reduced"]]
+    from .data.validate import composition_key
+
+    rows["key"] = [composition_key(f) for f in rows["reduced"]]
     rows = rows.sort_values(["reduced"], kind="stable")
     grouped = rows.groupby("key", sort=False)
     table = (
@@ -162,12 +164,6 @@ def experimental_table(path: Path, data_dir: str | None = None) -> dict:
         "compositions_with_repeats": int((table["measurements"] > 1).sum()),
         "zhuo_file": str(zhuo_path) if zhuo_path is not None and zhuo_path.is_file() else None,
     }
-
-
-def _composition_key(formula: str) -> str:
-    from .data.validate import _composition_key as key
-
-    return key(formula)
 
 
 def _reduced(formula: str) -> str | None:

@@ -172,9 +172,9 @@ def test_experimental_table_merges_repeats_by_median(tmp_path):
     assert info["compositions"] == len(t) and t["formula"].is_unique and (t["gap_expt"] >= 0).all()
     # one row per composition as training reads it: no two rows with the same element fractions
     # (reduced formulas alone leave e.g. Cu9S5 and Cu1.8S apart, and training merged them again)
-    from matmtl.data.validate import _composition_key
+    from matmtl.data.validate import composition_key
 
-    keys = [_composition_key(f) for f in t["formula"]]
+    keys = [composition_key(f) for f in t["formula"]]
     assert len(set(keys)) == len(keys)
     assert info["sources"]["matbench_expt_gap"] == 4604 and info["sources"]["zhuo2018"] == 6354
     for f in ("GaAs", "NaCl", "MgO", "ZnO", "GaN", "CdTe"):  # textbook crystals absent from matbench expt_gap

@@ -265,7 +265,7 @@ def merge_duplicates(
     report = Duplicates(rule)
     if len(frame) < 2:
         return frame, report
-    keys = [_composition_key(f) for f in frame["formula"]]
+    keys = [composition_key(f) for f in frame["formula"]]
     key = pd.Series(keys, index=frame.index).astype(str)
     for col in by:
         if col in frame.columns:
@@ -303,7 +303,9 @@ def merge_duplicates(
     return out, report
 
 
-def _composition_key(formula: str) -> str:
+def composition_key(formula: str) -> str:
+    """The identity of a composition as training reads it: its element fractions (to 1e-9),
+    so Cu9S5 and Cu1.8S are one composition."""
     from pymatgen.core import Composition
 
     comp = Composition(formula).fractional_composition
