@@ -136,16 +136,15 @@ def experimental_table(path: Path, data_dir: str | None = None) -> dict:
     rows["reduced"] = [_reduced(f) for f in rows["formula"]]
     rows = rows[rows["reduced"].notna() & np.isfinite(rows["gap_expt"]) & (rows["gap_expt"] >= 0)]
     # one row per composition as training sees it (the same element fractions: Cu9S5 and
-    # Cu1.8S are one), named by its first reduced formula in sorted order
+    # Cu1.8S are one), named by the alphabetically first of its reduced formulas
     from .data.validate import composition_key
 
     rows["key"] = [composition_key(f) for f in rows["reduced"]]
-    rows = rows.sort_values(["reduced"], kind="stable")
     grouped = rows.groupby("key", sort=False)
     table = (
         pd.DataFrame(
             {
-                "formula": grouped["reduced"].first(),
+                "formula": grouped["reduced"].min(),
                 "gap_expt": grouped["gap_expt"].median(),
                 "measurements": grouped["gap_expt"].size(),
                 "spread": grouped["gap_expt"].agg(lambda v: v.max() - v.min()),
