@@ -171,10 +171,14 @@ def _check_task(i: int, t, names: set[str], bad) -> None:
     if unknown:
         bad(f"tasks[{i}] ({name}) has unknown field(s) {sorted(unknown)}")
     for key, v in t.items():  # any other numeric setting (e.g. a hurdle head's metal_cut) must be finite
-        if key not in ("name", "kind", "unit") and v is not None and not _is_num(v):
+        if key not in ("name", "kind", "unit", "head") and v is not None and not _is_num(v):
             bad(f"tasks[{i}].{key} ({name}) must be a finite number, got {_short(v)}")
     if t.get("kind", "regression") not in _TASK_KINDS:
         bad(f"tasks[{i}].kind must be one of {_TASK_KINDS}, got {t.get('kind')!r}")
+    from .models.net import HEAD_TYPES
+
+    if t.get("head", "mlp") not in HEAD_TYPES:
+        bad(f"tasks[{i}].head ({name}) must be one of {HEAD_TYPES}, got {_short(t.get('head'))}")
     unit = t.get("unit", "")
     if not isinstance(unit, str):
         bad(f"tasks[{i}].unit must be a string, got {unit!r}")

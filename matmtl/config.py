@@ -43,6 +43,13 @@ AUX_SOURCES = ("replay", "distill")
 # 2-task pretraining (docs/pretraining.md)
 PRETRAIN_BALANCER = "uncertainty"
 SYMMETRY_SOURCES = ("none", "mp_ground_state")
+# how the experimental-gap head starts: "warm_start" = a trainable copy of the DFT gap head;
+# "correction" = the frozen DFT gap head plus a learned correction (Δ-learning)
+GAP_HEADS = ("warm_start", "correction")
+GAP_HEAD_HELP = (
+    "How the experimental-gap head starts: warm_start (a trainable copy of the DFT gap head) or "
+    "correction (the frozen DFT gap head plus a learned correction: Δ-learning)."
+)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
@@ -50,6 +57,7 @@ PRECISIONS = ("fp32", "bf16")
 Device = Enum("Device", {d: d for d in DEVICES}, type=str)
 Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str)
 SymmetrySource = Enum("SymmetrySource", {v: v for v in SYMMETRY_SOURCES}, type=str)
+GapHead = Enum("GapHead", {v: v for v in GAP_HEADS}, type=str)
 
 
 def _check(ok: bool, where: str, what: str, value) -> None:
@@ -333,6 +341,9 @@ class FinetuneConfig:
     # Project knows carries its ground state's space group, so a structure's real symmetry
     # is no stranger to the gap head; "none": compositions only
     symmetry: str = "mp_ground_state"
+    # "warm_start": the experimental-gap head starts as a trainable copy of the DFT gap head;
+    # "correction": it is the frozen DFT gap head plus a learned correction (Δ-learning)
+    gap_head: str = "warm_start"
     data_dir: str | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig.preset("finetune"))
     mtl: MTLConfig = field(default_factory=MTLConfig)
@@ -363,6 +374,7 @@ class FinetuneConfig:
             f"must be one of {', '.join(SYMMETRY_SOURCES)}",
             self.symmetry,
         )
+        _check(self.gap_head in GAP_HEADS, f"{c}.gap_head", f"must be one of {', '.join(GAP_HEADS)}", self.gap_head)
         _check_fold(self.holdout_fold, f"{c}.holdout_fold")
         _check_rows(self.max_train_rows, f"{c}.max_train_rows")
         _check_rows(self.replay_max_rows, f"{c}.replay_max_rows")

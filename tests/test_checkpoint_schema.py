@@ -73,6 +73,11 @@ def test_round_trip_records_and_checks_both_hashes(ck):
         (lambda m: m["tasks"][0].update(std=0.0), r"normalisation std 0.0"),
         (lambda m: m["tasks"][0].update(std=float("inf")), r"tasks\[0\].std \(e_form\) must be a finite number"),
         (lambda m: m["tasks"][1].update(kind="magic"), r"tasks\[1\].kind must be one of"),
+        (
+            lambda m: m["tasks"][1].update(head="linear"),
+            r"tasks\[1\].head \(\w+\) must be one of \('mlp', 'correction'\)",
+        ),
+        (lambda m: m["tasks"][1].update(head=3), r"tasks\[1\].head \(\w+\) must be one of"),
         (lambda m: m["tasks"][1].update(name=""), r"tasks\[1\].name must be a non-empty string"),
         (lambda m: m["tasks"].append(dict(m["tasks"][0])), r"task 'e_form' appears twice"),
         (lambda m: m.update(format_version=99), r"checkpoint format 99, this matmtl reads 1"),

@@ -37,6 +37,7 @@ runner = CliRunner()
         (["finetune", "--aux-source", "magic"], "--aux-source"),
         (["finetune", "--aux-weight", "-1"], "--aux-weight"),
         (["finetune", "--soft-share", "-0.1"], "--soft-share"),
+        (["finetune", "--gap-head", "delta"], "--gap-head"),
         (["finetune", "--epochs", "0"], "--epochs"),
         (["finetune", "--batch-size", "0"], "--batch-size"),
         (["finetune", "--holdout-fold", "x"], "--holdout-fold"),
@@ -72,6 +73,10 @@ def test_defaults_shown_are_the_configs():
     assert PretrainConfig().mtl.balancer.to_dict()["name"] == PRETRAIN_BALANCER
     assert FinetuneConfig().mtl.balancer.to_dict()["name"] == "static"
     assert MTLConfig.from_dict({}).balancer.to_dict()["name"] == "static"
+    # the gap head starts as a copy of the DFT gap head unless told otherwise, in both commands
+    for cmd in ("finetune", "evaluate"):
+        params = {p.name: p for p in typer.main.get_command(app).commands[cmd].params}
+        assert params["gap_head"].default.value == ft.gap_head == "warm_start"
 
 
 def _interrupt(monkeypatch, tmp_path, after_save: bool):

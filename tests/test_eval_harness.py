@@ -347,8 +347,29 @@ def test_the_anchor_tasks_are_a_setting_with_the_default_cells_unchanged():
     assert EvalSettings(aux=("dft_gap",), pretrain_tasks=("e_form",), checkpoint="given").aux == ("dft_gap",)
 
 
-def test_evaluate_with_both_dft_anchors(tmp_path):
-    """``--aux dft_energy,dft_gap``: the anchored cells train both DFT heads (a quick run)."""
+def test_the_gap_head_is_a_setting_with_the_default_cells_unchanged(tmp_path):
+    """``--gap-head correction`` makes cells of their own; the default adds nothing to a
+    cell's fingerprint, so the cells cached before the setting existed stay valid."""
+    from types import SimpleNamespace
+
+    from matmtl.errors import MatmtlError
+    from matmtl.eval.finetune_cells import FinetuneCells
+
+    def fps(**kw):
+        s = EvalSettings(**kw)
+        cells = FinetuneCells(s, "cpu", tmp_path, None, SimpleNamespace(identity={"sha256": "x"}))
+        return {v: cells.fp(s.spec(v)) for v in ("scratch", "finetune", "finetune_anchor_replay")}
+
+    default, correction = fps(), fps(gap_head="correction")
+    assert fps(gap_head="warm_start") == default
+    assert all(default[v] != correction[v] for v in default)
+    with pytest.raises(MatmtlError, match=r"EvalSettings\.gap_head must be one of warm_start, correction"):
+        EvalSettings(gap_head="delta")
+
+
+def test_evaluate_with_both_dft_anchors_and_correction_learning(tmp_path):
+    """``--aux dft_energy,dft_gap --gap-head correction``: the anchored cells train both
+    DFT heads, and the gap head learns a correction to the frozen DFT gap head (a quick run)."""
     s = EvalSettings(
         variants=("finetune_anchor_replay",),
         folds=(0,),
@@ -357,6 +378,7 @@ def test_evaluate_with_both_dft_anchors(tmp_path):
         skip_mp=True,
         quick=True,
         aux=("dft_energy", "dft_gap"),
+        gap_head="correction",
         out=str(tmp_path / "results"),
         page=False,
         work_dir=str(tmp_path / "work"),
@@ -367,13 +389,17 @@ def test_evaluate_with_both_dft_anchors(tmp_path):
     assert v["status"] == "done" and "e_form + gap_pbe anchor" in v["description"]
     assert list(res["settings"]["eval"]["aux"]) == ["dft_energy", "dft_gap"]
     (cell,) = (tmp_path / "work" / "cells" / "expt_gap" / "finetune_anchor_replay").glob("*/fold0-frac1.json")
-    assert json.loads(cell.read_text())["spec"]["aux"] == ["dft_energy", "dft_gap"]
+    record = json.loads(cell.read_text())
+    assert record["spec"]["aux"] == ["dft_energy", "dft_gap"] and record["gap_head"] == "correction"
+    assert res["settings"]["eval"]["gap_head"] == "correction"
     from typer.testing import CliRunner
 
     from matmtl.cli import app
 
     r = CliRunner().invoke(app, ["evaluate", "--aux", "dft_magic"])
     assert r.exit_code == 2 and "--aux" in r.output
+    r = CliRunner().invoke(app, ["evaluate", "--gap-head", "delta"])
+    assert r.exit_code == 2 and "--gap-head" in r.output
 
 
 def test_the_random_forest_baseline_repeats_bit_for_bit():

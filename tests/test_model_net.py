@@ -5,6 +5,7 @@ from _tiny import tiny_model
 
 from matmtl.models import (
     MAX_Z,
+    CorrectionHead,
     ModelConfig,
     MultiTaskModel,
     TaskSpec,
@@ -96,7 +97,7 @@ def test_unknown_symmetry_token_changes_prediction_but_runs():
 )
 def test_state_shapes_are_the_built_models(cfg):
     """The shapes a checkpoint is checked against (computed, nothing built) are the model's."""
-    tasks = [TaskSpec("e_form"), TaskSpec("gap_expt", "hurdle"), TaskSpec("gap_pbe", "hurdle")]
+    tasks = [TaskSpec("e_form"), TaskSpec("gap_expt", "hurdle", head="correction"), TaskSpec("gap_pbe", "hurdle")]
     built = {k: tuple(v.shape) for k, v in MultiTaskModel(cfg, tasks).state_dict().items()}
     assert state_shapes(cfg, tasks) == built
     with pytest.raises(ValueError, match="unknown element embedding"):
@@ -119,3 +120,39 @@ def test_a_model_from_its_state_reads_no_embedding_file(monkeypatch):
         np.testing.assert_array_equal(v, m2.predict_arrays(z, f, s)[k])
     with pytest.raises(RuntimeError):
         MultiTaskModel.from_state(tiny_model(dim=48), tasks, m.state_dict())
+
+
+def test_a_correction_head_starts_as_its_frozen_base_and_learns_only_the_difference():
+    """Δ-learning: the head is base + delta; delta's last layer starts at zero, so the head
+    answers as its base until it trains, and a training step moves delta only."""
+    torch.manual_seed(0)
+    head = CorrectionHead(dim=8, hidden=5, members=3, out=2)
+    h = torch.randn(6, 8)
+    torch.testing.assert_close(head(h), head.base(h))
+    base_before = {k: v.clone() for k, v in head.base.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=0.1, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        (head(h) - 1.0).abs().mean().backward()
+        opt.step()
+    assert all(p.grad is None for p in head.base.parameters())
+    for k, v in head.base.state_dict().items():
+        torch.testing.assert_close(v, base_before[k], rtol=0, atol=0)
+    assert not torch.allclose(head(h), head.base(h))
+
+
+def test_a_model_with_a_correction_head_loads_from_its_state_and_refuses_an_unknown_head():
+    torch.manual_seed(1)
+    tasks = [TaskSpec("gap_pbe", "hurdle"), TaskSpec("gap_expt", "hurdle", head="correction")]
+    m = MultiTaskModel(tiny_model(), tasks)
+    with torch.no_grad():
+        m.heads["gap_expt"].delta.w2.normal_()
+    m2 = MultiTaskModel.from_state(tiny_model(), tasks, m.state_dict())
+    assert not any(p.requires_grad for p in m2.heads["gap_expt"].base.parameters())
+    z, f, s = np.array([[8, 26], [14, 0]]), np.array([[0.6, 0.4], [1.0, 0.0]], np.float32), np.array([0, 227])
+    out, out2 = m.predict_arrays(z, f, s), m2.predict_arrays(z, f, s)
+    for k, v in out.items():
+        np.testing.assert_array_equal(v, out2[k])
+    assert (out["gap_expt"] >= 0).all()
+    with pytest.raises(ValueError, match="head must be one of"):
+        MultiTaskModel(tiny_model(), [TaskSpec("gap_expt", "hurdle", head="linear")])

@@ -176,11 +176,45 @@ def test_finetune_errors(pretrained, tmp_path, monkeypatch):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_aux_dft_gap_needs_a_gap_head(tmp_path):
+def test_aux_dft_gap_and_correction_learning_need_a_gap_head(tmp_path):
     pre = pretrain(tiny_pretrain(max_rows=100, train=tiny_train(epochs=1)), tmp_path / "p", progress=False)
     with pytest.raises(MatmtlError, match="gap_pbe"):
         finetune(tiny_finetune(pre.run_dir, aux=("dft_gap",)), tmp_path / "f", progress=False)
+    with pytest.raises(MatmtlError, match="gap_head='correction'.* no 'gap_pbe' head"):
+        finetune(tiny_finetune(pre.run_dir, gap_head="correction"), tmp_path / "f", progress=False)
     assert not (tmp_path / "f").exists()
+    with pytest.raises(ConfigError, match="FinetuneConfig.gap_head must be one of warm_start, correction"):
+        FinetuneConfig(checkpoint=str(pre.run_dir), gap_head="delta")
+
+
+@pytest.mark.parametrize("source", ["replay", "distill"])
+def test_correction_learning_keeps_the_dft_gap_head_frozen_inside_the_new_head(pretrained, tmp_path, source):
+    """gap_head="correction": the experimental-gap head is the pretrained DFT gap head,
+    frozen, plus a learned correction; the kept model holds that frozen copy (the stale
+    gap_pbe head itself is dropped as usual) and reloads with the same predictions."""
+    from matmtl.checkpoints import load_checkpoint
+
+    res = finetune(
+        tiny_finetune(
+            pretrained.run_dir, gap_head="correction", aux_source=source, max_train_rows=200, replay_max_rows=300
+        ),
+        tmp_path / "ft",
+        progress=False,
+    )
+    assert res.metrics["gap_head"] == "correction" and "gap_pbe" in res.metrics["dropped_heads"]
+    model, meta = load_checkpoint(res.run_dir)
+    assert model.tasks["gap_expt"].head == "correction" and "gap_pbe" not in model.heads
+    assert [t.get("head") for t in meta["tasks"] if t["name"] == "gap_expt"] == ["correction"]
+    parent = _weights(pretrained.run_dir)
+    for k in ("w1", "b1", "w2", "b2"):
+        np.testing.assert_array_equal(
+            model.heads["gap_expt"].base.state_dict()[k].numpy(), parent[f"heads.gap_pbe.{k}"].numpy()
+        )
+    assert np.abs(model.heads["gap_expt"].delta.w2.detach().numpy()).max() > 0  # the correction trained
+    z, f, s = np.array([[31, 7]]), np.array([[0.5, 0.5]], np.float32), np.array([186])
+    again, _ = load_checkpoint(res.run_dir)
+    np.testing.assert_array_equal(model.predict_arrays(z, f, s)["gap_expt"], again.predict_arrays(z, f, s)["gap_expt"])
+    assert (model.predict_arrays(z, f, s)["gap_expt"] >= 0).all()
 
 
 @pytest.mark.parametrize(

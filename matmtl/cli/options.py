@@ -10,7 +10,19 @@ from typing import Optional
 
 import typer
 
-from ..config import AUX_ALIASES, DFT_TASKS, PRETRAIN_BALANCER, Device, ModelConfig, Precision, TrainConfig
+from ..config import (
+    AUX_ALIASES,
+    DFT_TASKS,
+    GAP_HEAD_HELP,
+    PRETRAIN_BALANCER,
+    Device,
+    FinetuneConfig,
+    GapHead,
+    ModelConfig,
+    Precision,
+    TrainConfig,
+    default_of,
+)
 
 
 class Size(str, Enum):
@@ -111,6 +123,11 @@ DataDirOpt = typer.Option(
     "Default: the offline mirror ../shared/data beside the repository, then matminer's download.",
 )
 DeviceOpt = typer.Option(Device.auto, "--device", help="auto (CUDA if available, else CPU), cpu or cuda.")
+GapHeadOpt = typer.Option(
+    GapHead(default_of(FinetuneConfig, "gap_head")),
+    "--gap-head",
+    help=GAP_HEAD_HELP,
+)
 SeedOpt = typer.Option(0, "--seed", min=0, help="Random seed. Seeded CPU runs with the same --threads repeat exactly.")
 ThreadsOpt = typer.Option(
     TrainConfig().threads,

@@ -8,7 +8,16 @@ from typing import Optional
 
 import typer
 
-from ..config import Device, FinetuneConfig, ModelConfig, Precision, SymmetrySource, TrainConfig, default_of
+from ..config import (
+    Device,
+    FinetuneConfig,
+    GapHead,
+    ModelConfig,
+    Precision,
+    SymmetrySource,
+    TrainConfig,
+    default_of,
+)
 from .app import app, console, err_console
 from .options import (
     AuxSource,
@@ -18,6 +27,7 @@ from .options import (
     DeterministicOpt,
     DeviceOpt,
     DistTimeoutOpt,
+    GapHeadOpt,
     HoldoutOpt,
     MonitorEveryOpt,
     MonitorKOpt,
@@ -262,6 +272,7 @@ def finetune_cmd(
         "composition Materials Project knows carry its ground state's space group "
         "(with symmetry dropout), so a given structure informs the prediction.",
     ),
+    gap_head: GapHead = GapHeadOpt,
     val_fraction: float = ValFractionOpt,
     patience: int = PatienceOpt,
     out: Optional[Path] = OutOpt,
@@ -301,6 +312,7 @@ def finetune_cmd(
             max_train_rows=max_train_rows,
             replay_max_rows=replay_max_rows,
             symmetry=symmetry.value,
+            gap_head=gap_head.value,
             data_dir=data_dir_str(data_dir),
             train=TrainConfig.preset(
                 "finetune",

@@ -20,7 +20,7 @@ from typing import Optional
 
 import typer
 
-from ..config import Device, SymmetrySource, TrainConfig, default_of
+from ..config import GAP_HEAD_HELP, Device, GapHead, SymmetrySource, TrainConfig, default_of
 from .claims import ClaimSettings
 from .settings import (
     ALL_VARIANTS,
@@ -251,6 +251,7 @@ def evaluate_cmd(
         help="Fine-tuning rows carry no space group (none) or their Materials Project ground state's "
         "(mp_ground_state; also measures structure vs formula on the test rows).",
     ),
+    gap_head: GapHead = typer.Option(GapHead(_D.gap_head), "--gap-head", help=GAP_HEAD_HELP),
     val_fraction: Optional[float] = typer.Option(
         None,
         "--val-fraction",
@@ -392,6 +393,7 @@ def evaluate_cmd(
             pretrain_fold=pretrain_fold,
             anchor=anchor.value,
             symmetry=symmetry.value,
+            gap_head=gap_head.value,
             val_fraction=val_fraction,
             patience=patience,
             submission_variant=submission_variant.value,

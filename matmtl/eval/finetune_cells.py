@@ -143,6 +143,7 @@ class FinetuneCells:
             max_train_rows=max_train_rows,
             replay_max_rows=self.s.replay_max_rows,
             symmetry=self.s.symmetry,
+            gap_head=self.s.gap_head,
             data_dir=self.s.data_dir,
             train=self.train,
             mtl=mtl,
@@ -156,6 +157,8 @@ class FinetuneCells:
                 "spec": spec.to_dict(),
                 "train": self.train.numeric_dict(),  # val_fraction and patience included
                 "symmetry": s.symmetry,
+                # (only where not the default: the cells cached before the setting existed stay valid)
+                **({"gap_head": s.gap_head} if s.gap_head != "warm_start" else {}),
                 "ckpt": ident if spec.init == "pretrained" else {"init_of": ident, "seed": s.seed},
                 "aux_weight": s.aux_weight if spec.anchored else None,
                 "monitor": [s.monitor_every, s.monitor_k] if spec.anchored else None,
@@ -207,6 +210,7 @@ class FinetuneCells:
             "n_test": len(te),
             "pred": pred.tolist(),
             "symmetry": metrics.get("symmetry", self.s.symmetry),
+            "gap_head": metrics.get("gap_head", self.s.gap_head),
         }
         val = validation_predictions(run_dir)
         if val:  # what choosing between runs, or averaging them, on validation rows needs

@@ -125,7 +125,8 @@ class EvalSettings:
     are its validation rows (best epoch, early stopping after ``patience`` epochs without
     a better validation MAE, the metal cut, the calibration, and ``anchor="validation"``:
     the anchor source); None takes the fine-tuning preset's value. ``symmetry`` is
-    :attr:`matmtl.config.FinetuneConfig.symmetry`. ``submission_variant`` is the variant
+    :attr:`matmtl.config.FinetuneConfig.symmetry` and ``gap_head``
+    :attr:`matmtl.config.FinetuneConfig.gap_head`. ``submission_variant`` is the variant
     written to the matbench results file ``results.json.gz``."""
 
     variants: tuple[str, ...] = ALL_VARIANTS
@@ -150,6 +151,7 @@ class EvalSettings:
     pretrain_fold: int = 0
     anchor: str = "validation"  # validation | replay | distill
     symmetry: str = "mp_ground_state"  # FinetuneConfig.symmetry: none | mp_ground_state
+    gap_head: str = "warm_start"  # FinetuneConfig.gap_head: warm_start | correction
     val_fraction: float | None = None  # None: the fine-tuning preset's TrainConfig.val_fraction
     patience: int | None = None  # None: the fine-tuning preset's TrainConfig.patience
     submission_variant: str = SUBMISSION_VARIANT
@@ -196,10 +198,12 @@ class EvalSettings:
     def _check_protocol(self) -> None:
         """symmetry, val_fraction and patience (checked by the config dataclasses
         themselves; None: the fine-tuning preset's value)."""
-        from ..config import SYMMETRY_SOURCES, TrainConfig
+        from ..config import GAP_HEADS, SYMMETRY_SOURCES, TrainConfig
 
         if self.symmetry not in SYMMETRY_SOURCES:
             _fail("symmetry", f"must be one of {', '.join(SYMMETRY_SOURCES)}", self.symmetry)
+        if self.gap_head not in GAP_HEADS:
+            _fail("gap_head", f"must be one of {', '.join(GAP_HEADS)}", self.gap_head)
         if self.submission_variant not in ALL_VARIANTS:
             _fail("submission_variant", f"must be one of {', '.join(ALL_VARIANTS)}", self.submission_variant)
         preset = TrainConfig.preset(self.finetune_preset)

@@ -17,6 +17,10 @@ spread is the reported uncertainty. Heads:
 * ``hurdle`` (band gaps, >= 0 with many exact zeros): per member a metal logit and a
   positive gap ``softplus(raw)``; the point prediction is 0 when the metal probability
   is over 0.5, else the positive gap (MAE-friendly).
+
+A head is an MLP ensemble (``head="mlp"``) or, for correction learning (Δ-learning), a
+frozen copy of another task's head plus a learned correction (``head="correction"``):
+the experimental gap as the DFT gap head's answer plus what experiment adds.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class TaskSpec:
     mean: float = 0.0
     std: float = 1.0
     metal_cut: float = 0.5
+    head: str = "mlp"  # or "correction": see CorrectionHead
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +154,27 @@ class Head(nn.Module):
         return torch.einsum("bmh,mho->bmo", a, self.w2) + self.b2
 
 
+HEAD_TYPES = ("mlp", "correction")
+
+
+class CorrectionHead(nn.Module):
+    """Correction learning (Δ-learning): ``base``, a frozen copy of another task's head
+    (e.g. the DFT gap head), plus ``delta``, a learned head whose last layer starts at
+    zero. The raw outputs add (for a hurdle head: the metal logit and the gap before its
+    softplus), so training starts from the base task's answer and learns the difference;
+    the base never trains (its parameters do not require gradients)."""
+
+    def __init__(self, dim: int, hidden: int, members: int, out: int):
+        super().__init__()
+        self.base = Head(dim, hidden, members, out).requires_grad_(False)
+        self.delta = Head(dim, hidden, members, out)
+        nn.init.zeros_(self.delta.w2)
+        nn.init.zeros_(self.delta.b2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.base(h) + self.delta(h)
+
+
 class MultiTaskModel(nn.Module):
     def __init__(self, cfg: ModelConfig, tasks: list[TaskSpec], element_vectors: torch.Tensor | None = None):
         super().__init__()
@@ -165,8 +191,11 @@ class MultiTaskModel(nn.Module):
         model.load_state_dict(state, strict=True, assign=True)
         return model
 
-    def _make_head(self, task: TaskSpec) -> Head:
-        return Head(self.cfg.dim, self.cfg.head_hidden, self.cfg.members, 2 if task.kind == "hurdle" else 1)
+    def _make_head(self, task: TaskSpec) -> nn.Module:
+        if task.head not in HEAD_TYPES:
+            raise ValueError(f"task {task.name!r}: head must be one of {HEAD_TYPES}, got {task.head!r}")
+        kind = CorrectionHead if task.head == "correction" else Head
+        return kind(self.cfg.dim, self.cfg.head_hidden, self.cfg.members, 2 if task.kind == "hurdle" else 1)
 
     def add_task(self, task: TaskSpec) -> None:
         if task.name in self.tasks:
@@ -270,5 +299,6 @@ def state_shapes(cfg: ModelConfig, tasks: list[TaskSpec]) -> dict[str, tuple[int
     for t in tasks:
         n_out = 2 if t.kind == "hurdle" else 1
         head = {"w1": (m, d, h), "b1": (m, h), "w2": (m, h, n_out), "b2": (m, n_out)}
-        out.update({f"heads.{t.name}.{k}": v for k, v in head.items()})
+        parts = ("base.", "delta.") if t.head == "correction" else ("",)
+        out.update({f"heads.{t.name}.{part}{k}": v for part in parts for k, v in head.items()})
     return out

@@ -74,6 +74,7 @@ def finetune(
     config = replace(config, checkpoint=str(find_pretrained(config.checkpoint).resolve()))
     load_checkpoint(config.checkpoint)  # fail early, naming the file, before a run folder is made
     check_aux(config.aux, config.checkpoint)
+    check_gap_head(config.gap_head, config.checkpoint)
     table = load_table(config)  # bad files and labels fail before a folder is made
     world = joined(config.train)
     with start_run(config, out, world) as run:
@@ -97,6 +98,7 @@ def run_finetune(
     set_determinism(train.seed, train.threads, train.device, train.deterministic)
     base, base_meta = load_checkpoint(config.checkpoint)
     check_aux(config.aux, config.checkpoint, base)
+    check_gap_head(config.gap_head, config.checkpoint, base)
     table = table or load_table(config)
     tr_pos, te_pos = split_rows(table.ds, config.holdout_fold, config.max_train_rows, train.seed, shrink_test=False)
     with world.node_first("featurizing the rows"):
@@ -107,7 +109,7 @@ def run_finetune(
         sym_rows = None
         if lookup is not None:  # the gap head learns compositions with (and, by dropout, without) their symmetry
             tr, sym_rows = attach_symmetry(tr, lookup)
-        model = build_model(base)
+        model = build_model(base, config.gap_head)
         sources, replay_info = make_sources(config, base, base_meta, tr, model.cfg.members, train)
     weights = {
         MAIN_TASK: 1.0,
@@ -149,6 +151,7 @@ def run_finetune(
         "replay": replay_info,
         "dropped_heads": dropped,
         "symmetry": config.symmetry,
+        "gap_head": model.tasks[MAIN_TASK].head,
         "train_rows_with_mp_symmetry": sym_rows,
         **done.summary(),
     }
@@ -203,15 +206,28 @@ def find_pretrained(checkpoint: str | Path | None) -> Path:
     return found
 
 
+def _head_names(ckpt, model=None) -> set[str]:
+    """The task heads of a checkpoint (read from its model.json) or of its loaded model."""
+    if model is not None:
+        return set(model.tasks)
+    meta = read_json(Path(ckpt) / "model.json") if Path(ckpt).is_dir() else read_json(Path(ckpt).parent / "model.json")
+    return {t["name"] for t in meta.get("tasks", [])}
+
+
+def check_gap_head(gap_head: str, ckpt, model=None) -> None:
+    """Correction learning needs the checkpoint's DFT gap head (a fine-tuned checkpoint
+    goes on training its own experimental-gap head, whatever it is)."""
+    have = _head_names(ckpt, model)
+    if gap_head == "correction" and MAIN_TASK not in have and "gap_pbe" not in have:
+        raise MatmtlError(
+            f"gap_head='correction' learns a correction to the DFT gap head, but the pretrained checkpoint "
+            f"{ckpt} has no 'gap_pbe' head (pretrain with the tasks e_form,gap_pbe)"
+        )
+
+
 def check_aux(aux_tasks, ckpt, model=None) -> None:
     """Every auxiliary task must have a head in the pretrained checkpoint."""
-    if model is None:
-        meta = (
-            read_json(Path(ckpt) / "model.json") if Path(ckpt).is_dir() else read_json(Path(ckpt).parent / "model.json")
-        )
-        have = {t["name"] for t in meta.get("tasks", [])}
-    else:
-        have = set(model.tasks)
+    have = _head_names(ckpt, model)
     for t in aux_tasks:
         if t not in have:
             hint = " (pretrain with the tasks e_form,gap_pbe to get a DFT gap head)" if t == "gap_pbe" else ""
@@ -252,16 +268,21 @@ def target_column(ds, target: str | None) -> str:
     raise MatmtlError(f"{ds.name}: several target columns {ds.targets}; choose one (the target setting)")
 
 
-def build_model(base):
-    """The pretrained model with a new experimental-gap head, started from the DFT gap
-    head when the checkpoint has one. A checkpoint that already has an experimental-gap
-    head (a fine-tuned model, e.g. a shipped one) goes on training that head."""
+def build_model(base, gap_head: str = "warm_start"):
+    """The pretrained model with a new experimental-gap head. ``gap_head="warm_start"``:
+    a copy of the DFT gap head when the checkpoint has one (trained on from there);
+    ``"correction"``: the frozen DFT gap head plus a correction that starts at zero
+    (:class:`~matmtl.models.CorrectionHead`). A checkpoint that already has an
+    experimental-gap head (a fine-tuned model, e.g. a shipped one) goes on training that head."""
     model = copy.deepcopy(base)
     if MAIN_TASK in base.heads:
         return model
-    model.add_task(TaskSpec(MAIN_TASK, "hurdle", task_unit(MAIN_TASK)))
+    model.add_task(
+        TaskSpec(MAIN_TASK, "hurdle", task_unit(MAIN_TASK), head="mlp" if gap_head == "warm_start" else gap_head)
+    )
     if "gap_pbe" in base.heads:
-        model.heads[MAIN_TASK].load_state_dict(base.heads["gap_pbe"].state_dict())
+        target = model.heads[MAIN_TASK].base if gap_head == "correction" else model.heads[MAIN_TASK]
+        target.load_state_dict(base.heads["gap_pbe"].state_dict())
     return model
 
 
