@@ -35,7 +35,7 @@ CONFIG_VERSION = 2
 
 # The DFT tasks a model can pretrain on (name -> dataset, target column) and the
 # auxiliary-task names the fine-tuning anchor accepts.
-DFT_TASKS = {"e_form": ("mp", "e_form"), "gap_pbe": ("mp_gap", "gap_pbe")}
+DFT_TASKS = {"e_form": ("mp", "e_form"), "gap_pbe": ("mp_gap", "gap_pbe"), "gap_oqmd": ("oqmd_gap", "gap_oqmd")}
 AUX_ALIASES = {"dft_energy": "e_form", "dft_gap": "gap_pbe", "e_form": "e_form", "gap_pbe": "gap_pbe"}
 AUX_SOURCES = ("replay", "distill")
 # the pretraining's loss balancer unless told otherwise: uncertainty weighting transferred

@@ -31,3 +31,24 @@ def test_fold_sizes_and_determinism():
 def test_too_few_rows():
     with pytest.raises(ValueError, match="at least 5 rows"):
         matbench_folds(3)
+
+
+@pytest.mark.parametrize("holdout", [0, None])
+def test_oqmd_gaps_hold_out_the_compositions_the_matbench_tasks_hold_out(holdout):
+    """OQMD has no official folds: with a held-out matbench fold, its rows whose composition
+    is in that fold (of any matbench task trained alongside) are left out of training."""
+    from matmtl.train.data import composition_keys, dft_split
+
+    tr, te, info = dft_split(["e_form", "gap_oqmd"], holdout, 400, 0)
+    oq = np.isfinite(tr.targets["gap_oqmd"])
+    assert info["gap_oqmd"]["holdout_rows"] == 0 and info["gap_oqmd"]["train_rows"] == oq.sum()
+    assert np.isnan(te.targets["gap_oqmd"]).all()
+    if holdout is None:
+        assert oq.sum() == 400 and info["gap_oqmd"]["left_out_as_held_out_elsewhere"] == 0
+        return
+    mp = load_dataset("mp")
+    fold = mp.subset(mp.folds()[holdout][1]).features()
+    held = set(composition_keys(fold.z, fold.frac))
+    assert not held & set(composition_keys(tr.z[oq], tr.frac[oq]))
+    left = info["gap_oqmd"]["left_out_as_held_out_elsewhere"]
+    assert left > 0 and oq.sum() + left == 400

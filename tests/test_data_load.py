@@ -8,7 +8,7 @@ import pytest
 from matmtl.data import REGISTRY, get_spec, load_dataset, manifest
 from matmtl.errors import DataError, DatasetNotFound
 
-EXPECTED = {"mp": 132752, "mp_gap": 106113, "expt_gap": 4604, "mp_cgcnn": 36737}
+EXPECTED = {"mp": 132752, "mp_gap": 106113, "expt_gap": 4604, "mp_cgcnn": 36737, "oqmd_gap": 341608}
 
 
 @pytest.mark.parametrize("name,rows", EXPECTED.items())
@@ -31,6 +31,21 @@ def test_columns_units_and_aliases():
     assert abs(gap.summary()["targets"]["gap_expt"]["fraction_zero"] - 0.532) < 0.01
     cg = load_dataset("mp_cgcnn")
     assert cg.frame.loc[0, "id"].startswith("mp-") and cg.frame.loc[0, "cif"].startswith("#")
+    oq = load_dataset("OQMD_bandgap")  # CrabNet's train, val and test files, in that order
+    assert oq.name == "oqmd_gap" and oq.targets == ["gap_oqmd"] and oq.units == {"gap_oqmd": "eV"}
+    assert oq.frame.loc[0, "id"] == "train:0" and oq.frame["id"].iloc[-1] == "test:51241"
+    assert (oq.target() >= 0).all() and abs(oq.summary()["targets"]["gap_oqmd"]["fraction_zero"] - 0.934) < 0.001
+    assert not get_spec("oqmd_gap").official_folds and get_spec("mp").official_folds
+
+
+def test_a_crabnet_file_with_other_columns_is_a_clear_error(tmp_path):
+    base = tmp_path / "crabnet/data/benchmark_data/OQMD_Bandgap"
+    base.mkdir(parents=True)
+    (base / "train.csv").write_text("formula,target\nGaAs,0.5\n")
+    (base / "val.csv").write_text("formula,gap\nSi,0.6\n")
+    (base / "test.csv").write_text("formula,target\nNaCl,5.0\n")
+    with pytest.raises(DataError, match=r"val.csv: expected the columns formula,target; found \['formula', 'gap'\]"):
+        load_dataset("oqmd_gap", data_dir=tmp_path)
 
 
 def test_unknown_dataset_name():

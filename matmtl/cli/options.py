@@ -71,7 +71,7 @@ def parse_fold(value: Optional[str]) -> Optional[int]:
 
 
 def parse_tasks(value: str) -> tuple[str, ...]:
-    """``--tasks``: comma-separated DFT tasks (e_form, gap_pbe; one alone is a single-task run)."""
+    """``--tasks``: comma-separated DFT tasks (e_form, gap_pbe, gap_oqmd; one alone is a single-task run)."""
     tasks = tuple(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
     bad = [t for t in tasks if t not in DFT_TASKS]
     if bad or not tasks:

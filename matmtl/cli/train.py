@@ -117,9 +117,10 @@ def pretrain_cmd(
         "e_form,gap_pbe",
         "--tasks",
         callback=parse_tasks,
-        help="Comma-separated DFT tasks: e_form (formation energy, the main task when given) "
-        "and gap_pbe (PBE band gap from mp_gap; the two row sets are united, each row trains only "
-        "its own head). One task alone is a single-task run (the negative-transfer baseline).",
+        help="Comma-separated DFT tasks: e_form (formation energy, the main task when given), "
+        "gap_pbe (PBE band gap from mp_gap) and gap_oqmd (OQMD PBE band gaps, 341,608 compositions; "
+        "with a held-out fold, its compositions in that fold are left out). The row sets are united, "
+        "each row trains only its own head. One task alone is a single-task run (the negative-transfer baseline).",
     ),
     out: Optional[Path] = OutOpt,
     holdout_fold: str = HoldoutOpt,

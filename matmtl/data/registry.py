@@ -17,6 +17,14 @@ EXPT_GAP_CITATION = (
     "Zhuo, Mansouri Tehrani, Brgoch. Predicting the band gaps of inorganic solids by machine "
     "learning. J. Phys. Chem. Lett. 9, 1668 (2018)."
 )
+OQMD_CITATION = (
+    "Kirklin, Saal, Meredig, Thompson, Doak, Aykol, Rühl, Wolverton. The Open Quantum Materials Database "
+    "(OQMD): assessing the accuracy of DFT formation energies. npj Comput. Mater. 1, 15010 (2015)."
+)
+CRABNET_CITATION = (
+    "Wang, Kauwe, Murdock, Sparks. Compositionally restricted attention-based network for materials "
+    "property predictions. npj Comput. Mater. 7, 77 (2021)."
+)
 CGCNN_CITATION = (
     "Xie, Grossman. Crystal graph convolutional neural networks for an accurate and "
     "interpretable prediction of material properties. Phys. Rev. Lett. 120, 145301 (2018)."
@@ -45,6 +53,9 @@ class DatasetSpec:
     citation: tuple[str, ...]
     aliases: tuple[str, ...] = ()
     extra_columns: tuple[str, ...] = field(default=())
+    # matbench's 5 official folds split it (KFold on its row order); False: no official
+    # folds (a pretraining task holds out, instead, the compositions the other tasks hold out)
+    official_folds: bool = True
 
     @property
     def target_names(self) -> list[str]:
@@ -61,6 +72,7 @@ class DatasetSpec:
 E_FORM = Target("e_form", "eV/atom", "DFT (PBE) formation energy per atom")
 GAP_PBE = Target("gap_pbe", "eV", "DFT (PBE) band gap", nonnegative=True)
 GAP_EXPT = Target("gap_expt", "eV", "experimental band gap", nonnegative=True)
+GAP_OQMD = Target("gap_oqmd", "eV", "DFT (PBE) band gap from OQMD", nonnegative=True)
 
 _ARTIFACTS = "matbench/scripts/artifacts"
 
@@ -107,6 +119,23 @@ REGISTRY: dict[str, DatasetSpec] = {
             source="matbench v0.1 (materialsproject/matbench artifacts); Zhuo et al. 2018 SI",
             licence="matbench code MIT; data from the cited publication",
             citation=(MATBENCH_CITATION, EXPT_GAP_CITATION),
+        ),
+        DatasetSpec(
+            name="oqmd_gap",
+            aliases=("oqmd_bandgap",),
+            description="OQMD PBE band gaps (CrabNet's OQMD_Bandgap benchmark set, 93% metals), composition only",
+            input="composition",
+            targets=(GAP_OQMD,),
+            rows=341608,
+            mirror_files=tuple(
+                f"crabnet/data/benchmark_data/OQMD_Bandgap/{part}.csv" for part in ("train", "val", "test")
+            ),
+            matminer_name=None,
+            source="anthony-wang/CrabNet benchmark data (commit 457b4d4), from the OQMD; CrabNet's "
+            "train/val/test files read in that order",
+            licence="OQMD data CC-BY 4.0; CrabNet repository MIT",
+            citation=(OQMD_CITATION, CRABNET_CITATION),
+            official_folds=False,
         ),
         DatasetSpec(
             name="mp_cgcnn",

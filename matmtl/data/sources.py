@@ -69,7 +69,25 @@ def find_local(spec: DatasetSpec, root: Path) -> tuple[str, Path] | None:
 def read_mirror(spec: DatasetSpec, root: Path) -> pd.DataFrame:
     if spec.name == "mp_cgcnn":
         return _read_cgcnn(root)
+    if spec.name == "oqmd_gap":
+        return _read_crabnet_parts(root, spec)
     return _read_matbench_artifact(root / spec.mirror_files[0])
+
+
+def _read_crabnet_parts(root: Path, spec: DatasetSpec) -> pd.DataFrame:
+    """CrabNet's benchmark CSVs (``formula,target``), one after another; a row's id names
+    its file and line (e.g. ``train:0``)."""
+    frames = []
+    for rel in spec.mirror_files:
+        try:
+            part = pd.read_csv(root / rel, keep_default_na=False, na_values=[""])
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{root / rel}: not a readable CSV ({exc})") from exc
+        if list(part.columns) != ["formula", "target"]:
+            raise DataError(f"{root / rel}: expected the columns formula,target; found {list(part.columns)}")
+        part.insert(0, "id", [f"{Path(rel).stem}:{i}" for i in range(len(part))])
+        frames.append(part)
+    return pd.concat(frames, ignore_index=True).rename(columns={"target": spec.targets[0].name})
 
 
 def _read_matbench_artifact(path: Path) -> pd.DataFrame:

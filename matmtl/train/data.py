@@ -13,7 +13,7 @@ from ..errors import DataError, MatmtlError
 from .engine import TaskData
 
 # hurdle heads for band gaps (>= 0 with many exact zeros), regression otherwise
-TASK_KIND = {"e_form": "regression", "gap_pbe": "hurdle", "gap_expt": "hurdle"}
+TASK_KIND = {"e_form": "regression", "gap_pbe": "hurdle", "gap_oqmd": "hurdle", "gap_expt": "hurdle"}
 
 
 def task_unit(task: str) -> str:
@@ -90,18 +90,41 @@ def dft_split(
 ) -> tuple[TaskData, TaskData, dict]:
     """Training and held-out rows for DFT tasks: the union of each task's dataset (masked
     losses: a row carries only its own dataset's label). Each dataset is split by its
-    own official matbench fold."""
-    trains, tests, info = [], [], {}
+    own official matbench fold. A dataset without official folds (OQMD gaps) holds out no
+    rows of its own; with a held-out fold, its rows whose composition another task holds
+    out are left out of training (so the DFT figures of that fold stay unseen)."""
     for t in tasks:
         if t not in DFT_TASKS:
             raise MatmtlError(f"unknown pretraining task {t!r}; available: {sorted(DFT_TASKS)}")
-        name, col = DFT_TASKS[t]
-        ds = _load(name, data_dir)
-        tr, te = split_rows(ds, holdout_fold, max_rows, seed)
-        trains.append(to_taskdata(ds, tr, {t: col}))
-        tests.append(to_taskdata(ds, te, {t: col}))
-        info[t] = {"dataset": ds.name, "source": ds.source, "train_rows": int(len(tr)), "holdout_rows": int(len(te))}
-    return concat(trains, tasks), concat(tests, tasks), info
+    loaded = {t: _load(DFT_TASKS[t][0], data_dir) for t in tasks}
+    keys_needed = holdout_fold is not None and not all(ds.spec.official_folds for ds in loaded.values())
+    trains, tests, info, held_out = {}, {}, {}, set()
+    for t in sorted(tasks, key=lambda t: not loaded[t].spec.official_folds):  # official folds first
+        ds, col = loaded[t], DFT_TASKS[t][1]
+        if ds.spec.official_folds:
+            tr, te = split_rows(ds, holdout_fold, max_rows, seed)
+            trains[t], tests[t] = to_taskdata(ds, tr, {t: col}), to_taskdata(ds, te, {t: col})
+            if keys_needed:  # (all of the fold, also where max_rows shrinks the held-out rows)
+                fold = to_taskdata(ds, ds.folds()[holdout_fold][1], {t: col})
+                held_out.update(composition_keys(fold.z, fold.frac))
+        else:
+            tr, te = split_rows(ds, None, max_rows, seed)
+            trains[t] = to_taskdata(ds, tr, {t: col})
+            keep = np.array([k not in held_out for k in composition_keys(trains[t].z, trains[t].frac)], bool)
+            trains[t], tests[t] = trains[t].subset(np.flatnonzero(keep)), to_taskdata(ds, te, {t: col})
+            info[t] = {"left_out_as_held_out_elsewhere": int((~keep).sum())}
+        info[t] = {
+            "dataset": ds.name,
+            "source": ds.source,
+            "train_rows": int(len(trains[t])),
+            "holdout_rows": int(len(tests[t])),
+            **info.get(t, {}),
+        }
+    return (
+        concat([trains[t] for t in tasks], tasks),
+        concat([tests[t] for t in tasks], tasks),
+        {t: info[t] for t in tasks},
+    )
 
 
 def split_validation(data: TaskData, fraction: float, seed: int) -> tuple[TaskData, TaskData]:
