@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-UNITS = {"e_form": "eV/atom", "gap_pbe": "eV"}
+UNITS = {"e_form": "eV/atom", "gap_pbe": "eV", "gap_oqmd": "eV"}
 
 
 def describe(run: Path) -> dict:
@@ -65,7 +65,8 @@ def describe(run: Path) -> dict:
 
 def holdout_errors(run: Path, tasks: list[str], fold: int, rows: dict, cache: dict) -> dict[str, np.ndarray]:
     """Per-row absolute errors of the run's model on the held-out fold's rows of each task
-    (the rows the run itself held out: ``rows`` gives its ``max_rows`` and seed)."""
+    (the rows the run itself held out: ``rows`` gives its ``max_rows`` and seed). A task
+    without held-out rows (OQMD gaps: no official folds) has no entry."""
     from matmtl.checkpoints import load_checkpoint
     from matmtl.train.data import dft_split
 
@@ -76,6 +77,8 @@ def holdout_errors(run: Path, tasks: list[str], fold: int, rows: dict, cache: di
             _, te, _ = dft_split([t], fold, rows["max_rows"], rows["seed"], rows["data_dir"])
             cache[t] = te
         te = cache[t]
+        if not len(te):
+            continue
         y = np.asarray(te.targets[t], dtype=np.float64)
         pred = net.predict_arrays(te.z, te.frac, te.spg, [t])[t].mean(1)
         out[t] = np.abs(pred - y)
@@ -247,7 +250,7 @@ def main(argv=None) -> int:
     for name, r in runs.items():
         r["paired"] = {}
         for t in r["tasks"]:
-            if name == ref or t not in errors[ref]:
+            if name == ref or t not in errors[ref] or t not in errors[name]:
                 continue
             d = errors[name][t] - errors[ref][t]
             r["paired"][t] = {"diff": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))), "rows": len(d)}

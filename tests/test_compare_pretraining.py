@@ -73,3 +73,15 @@ def test_runs_holding_out_other_rows_are_refused(runs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         _script().main([f"static={runs['static']}", f"other={other}"])
     assert "must hold out the same rows" in capsys.readouterr().err
+
+
+def test_a_task_without_held_out_rows_is_compared_on_validation_rows_only(runs, tmp_path):
+    """OQMD gaps have no official folds, so no held-out rows: the run is compared on the
+    tasks it shares with the reference, and its OQMD task only by its validation MAE."""
+    cfg = tiny_pretrain(("e_form", "gap_pbe", "gap_oqmd"), train=tiny_train(epochs=1), max_rows=400)
+    oqmd = pretrain(cfg, tmp_path / "oqmd", progress=False).run_dir
+    out_json = tmp_path / "cmp.json"
+    assert _script().main([f"static={runs['static']}", f"oqmd={oqmd}", "--json", str(out_json)]) == 0
+    r = json.loads(out_json.read_text())["runs"]["oqmd"]
+    assert set(r["paired"]) == {"e_form", "gap_pbe"} and set(r["holdout_mae_recomputed"]) == {"e_form", "gap_pbe"}
+    assert "gap_oqmd" not in r["holdout_mae"] and r["validation_mae"]["gap_oqmd"] >= 0
