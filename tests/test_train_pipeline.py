@@ -215,6 +215,14 @@ def test_correction_learning_keeps_the_dft_gap_head_frozen_inside_the_new_head(p
     again, _ = load_checkpoint(res.run_dir)
     np.testing.assert_array_equal(model.predict_arrays(z, f, s)["gap_expt"], again.predict_arrays(z, f, s)["gap_expt"])
     assert (model.predict_arrays(z, f, s)["gap_expt"] >= 0).all()
+    if source == "distill":
+        return
+    # a fine-tuned checkpoint goes on training its own head: correction learning from one with a
+    # plain head is refused, naming why
+    plain = finetune(tiny_finetune(pretrained.run_dir, max_train_rows=100, train=tiny_ft(epochs=1)), tmp_path / "p")
+    with pytest.raises(MatmtlError, match="fine-tuned already .* plain 'mlp' head"):
+        finetune(tiny_finetune(plain.run_dir, gap_head="correction"), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize(

@@ -206,19 +206,29 @@ def find_pretrained(checkpoint: str | Path | None) -> Path:
     return found
 
 
-def _head_names(ckpt, model=None) -> set[str]:
-    """The task heads of a checkpoint (read from its model.json) or of its loaded model."""
+def _heads(ckpt, model=None) -> dict[str, str]:
+    """Task name -> head type ("mlp" or "correction") of a checkpoint (read from its
+    model.json) or of its loaded model."""
     if model is not None:
-        return set(model.tasks)
+        return {name: t.head for name, t in model.tasks.items()}
     meta = read_json(Path(ckpt) / "model.json") if Path(ckpt).is_dir() else read_json(Path(ckpt).parent / "model.json")
-    return {t["name"] for t in meta.get("tasks", [])}
+    return {t["name"]: t.get("head", "mlp") for t in meta.get("tasks", [])}
 
 
 def check_gap_head(gap_head: str, ckpt, model=None) -> None:
-    """Correction learning needs the checkpoint's DFT gap head (a fine-tuned checkpoint
-    goes on training its own experimental-gap head, whatever it is)."""
-    have = _head_names(ckpt, model)
-    if gap_head == "correction" and MAIN_TASK not in have and "gap_pbe" not in have:
+    """Correction learning needs the checkpoint's DFT gap head. A fine-tuned checkpoint
+    goes on training its own experimental-gap head: asking it for correction learning
+    when that head is not a correction head is an error, not a silent switch."""
+    have = _heads(ckpt, model)
+    if gap_head != "correction":
+        return
+    if MAIN_TASK in have and have[MAIN_TASK] != "correction":
+        raise MatmtlError(
+            f"gap_head='correction': the checkpoint {ckpt} is fine-tuned already (its {MAIN_TASK!r} head is a "
+            f"plain {have[MAIN_TASK]!r} head, trained on from there); correction learning starts from a "
+            "pretrained checkpoint"
+        )
+    if MAIN_TASK not in have and "gap_pbe" not in have:
         raise MatmtlError(
             f"gap_head='correction' learns a correction to the DFT gap head, but the pretrained checkpoint "
             f"{ckpt} has no 'gap_pbe' head (pretrain with the tasks e_form,gap_pbe)"
@@ -227,7 +237,7 @@ def check_gap_head(gap_head: str, ckpt, model=None) -> None:
 
 def check_aux(aux_tasks, ckpt, model=None) -> None:
     """Every auxiliary task must have a head in the pretrained checkpoint."""
-    have = _head_names(ckpt, model)
+    have = _heads(ckpt, model)
     for t in aux_tasks:
         if t not in have:
             hint = " (pretrain with the tasks e_form,gap_pbe to get a DFT gap head)" if t == "gap_pbe" else ""
