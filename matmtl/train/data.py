@@ -101,24 +101,25 @@ def dft_split(
     trains, tests, info, held_out = {}, {}, {}, set()
     for t in sorted(tasks, key=lambda t: not loaded[t].spec.official_folds):  # official folds first
         ds, col = loaded[t], DFT_TASKS[t][1]
+        extra = {}
         if ds.spec.official_folds:
             tr, te = split_rows(ds, holdout_fold, max_rows, seed)
             trains[t], tests[t] = to_taskdata(ds, tr, {t: col}), to_taskdata(ds, te, {t: col})
             if keys_needed:  # (all of the fold, also where max_rows shrinks the held-out rows)
                 fold = to_taskdata(ds, ds.folds()[holdout_fold][1], {t: col})
                 held_out.update(composition_keys(fold.z, fold.frac))
-        else:
-            tr, te = split_rows(ds, None, max_rows, seed)
-            trains[t] = to_taskdata(ds, tr, {t: col})
-            keep = np.array([k not in held_out for k in composition_keys(trains[t].z, trains[t].frac)], bool)
-            trains[t], tests[t] = trains[t].subset(np.flatnonzero(keep)), to_taskdata(ds, te, {t: col})
-            info[t] = {"left_out_as_held_out_elsewhere": int((~keep).sum())}
+        else:  # no held-out rows of its own; the compositions held out elsewhere stay unseen
+            tr, _ = split_rows(ds, None, max_rows, seed)
+            rows = to_taskdata(ds, tr, {t: col})
+            keep = np.array([k not in held_out for k in composition_keys(rows.z, rows.frac)], bool)
+            trains[t], tests[t] = rows.subset(np.flatnonzero(keep)), empty([t])
+            extra = {"left_out_as_held_out_elsewhere": int((~keep).sum())}
         info[t] = {
             "dataset": ds.name,
             "source": ds.source,
             "train_rows": int(len(trains[t])),
             "holdout_rows": int(len(tests[t])),
-            **info.get(t, {}),
+            **extra,
         }
     return (
         concat([trains[t] for t in tasks], tasks),

@@ -219,9 +219,9 @@ def check_gap_head(gap_head: str, ckpt, model=None) -> None:
     """Correction learning needs the checkpoint's DFT gap head. A fine-tuned checkpoint
     goes on training its own experimental-gap head: asking it for correction learning
     when that head is not a correction head is an error, not a silent switch."""
-    have = _heads(ckpt, model)
     if gap_head != "correction":
         return
+    have = _heads(ckpt, model)
     if MAIN_TASK in have and have[MAIN_TASK] != "correction":
         raise MatmtlError(
             f"gap_head='correction': the checkpoint {ckpt} is fine-tuned already (its {MAIN_TASK!r} head is a "
@@ -288,7 +288,7 @@ def build_model(base, gap_head: str = "warm_start"):
     if MAIN_TASK in base.heads:
         return model
     model.add_task(
-        TaskSpec(MAIN_TASK, "hurdle", task_unit(MAIN_TASK), head="mlp" if gap_head == "warm_start" else gap_head)
+        TaskSpec(MAIN_TASK, "hurdle", task_unit(MAIN_TASK), head="correction" if gap_head == "correction" else "mlp")
     )
     if "gap_pbe" in base.heads:
         target = model.heads[MAIN_TASK].base if gap_head == "correction" else model.heads[MAIN_TASK]
