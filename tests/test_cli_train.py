@@ -21,6 +21,8 @@ runner = CliRunner()
         (["pretrain", "--lr", "-1e-3"], "--lr"),
         (["pretrain", "--members", "0"], "--members"),
         (["pretrain", "--sym-dropout", "1.5"], "--sym-dropout"),
+        (["pretrain", "--dropout", "0.95"], "--dropout"),
+        (["pretrain", "--weight-decay", "-1e-4"], "--weight-decay"),
         (["pretrain", "--tasks", "e_form,magic"], "--tasks"),
         (["pretrain", "--tasks", ","], "--tasks"),
         (["pretrain", "--size", "huge"], "--size"),
@@ -77,6 +79,31 @@ def test_defaults_shown_are_the_configs():
     for cmd in ("finetune", "evaluate"):
         params = {p.name: p for p in typer.main.get_command(app).commands[cmd].params}
         assert params["gap_head"].default.value == ft.gap_head == "warm_start"
+
+
+def test_regularisation_options_reach_the_config(tmp_path, monkeypatch):
+    """--dropout and --weight-decay go into the model and training configs; left out,
+    the preset's values stay."""
+    from types import SimpleNamespace
+
+    import matmtl.train
+
+    seen = []
+
+    def fake_pretrain(config, out):
+        seen.append(config)
+        return SimpleNamespace(run_dir=tmp_path / "run")
+
+    monkeypatch.setattr(matmtl.train, "pretrain", fake_pretrain)
+    monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path))
+    r = runner.invoke(app, ["pretrain", "--device", "cpu", "--dropout", "0.1", "--weight-decay", "0.01"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["pretrain", "--device", "cpu", "--size", "tiny"])
+    assert r.exit_code == 0, r.output
+    given, preset = seen
+    assert (given.model.dropout, given.train.weight_decay) == (0.1, 0.01)
+    assert given.model.dim == 192 and given.train.lr == TrainConfig().lr  # the rest is the preset's
+    assert (preset.model.dropout, preset.train.weight_decay) == (0.0, TrainConfig().weight_decay)
 
 
 def _interrupt(monkeypatch, tmp_path, after_save: bool):

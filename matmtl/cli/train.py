@@ -148,6 +148,16 @@ def pretrain_cmd(
         min=1,
         help="Ensemble members per task head (their spread is the uncertainty); " + model_help("members") + ".",
     ),
+    dropout: Optional[float] = typer.Option(
+        None,
+        "--dropout",
+        min=0.0,
+        max=0.9,
+        help="Dropout in the encoder's attention blocks (regularisation); " + model_help("dropout") + ".",
+    ),
+    weight_decay: Optional[float] = typer.Option(
+        None, "--weight-decay", min=0.0, help="AdamW weight decay; " + train_help("weight_decay") + "."
+    ),
     sym_dropout: float = typer.Option(
         TrainConfig().sym_dropout,
         "--sym-dropout",
@@ -193,10 +203,10 @@ def pretrain_cmd(
             holdout_fold=holdout_fold,
             max_rows=max_rows,
             data_dir=data_dir_str(data_dir),
-            model=ModelConfig.preset(preset, **_given(dim=dim, layers=layers, members=members)),
+            model=ModelConfig.preset(preset, **_given(dim=dim, layers=layers, members=members, dropout=dropout)),
             train=TrainConfig.preset(
                 preset,
-                **_given(epochs=epochs, batch_size=batch_size, lr=lr),
+                **_given(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay),
                 seed=seed,
                 threads=threads,
                 device=dev,
