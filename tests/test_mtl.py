@@ -176,12 +176,31 @@ def _step(model, mtl, x, ya, yb, k):
     return mtl.backward(losses, z)
 
 
-def test_monitored_step_gives_the_same_update_as_a_plain_step():
+@pytest.mark.parametrize(
+    "balancer, weights",
+    [
+        (Static, None),
+        (Static, {"a": 0.3, "b": 2.5}),  # the plain sum, fused over the micro-batch samples
+        (Uncertainty, {"a": 2.0}),  # learned weights, still the plain sum
+        (GradNorm, None),  # reads the (T, d) task gradients: their mean over micro-batches
+    ],
+)
+def test_monitored_step_gives_the_same_update_as_a_plain_step(balancer, weights):
     x, ya, yb = _data(64)
     plain, monitored = TwoHead(), TwoHead()
     z, losses = _losses(plain, x, ya, yb)
-    MTLBackward(plain.parameters(), plain.encoder.parameters(), ["a", "b"]).backward(losses, z)
-    mtl = MTLBackward(monitored.parameters(), monitored.encoder.parameters(), ["a", "b"], monitor=GeometryMonitor(1, 4))
+    kw = dict(weights=weights)
+    MTLBackward(plain.parameters(), plain.encoder.parameters(), ["a", "b"], balancer=balancer(), **kw).backward(
+        losses, z
+    )
+    mtl = MTLBackward(
+        monitored.parameters(),
+        monitored.encoder.parameters(),
+        ["a", "b"],
+        balancer=balancer(),
+        monitor=GeometryMonitor(1, 4),
+        **kw,
+    )
     _step(monitored, mtl, x, ya, yb, 4)
     assert torch.allclose(_flat_grad(monitored.parameters()), _flat_grad(plain.parameters()), atol=1e-6)
     (rec,) = mtl.close()

@@ -166,7 +166,10 @@ class MTLBackward:
         self.world.sum_(per_chunk, self._doing("the micro-batch task gradients"))
         if self.monitor_due() and self.world.is_main:
             self.monitor.submit(self.step, self.tasks, per_chunk.detach())
-        return self._finish({t: torch.stack(parts[t]).mean() for t in self.tasks}, per_chunk.mean(dim=1))
+        scalars = {t: torch.stack(parts[t]).mean() for t in self.tasks}
+        if self.surgery.needs_grads or self.balancer.needs_grads:
+            return self._finish(scalars, per_chunk.mean(dim=1))
+        return self._finish(scalars, per_chunk, chunked=True)
 
     def _buffer(self, k: int) -> torch.Tensor:
         """The (T, k, d) gradient buffer, kept between monitored steps: a fresh one
@@ -196,9 +199,11 @@ class MTLBackward:
     def _doing(self, what: str) -> str:
         return f"summing {what} at step {self.step}"
 
-    def _finish(self, scalars, grads: torch.Tensor | None, ddp: bool = False) -> dict:
+    def _finish(self, scalars, grads: torch.Tensor | None, ddp: bool = False, chunked: bool = False) -> dict:
         """``scalars``: this process's part of each task loss; ``grads``: the (T, d) task
-        gradients of the whole batch (summed over processes), or None."""
+        gradients of the whole batch (summed over processes), or None; with ``chunked``,
+        the (T, k, d) micro-batch gradients whose mean over k is that (only for the plain
+        sum: no surgery and a balancer that does not read gradients)."""
         if isinstance(scalars, dict):
             scalars = [scalars[t] for t in self.tasks]
         stacked = torch.stack(list(scalars))
@@ -209,7 +214,7 @@ class MTLBackward:
                 self._raise_nonfinite(~torch.isfinite(losses), self.step)
         else:
             self._note_nonfinite(losses)
-        w = self.balancer.weights(losses, grads)
+        w = self.balancer.weights(losses, None if chunked else grads)
         total = (w.to(stacked.dtype) * stacked).sum()
         # without per-task gradients one ordinary backward pass does everything;
         # with them, it only serves the task-specific parameters (heads)
@@ -218,7 +223,10 @@ class MTLBackward:
             total.backward(inputs=inputs)
         if not ddp:
             self.world.sum_grads_(inputs, self._doing("the gradients"))
-        if grads is not None:
+        if chunked:  # sum_t w_t mean_c g_tc in one pass over the samples: no (T, d) intermediates
+            n, k, d = grads.shape
+            self._add_to_shared(grads.view(n * k, d).T @ (w.to(grads.dtype) / k).repeat_interleave(k))
+        elif grads is not None:
             weighted = grads * w.to(grads.dtype).unsqueeze(1)
             self._add_to_shared(self.surgery(weighted, seed=self.seed + self.step))
         self.balancer.backward_own(losses)
