@@ -97,16 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the breakdown here")
     args = ap.parse_args(argv)
     try:
-        predictions = json.loads(args.predictions.read_text())
-        runs = variants_of(predictions)
+        runs = variants_of(json.loads(args.predictions.read_text()))
+        variants = {name: breakdown(y, p) for name, (y, p) in runs.items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"error: cannot read the predictions in {args.predictions}: {exc!r}", file=sys.stderr)
+        print(f"error: cannot read the predictions in {args.predictions}: {exc}", file=sys.stderr)
         return 2
     result = {
-        "about": __doc__.split("\n\n")[1].strip(),
+        "about": " ".join(__doc__.split("\n\n")[2].split()),
         "source": str(args.predictions),
         "command": "python " + " ".join(["scripts/error_breakdown.py", *(argv if argv is not None else sys.argv[1:])]),
-        "variants": {name: breakdown(y, p) for name, (y, p) in runs.items()},
+        "variants": variants,
     }
     print(table(result))
     if args.json:

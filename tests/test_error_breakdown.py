@@ -51,6 +51,7 @@ def test_the_repository_predictions(script, tmp_path, capsys):
     out = tmp_path / "breakdown.json"
     assert script.main([str(source), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["about"].startswith("Reads the test predictions")
     reported = json.loads((ROOT / "results" / "expt_gap.json").read_text())
     preds = json.loads(source.read_text())
     for name, b in result["variants"].items():
@@ -68,8 +69,17 @@ def test_the_repository_predictions(script, tmp_path, capsys):
     assert "metal_called_gapped" in capsys.readouterr().out
 
 
-def test_unreadable_file_is_a_clear_error(script, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{}",  # not an evaluation's predictions
+        "not json",
+        # a non-finite prediction: refused with the reason, no traceback
+        '{"folds": {"0": {"target": [0.0, 1.0]}}, "variants": {"v": {"0": [0.0, NaN]}}}',
+    ],
+)
+def test_unreadable_file_is_a_clear_error(script, tmp_path, capsys, content):
     bad = tmp_path / "p.json"
-    bad.write_text("{}")
+    bad.write_text(content)
     assert script.main([str(bad)]) == 2
     assert "cannot read the predictions" in capsys.readouterr().err
