@@ -50,6 +50,15 @@ GAP_HEAD_HELP = (
     "How the experimental-gap head starts: warm_start (a trainable copy of the DFT gap head) or "
     "correction (the frozen DFT gap head plus a learned correction: Δ-learning)."
 )
+# "mp_pbe": after fine-tuning, the gap's metal decision is checked against Materials
+# Project's PBE gap of the composition (matmtl.metal_gate; its mode chosen on validation
+# rows, "off" among them); "none": no gate
+METAL_GATES = ("mp_pbe", "none")
+METAL_GATE_HELP = (
+    "mp_pbe: check the gap's metal decision against Materials Project's PBE gap of the composition's "
+    "ground state (or of the given structure's polymorph); the run's validation rows choose whether and "
+    "how (off, metal, both). none: the model's gap as it is."
+)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
@@ -58,6 +67,7 @@ Device = Enum("Device", {d: d for d in DEVICES}, type=str)
 Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str)
 SymmetrySource = Enum("SymmetrySource", {v: v for v in SYMMETRY_SOURCES}, type=str)
 GapHead = Enum("GapHead", {v: v for v in GAP_HEADS}, type=str)
+MetalGateSource = Enum("MetalGateSource", {v: v for v in METAL_GATES}, type=str)
 
 
 def _check(ok: bool, where: str, what: str, value) -> None:
@@ -344,6 +354,8 @@ class FinetuneConfig:
     # "warm_start": the experimental-gap head starts as a trainable copy of the DFT gap head;
     # "correction": it is the frozen DFT gap head plus a learned correction (Δ-learning)
     gap_head: str = "warm_start"
+    # "mp_pbe": the DFT metal gate (matmtl.metal_gate), fitted on the run's own rows; "none"
+    metal_gate: str = "mp_pbe"
     data_dir: str | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig.preset("finetune"))
     mtl: MTLConfig = field(default_factory=MTLConfig)
@@ -375,6 +387,12 @@ class FinetuneConfig:
             self.symmetry,
         )
         _check(self.gap_head in GAP_HEADS, f"{c}.gap_head", f"must be one of {', '.join(GAP_HEADS)}", self.gap_head)
+        _check(
+            self.metal_gate in METAL_GATES,
+            f"{c}.metal_gate",
+            f"must be one of {', '.join(METAL_GATES)}",
+            self.metal_gate,
+        )
         _check_fold(self.holdout_fold, f"{c}.holdout_fold")
         _check_rows(self.max_train_rows, f"{c}.max_train_rows")
         _check_rows(self.replay_max_rows, f"{c}.replay_max_rows")

@@ -299,11 +299,15 @@ def _workspace(run_dir):
 
 
 def freeze(model) -> dict:
-    """A fitted model as plain data: safetensors bytes, model.json content, its path."""
+    """A fitted model as plain data: safetensors bytes, model.json content, its path, its
+    metal gate (gzipped JSON bytes, or None)."""
     from safetensors.torch import save
 
+    from .metal_gate import dumps
+
     weights = save({k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()})
-    return {"weights": weights, "meta": model.meta, "path": str(model.path)}
+    gate = None if model.metal_gate is None else dumps(*model.metal_gate)
+    return {"weights": weights, "meta": model.meta, "path": str(model.path), "metal_gate": gate}
 
 
 def thaw(frozen: dict, device: str = "cpu"):
@@ -312,13 +316,16 @@ def thaw(frozen: dict, device: str = "cpu"):
 
     from .checkpoints import WEIGHTS, load_checkpoint, write_meta
     from .inference import Model
+    from .metal_gate import loads
 
     device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="matmtl-thaw-") as tmp:
         (Path(tmp) / WEIGHTS).write_bytes(frozen["weights"])
         write_meta(tmp, frozen["meta"])  # fresh hashes over these bytes
         net, meta = load_checkpoint(tmp, device)
-    return Model(net, meta, Path(frozen["path"]))
+    gate = frozen.get("metal_gate")  # (absent from models pickled before the gate existed)
+    gate = loads(gate, "the pickled model's metal gate") if gate is not None else None
+    return Model(net, meta, Path(frozen["path"]), metal_gate=gate)
 
 
 __all__ = ["BandGapRegressor", "as_gaps", "as_inputs", "training_table"]

@@ -32,7 +32,10 @@ lies somewhat above it; this model does not resolve that).
 elements absent from the head's training data; a composition far from every training
 composition (distance and threshold: :mod:`matmtl.uncertainty`); isolated atoms or a
 vacuum layer in a structure; a structure given to a head trained on compositions only
-(its space group is outside what that head learned); the e_form = 0 rule above.
+(its space group is outside what that head learned); the e_form = 0 rule above; a gap
+the checkpoint's DFT metal gate changed (:mod:`matmtl.metal_gate`: 0 eV where Materials
+Project's PBE calls the composition's ground state, or the given polymorph, a metal), with
+the model's own value.
 
 Inputs the model cannot handle (unparsable formula, disordered structure, Molecule,
 an element never seen in training, more elements than the model takes, an unreadable
@@ -105,7 +108,9 @@ class Prediction:
 class Model:
     """A loaded checkpoint ready to predict; load once with :func:`load_model`, reuse."""
 
-    def __init__(self, net, meta: dict, path: Path):
+    def __init__(self, net, meta: dict, path: Path, metal_gate: tuple | None = None):
+        """``metal_gate``: (MetalGate, PbeGaps); by default read from ``metal_gate.json.gz``
+        in ``path`` when it is there (see :mod:`matmtl.metal_gate`)."""
         self.net, self.meta, self.path = net, meta, Path(path)
         self.elements = set(meta.get("elements") or [])
         self.tasks = list(net.tasks)
@@ -117,6 +122,13 @@ class Model:
         )
         self._domains: dict[str, Any] | None = None
         self._domain_note = ""
+        if metal_gate is None:
+            from .metal_gate import GATE_FILE, load
+
+            file = self.path / GATE_FILE
+            metal_gate = load(file) if file.is_file() else None
+        #: (MetalGate, PbeGaps) of the checkpoint's DFT metal gate, or None without one
+        self.metal_gate = metal_gate
 
     def __repr__(self) -> str:
         return f"matmtl.Model({self.path}, kind={self.meta.get('kind')}, tasks={self.tasks})"
@@ -198,10 +210,12 @@ class Model:
             f, good = self._featurize(good, comps, spg, notes, labels, on_bad)
         if len(good):
             preds = self.net.predict_arrays(f.z, f.frac, f.spg, self.tasks, batch_size=batch_size)
+            gate_notes = [""] * len(good)
             if "gap_expt" in preds:
                 out["gap_expt"][good] = preds["gap_expt"].mean(1)
                 out["gap_expt_std"][good] = self._sigma("gap_expt", preds["gap_expt"].std(1))
                 out["p_metal"][good] = preds["gap_expt_p_metal"].mean(1)
+                gate_notes = self._apply_metal_gate(f, good, out["gap_expt"])
             if "e_form" in preds:
                 out["e_form"][good] = preds["e_form"].mean(1)
                 out["e_form_std"][good] = self._sigma("e_form", preds["e_form"].std(1))
@@ -210,13 +224,38 @@ class Model:
                 out["e_form_std"][good[single_el]] = 0.0
             flags = self._trust(good, comps, structs, spg, f)
             for r, i in enumerate(good):
-                trust[i] = "; ".join(flags[r])
+                trust[i] = "; ".join(flags[r] + [gate_notes[r]] * bool(gate_notes[r]))
         missing = [t for t in ("gap_expt", "e_form") if t not in self.tasks]
         if missing:
             msg = f"this model has no {' / '.join(missing)} head ({self.meta.get('kind')} checkpoint {self.path})"
             notes = [f"{n_}; {msg}" if n_ else msg for n_ in notes]
         cols = {"input": labels, "formula": formulas, "spg_num": spg, **out, "note": notes, "trust": trust}
         return {c: cols[c] for c in COLUMNS}
+
+    def _apply_metal_gate(self, f, good, gap: np.ndarray) -> list[str]:
+        """Gate the gaps of rows ``good`` in place; a trust note for each row it changed."""
+        notes = [""] * len(good)
+        if self.metal_gate is None or self.metal_gate[0].mode == "off":
+            return notes
+        from .train.data import composition_keys
+
+        gate, gaps = self.metal_gate
+        pbe = gaps.lookup(composition_keys(f.z, f.frac), f.spg)
+        before = gap[good].copy()
+        gap[good] = after = gate.apply(before, pbe)
+        for r in np.flatnonzero(after != before):
+            of = "its ground state" if f.spg[r] == 0 else f"this polymorph (space group {int(f.spg[r])})"
+            if after[r] == 0:
+                notes[r] = (
+                    f"metal gate: Materials Project's PBE calculation of {of} is a metal, so the gap is "
+                    f"set to 0 eV (the model alone: {before[r]:.2f} eV)"
+                )
+            else:
+                notes[r] = (
+                    f"metal gate: the model called it a metal, but Materials Project's PBE gap of {of} is "
+                    f"{pbe[r]:.2f} eV; the gap is set to {after[r]:.2f} eV on the experimental scale"
+                )
+        return notes
 
     def _featurize(self, good, comps, spg, notes, labels, on_bad):
         """Features of the usable rows; a row the featurizer refuses follows ``on_bad``

@@ -205,7 +205,7 @@ def release(
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for f in zoo.CHECKED_FILES:
+    for f in zoo.model_files(ft):
         shutil.copy2(ft / f, tmp / f)
     from . import inference
 
@@ -239,6 +239,8 @@ def release(
         },
         "benchmark": benchmark_figures(),
         "validation": read_json(ft / "metrics.json").get("validation"),
+        # the DFT metal gate of the kept run (matmtl.metal_gate): its mode, chosen on validation rows
+        "metal_gate": read_json(ft / "metrics.json").get("metal_gate"),
         "reference_predictions": {
             r.input: {"gap_expt": round(float(r.gap_expt), 6), "e_form": round(float(r.e_form), 6)}
             for r in reference.itertuples()

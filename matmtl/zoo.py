@@ -35,6 +35,7 @@ RETIRED = {
 }
 CARD_VERSION = 1  # the newest card format this matmtl reads
 CHECKED_FILES = ("model.safetensors", "model.json")
+OPTIONAL_FILES = ("metal_gate.json.gz",)  # shipped (and checked) when the run made one
 _VERIFIED: dict[Path, tuple] = {}  # folder -> file stamps already checked in this process
 
 
@@ -65,7 +66,7 @@ def list_models() -> list[dict]:
                 "name": c["name"],
                 "version": c.get("version"),
                 "description": c.get("description", ""),
-                "size_mb": round(sum((folder / f).stat().st_size for f in CHECKED_FILES) / 2**20, 2),
+                "size_mb": round(sum((folder / f).stat().st_size for f in model_files(folder)) / 2**20, 2),
                 "trained_on": c.get("data", {}).get("summary", ""),
                 "path": str(folder),
             }
@@ -121,20 +122,28 @@ def card(name: str) -> dict:
     return read_card(folder)
 
 
+def model_files(folder: str | Path) -> list[str]:
+    """The model's files in ``folder``: the checkpoint, and the optional ones it has."""
+    return [*CHECKED_FILES, *(f for f in OPTIONAL_FILES if (Path(folder) / f).is_file())]
+
+
 def file_digests(folder: str | Path) -> dict[str, str]:
-    return {f: hashlib.sha256((Path(folder) / f).read_bytes()).hexdigest() for f in CHECKED_FILES}
+    return {f: hashlib.sha256((Path(folder) / f).read_bytes()).hexdigest() for f in model_files(folder)}
 
 
 def verify(folder: str | Path) -> None:
-    """The shipped files are the ones the card describes (SHA-256), else a clear error
-    (checked once per process for unchanged files)."""
+    """The shipped files are the ones the card describes (SHA-256; an optional file the
+    card lists must be there, one it does not list must not), else a clear error (checked
+    once per process for unchanged files)."""
     folder = Path(folder)
-    stamp = tuple((folder / f).stat().st_mtime_ns for f in (*CHECKED_FILES, "card.json"))
+    files = model_files(folder)
+    stamp = (tuple(files), tuple((folder / f).stat().st_mtime_ns for f in (*files, "card.json")))
     if _VERIFIED.get(folder) == stamp:
         return
     expected = read_card(folder).get("sha256", {})
     got = file_digests(folder)
-    bad = [f for f in CHECKED_FILES if expected.get(f) != got[f]]
+    listed = [f for f in (*CHECKED_FILES, *OPTIONAL_FILES) if f in CHECKED_FILES or f in expected]
+    bad = [f for f in sorted(set(listed) | set(got)) if expected.get(f) != got.get(f)]
     if bad:
         raise MatmtlError(
             f"{folder}: {', '.join(bad)} do not match the SHA-256 in its card.json (damaged or edited "

@@ -108,11 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join(["scripts/error_breakdown.py", *(argv if argv is not None else sys.argv[1:])]),
         "variants": variants,
     }
-    print(table(result))
-    if args.json:
+    return publish(table(result), result, args.json)
+
+
+def publish(text: str, result: dict, path: Path | None) -> int:
+    """Print ``text`` (the table), write ``result`` to ``path`` if given; exit status 0."""
+    print(text)
+    if path:
         from matmtl.io import atomic_write_json
 
-        atomic_write_json(args.json, result)
+        atomic_write_json(path, result)
     return 0
 
 

@@ -40,6 +40,7 @@ runner = CliRunner()
         (["finetune", "--aux-weight", "-1"], "--aux-weight"),
         (["finetune", "--soft-share", "-0.1"], "--soft-share"),
         (["finetune", "--gap-head", "delta"], "--gap-head"),
+        (["finetune", "--metal-gate", "magic"], "--metal-gate"),
         (["finetune", "--epochs", "0"], "--epochs"),
         (["finetune", "--batch-size", "0"], "--batch-size"),
         (["finetune", "--holdout-fold", "x"], "--holdout-fold"),
@@ -79,6 +80,9 @@ def test_defaults_shown_are_the_configs():
     for cmd in ("finetune", "evaluate"):
         params = {p.name: p for p in typer.main.get_command(app).commands[cmd].params}
         assert params["gap_head"].default.value == ft.gap_head == "warm_start"
+    # fine-tuning gates the metal decision with Materials Project's PBE gap unless told otherwise
+    params = {p.name: p for p in typer.main.get_command(app).commands["finetune"].params}
+    assert params["metal_gate"].default.value == ft.metal_gate == "mp_pbe"
 
 
 def test_regularisation_options_reach_the_config(tmp_path, monkeypatch):

@@ -83,6 +83,33 @@ def test_a_damaged_or_newer_model_is_refused(released, tmp_path, monkeypatch):
         zoo.resolve("nope")
 
 
+def test_the_metal_gate_ships_with_the_model_and_is_checked(released, tmp_path, monkeypatch):
+    """The kept run's DFT metal gate is in the card; its file (when the mode needs a table)
+    ships beside the weights under the card's SHA-256, and a gate file added, edited or
+    removed after the release is refused."""
+    import shutil
+
+    from matmtl.metal_gate import GATE_FILE, MODES, load
+
+    card = json.loads((released / "card.json").read_text())
+    gate = card["metal_gate"]
+    assert gate["mode"] in MODES and gate["validation_mae"][gate["mode"]] == min(gate["validation_mae"].values())
+    assert (released / GATE_FILE).is_file() and GATE_FILE in card["sha256"]
+    assert load(released / GATE_FILE)[0].mode == gate["mode"]
+    copy = tmp_path / "models" / "tiny-test-v1"
+    shutil.copytree(released, copy)
+    monkeypatch.setattr(zoo, "PRETRAINED_DIR", copy.parent)
+    (copy / GATE_FILE).unlink()
+    with pytest.raises(MatmtlError, match=f"{GATE_FILE} do not match the SHA-256"):
+        zoo.resolve("tiny-test-v1")
+    shutil.copy2(released / GATE_FILE, copy / GATE_FILE)
+    assert zoo.resolve("tiny-test-v1") == copy
+    nogate = {**card, "sha256": {k: v for k, v in card["sha256"].items() if k != GATE_FILE}}
+    (copy / "card.json").write_text(json.dumps(nogate))
+    with pytest.raises(MatmtlError, match=f"{GATE_FILE} do not match the SHA-256"):
+        zoo.resolve("tiny-test-v1")
+
+
 def test_a_retired_model_name_says_what_replaced_it():
     import matmtl
 

@@ -377,6 +377,28 @@ def test_nothing_is_fitted_on_the_test_rows(pretrained, tmp_path):
     (ma, meta_a), (mb, meta_b) = load_checkpoint(a.run_dir), load_checkpoint(b.run_dir)
     assert meta_a["uncertainty"] == meta_b["uncertainty"]
     assert ma.tasks["gap_expt"].metal_cut == mb.tasks["gap_expt"].metal_cut
+    # the DFT metal gate: its line and mode come from training and validation rows only
+    gate_a, gate_b = a.metrics["metal_gate"], b.metrics["metal_gate"]
+    assert {k: v for k, v in gate_a.items() if k != "holdout_mae_gated" and k != "holdout_mae"} == {
+        k: v for k, v in gate_b.items() if k != "holdout_mae_gated" and k != "holdout_mae"
+    }
+    assert gate_a["holdout_mae"] != gate_b["holdout_mae"]
+
+
+def test_the_metal_gate_is_fitted_and_written_or_left_out(pretrained, tmp_path):
+    """With the default --metal-gate mp_pbe a run writes its gate (the mode with the lowest
+    validation MAE) and scores the held-out rows with and without it; with none, nothing."""
+    from matmtl.metal_gate import GATE_FILE, MODES, load
+
+    cfg = dict(max_train_rows=200, train=tiny_ft(epochs=1))
+    gated = finetune(tiny_finetune(pretrained.run_dir, **cfg), tmp_path / "g", progress=False)
+    rec = gated.metrics["metal_gate"]
+    assert rec["mode"] in MODES and rec["validation_mae"][rec["mode"]] == min(rec["validation_mae"].values())
+    assert 0 < rec["validation_rows_with_pbe_gap"] <= rec["validation_rows"] == gated.metrics["validation_rows"]
+    assert rec["holdout_mae"] == pytest.approx(gated.metrics["holdout"]["gap_expt"]["mae"])
+    assert load(gated.run_dir / GATE_FILE)[0].mode == rec["mode"]
+    plain = finetune(tiny_finetune(pretrained.run_dir, metal_gate="none", **cfg), tmp_path / "p", progress=False)
+    assert "metal_gate" not in plain.metrics and not (plain.run_dir / GATE_FILE).exists()
 
 
 def test_validation_rows_are_a_seeded_part_of_the_training_rows():

@@ -14,10 +14,12 @@ from ..config import (
     AUX_ALIASES,
     DFT_TASKS,
     GAP_HEAD_HELP,
+    METAL_GATE_HELP,
     PRETRAIN_BALANCER,
     Device,
     FinetuneConfig,
     GapHead,
+    MetalGateSource,
     ModelConfig,
     Precision,
     TrainConfig,
@@ -123,6 +125,11 @@ DataDirOpt = typer.Option(
     "Default: the offline mirror ../shared/data beside the repository, then matminer's download.",
 )
 DeviceOpt = typer.Option(Device.auto, "--device", help="auto (CUDA if available, else CPU), cpu or cuda.")
+MetalGateOpt = typer.Option(
+    MetalGateSource(default_of(FinetuneConfig, "metal_gate")),
+    "--metal-gate",
+    help=METAL_GATE_HELP,
+)
 GapHeadOpt = typer.Option(
     GapHead(default_of(FinetuneConfig, "gap_head")),
     "--gap-head",

@@ -153,6 +153,25 @@ def composition_keys(z: np.ndarray, frac: np.ndarray) -> list[tuple]:
     return [tuple(sorted(zip(zr[zr > 0].tolist(), sr[zr > 0].tolist()))) for zr, sr in zip(z, share)]
 
 
+def _table_keys(formulas: list[str], usable: np.ndarray, source: str) -> tuple[list[tuple], np.ndarray]:
+    """The composition key (:func:`composition_keys`) of each ``usable`` row of a raw
+    table, and those rows' positions; rows whose formula does not read are dropped."""
+    featurizer = Featurizer(cache=False)
+    width = featurizer.max_elements
+    z, frac = np.zeros((len(formulas), width), np.int64), np.zeros((len(formulas), width), np.float32)
+    usable = usable.copy()
+    for i in np.flatnonzero(usable):
+        try:
+            pairs, _ = featurizer.read(formulas[i], source)
+        except DataError:
+            usable[i] = False
+            continue
+        z[i, : len(pairs)] = [p[0] for p in pairs]
+        frac[i, : len(pairs)] = [p[1] for p in pairs]
+    rows = np.flatnonzero(usable)
+    return composition_keys(z[rows], frac[rows]), rows
+
+
 @lru_cache(maxsize=2)
 def mp_ground_state_symmetry(data_dir: str | None = None) -> dict[tuple, int]:
     """Reduced composition -> space group of its Materials Project ground state (the
@@ -163,25 +182,31 @@ def mp_ground_state_symmetry(data_dir: str | None = None) -> dict[tuple, int]:
 
     raw = read_named("mp", data_dir)
     energy, spg = raw["e_form"].to_numpy(np.float32), raw["spg_num"].to_numpy(np.int64)
-    formulas = raw["formula"].astype(str).tolist()
-    featurizer = Featurizer(cache=False)
-    width = featurizer.max_elements
-    z, frac = np.zeros((len(raw), width), np.int64), np.zeros((len(raw), width), np.float32)
     usable = (spg > 0) & (spg <= 230) & np.isfinite(energy)
-    for i in np.flatnonzero(usable):
-        try:
-            pairs, _ = featurizer.read(formulas[i], "mp")
-        except DataError:
-            usable[i] = False
-            continue
-        z[i, : len(pairs)] = [p[0] for p in pairs]
-        frac[i, : len(pairs)] = [p[1] for p in pairs]
+    keys, rows = _table_keys(raw["formula"].astype(str).tolist(), usable, "mp")
     best: dict[tuple, tuple[np.float32, int]] = {}
-    rows = np.flatnonzero(usable)
-    for key, e, g in zip(composition_keys(z[rows], frac[rows]), energy[rows].tolist(), spg[rows].tolist()):
+    for key, e, g in zip(keys, energy[rows].tolist(), spg[rows].tolist()):
         if key not in best or e < best[key][0]:
             best[key] = (e, g)
     return {k: g for k, (_, g) in best.items()}
+
+
+@lru_cache(maxsize=2)
+def mp_pbe_gaps(data_dir: str | None = None) -> dict[tuple, float]:
+    """(reduced composition, space group) -> the PBE band gap (eV) of those Materials
+    Project polymorphs in matbench mp_gap (the median where several share the space
+    group; 0 is a metal in PBE). Rows without a finite, non-negative gap, a space group or
+    a readable formula have no say."""
+    from ..data.dataset import read_named
+
+    raw = read_named("mp_gap", data_dir)
+    gap, spg = raw["gap_pbe"].to_numpy(np.float64), raw["spg_num"].to_numpy(np.int64)
+    usable = np.isfinite(gap) & (gap >= 0) & (spg > 0) & (spg <= 230)
+    keys, rows = _table_keys(raw["formula"].astype(str).tolist(), usable, "mp_gap")
+    groups: dict[tuple, list[float]] = {}
+    for key, s, g in zip(keys, spg[rows].tolist(), gap[rows].tolist()):
+        groups.setdefault((key, s), []).append(g)
+    return {k: float(np.median(v)) for k, v in groups.items()}
 
 
 def attach_symmetry(data: TaskData, lookup: dict[tuple, int]) -> tuple[TaskData, int]:

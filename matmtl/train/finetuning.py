@@ -32,6 +32,7 @@ from ..uncertainty import Domain, training_domain
 from .data import (
     _load,
     attach_symmetry,
+    composition_keys,
     dft_split,
     mp_ground_state_symmetry,
     split_rows,
@@ -177,7 +178,13 @@ def run_finetune(
         },
     }
     eval_tasks = [MAIN_TASK] + [t for t in config.aux if t in te.targets]
-    extra = (lambda m: {"structure_vs_formula": structure_vs_formula(m, te, lookup)}) if lookup is not None else None
+
+    def extra(m) -> dict:  # after the metal cut is chosen, before the checkpoint is written
+        out = {"structure_vs_formula": structure_vs_formula(m, te, lookup)} if lookup is not None else {}
+        if config.metal_gate == "mp_pbe":
+            out["metal_gate"] = fit_metal_gate(run_dir, m, tr, va, te, config.data_dir)
+        return out
+
     mtl = done.trainer.mtl
 
     def finish() -> dict:
@@ -360,6 +367,44 @@ def write_validation_predictions(run_dir: Path, model, va: TaskData, rows: np.nd
             "pred": [float(p) for p in pred],
         },
     )
+
+
+def fit_metal_gate(run_dir: Path, model, tr: TaskData, va: TaskData, te: TaskData, data_dir: str | None) -> dict:
+    """The DFT metal gate of this run (:mod:`matmtl.metal_gate`): its line fitted on the
+    training rows, its mode chosen on the validation rows, written with the PBE gaps it
+    needs to ``metal_gate.json.gz``; the held-out rows are gated once and scored. Without
+    Materials Project tables or validation rows the gate is off, and says why."""
+    from ..metal_gate import GATE_FILE, PbeGaps, choose, fit_line, save
+
+    if not len(va):
+        return {"mode": "off", "skipped": "no validation rows to choose the gate on"}
+    try:
+        gaps = PbeGaps.from_data(data_dir)
+    except (MatmtlError, OSError) as exc:
+        return {"mode": "off", "skipped": f"no Materials Project PBE gaps ({exc})"}
+
+    def pbe(d: TaskData) -> np.ndarray:
+        return gaps.lookup(composition_keys(d.z, d.frac), d.spg)
+
+    def gap(d: TaskData) -> np.ndarray:
+        return model.predict_arrays(d.z, d.frac, d.spg, [MAIN_TASK])[MAIN_TASK].mean(1)
+
+    line = fit_line(pbe(tr), tr.targets[MAIN_TASK])
+    va_pbe = pbe(va)
+    gate, maes = choose(gap(va), va.targets[MAIN_TASK], va_pbe, line)
+    record = {
+        **gate.to_dict(),
+        "validation_mae": maes,
+        "validation_rows": int(len(va)),
+        "validation_rows_with_pbe_gap": int(np.isfinite(va_pbe).sum()),
+    }
+    save(Path(run_dir) / GATE_FILE, gate, gaps, {"validation_mae": maes})
+    if len(te):  # the test rows: gated once, nothing fitted on them
+        y = np.asarray(te.targets[MAIN_TASK], dtype=np.float64)
+        pred = gap(te)
+        record["holdout_mae"] = float(np.abs(pred - y).mean())
+        record["holdout_mae_gated"] = float(np.abs(gate.apply(pred, pbe(te)) - y).mean())
+    return record
 
 
 def drop_stale_heads(model, aux) -> list[str]:

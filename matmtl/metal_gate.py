@@ -1,0 +1,221 @@
+"""The DFT metal gate: the experimental-gap model's metal / non-metal decision checked
+against Materials Project's PBE band gap of the same composition (issue #14).
+
+Almost half of the expt_gap test error comes from the metal decision on a few rows
+(results/expt_gap_error_breakdown.json). PBE knows metals well: a compound that is a
+metal in PBE is rarely gapped in experiment, and PBE's typical failure is the other way
+round (small-gap semiconductors it calls metals). The gate reads the lowest PBE gap of a
+composition's MP polymorphs (:func:`matmtl.train.data.mp_pbe_gap`; compositions MP does
+not have pass unchanged) and, by its ``mode``:
+
+* ``"off"``: the model's prediction as it is;
+* ``"metal"``: 0 eV where PBE calls the composition a metal (its gap is 0);
+* ``"both"``: as ``"metal"``, and where the model says metal but PBE gives a gap, the
+  PBE gap on the experimental scale, ``slope * gap + intercept`` (a line fitted on
+  training rows that are gapped in both).
+
+Which mode a run uses is chosen on its validation rows (:func:`choose`), like the metal
+cut of the gap head; the line is fitted on its training rows (:func:`fit_line`). Nothing
+here reads a test row. A fine-tuning run writes its gate and the PBE gaps that gate needs
+to ``metal_gate.json.gz`` in the run folder (:func:`save`; gzipped JSON, read back by
+:func:`load`, never unpickled).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MatmtlError
+
+GATE_FILE = "metal_gate.json.gz"
+FORMAT = 1
+SOURCE = (
+    "matbench mp_gap PBE gaps (median over the rows of a composition and space group); the ground state "
+    "is the polymorph with the lowest formation energy in matbench mp_e_form"
+)
+
+MODES = ("off", "metal", "both")
+
+
+@dataclass(frozen=True)
+class MetalGate:
+    """A fitted gate: ``mode`` (one of :data:`MODES`) and the line from PBE to
+    experimental gaps (eV) that ``"both"`` uses."""
+
+    mode: str = "off"
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"metal gate mode must be one of {MODES}, got {self.mode!r}")
+        if not (np.isfinite(self.slope) and np.isfinite(self.intercept)):
+            raise ValueError(f"metal gate line must be finite, got slope {self.slope}, intercept {self.intercept}")
+
+    def apply(self, pred, pbe_gap) -> np.ndarray:
+        """``pred`` (eV, >= 0; exactly 0 is the model's metal call) gated by ``pbe_gap``
+        (eV per row; NaN where MP does not have the composition)."""
+        p, g = _rows(pred, pbe_gap)
+        out = p.copy()
+        if self.mode == "off":
+            return out
+        known = np.isfinite(g)
+        out[known & (g == 0)] = 0.0
+        if self.mode == "both":
+            fill = known & (g > 0) & (p == 0)
+            out[fill] = np.maximum(self.slope * g[fill] + self.intercept, 0.0)
+        return out
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "unit": "eV"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MetalGate":
+        return cls(mode=str(d["mode"]), slope=float(d["slope"]), intercept=float(d["intercept"]))
+
+
+def _rows(pred, pbe_gap) -> tuple[np.ndarray, np.ndarray]:
+    p, g = np.asarray(pred, dtype=float), np.asarray(pbe_gap, dtype=float)
+    if p.ndim != 1 or p.shape != g.shape:
+        raise ValueError(f"predictions {p.shape} and PBE gaps {g.shape} must be 1-D of the same length")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError("predictions must be finite and >= 0 eV")
+    if (g[np.isfinite(g)] < 0).any() or np.isinf(g).any():
+        raise ValueError("PBE gaps must be >= 0 eV, or NaN where unknown")
+    return p, g
+
+
+def fit_line(pbe_gap, target) -> tuple[float, float]:
+    """Least-squares ``target ~ slope * pbe_gap + intercept`` over the rows gapped in both
+    (eV); (1, 0) when fewer than 2 such rows, or no spread in the PBE gaps."""
+    g, y = np.asarray(pbe_gap, dtype=float), np.asarray(target, dtype=float)
+    m = np.isfinite(g) & (g > 0) & (y > 0)
+    if m.sum() < 2 or np.ptp(g[m]) == 0:
+        return 1.0, 0.0
+    slope, intercept = np.polyfit(g[m], y[m], 1)
+    return float(slope), float(intercept)
+
+
+def choose(pred, target, pbe_gap, line: tuple[float, float]) -> tuple[MetalGate, dict[str, float]]:
+    """The gate with the lowest MAE on validation rows (``pred``: the model's predictions
+    on them, ``target``: their measured gaps); a tie goes to the simpler mode (the order
+    of :data:`MODES`). Returns it and every mode's validation MAE (eV)."""
+    y = np.asarray(target, dtype=float)
+    if y.shape != np.shape(pred) or not np.isfinite(y).all():
+        raise ValueError("validation targets must be finite, one per prediction")
+    if y.size == 0:
+        raise ValueError("no validation rows: the metal gate cannot be chosen")
+    gates = [MetalGate(mode, *line) for mode in MODES]
+    maes = {g.mode: float(np.abs(g.apply(pred, pbe_gap) - y).mean()) for g in gates}
+    best = min(gates, key=lambda g: maes[g.mode])  # min keeps the first of equal ones
+    return best, maes
+
+
+def key_string(key: tuple) -> str:
+    """A composition key (:func:`matmtl.train.data.composition_keys`) as text: "Z:share,..."."""
+    return ",".join(f"{z}:{share:g}" for z, share in key)
+
+
+@dataclass(frozen=True)
+class PbeGaps:
+    """Materials Project PBE gaps (eV) by composition: ``ground_state`` maps a key string
+    (:func:`key_string`) to its ground state's gap, ``by_symmetry`` maps "key|space group"
+    to that polymorph's gap."""
+
+    ground_state: dict[str, float] = field(default_factory=dict)
+    by_symmetry: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_data(cls, data_dir: str | None = None) -> "PbeGaps":
+        """From the dataset mirror's mp_gap and mp_e_form tables (built once per process;
+        treat the result as read-only)."""
+        return _from_data(data_dir)
+
+    def lookup(self, keys: list[tuple], spg) -> np.ndarray:
+        """Per row the PBE gap (eV) of composition ``keys[i]`` in space group ``spg[i]``
+        (0: no structure, the ground state); NaN where MP has no such polymorph."""
+        spg = np.asarray(spg, dtype=np.int64)
+        out = np.full(len(keys), np.nan)
+        for i, (key, s) in enumerate(zip(keys, spg.tolist())):
+            k = key_string(key)
+            out[i] = self.by_symmetry.get(f"{k}|{s}", np.nan) if s > 0 else self.ground_state.get(k, np.nan)
+        return out
+
+    def needed_by(self, mode: str) -> "PbeGaps":
+        """Only what a gate of ``mode`` reads: nothing for "off", the PBE metals for
+        "metal", everything for "both" (keeps the shipped file small)."""
+        if mode == "off":
+            return PbeGaps()
+        if mode == "metal":
+            return PbeGaps(
+                {k: g for k, g in self.ground_state.items() if g == 0},
+                {k: g for k, g in self.by_symmetry.items() if g == 0},
+            )
+        return self
+
+
+@lru_cache(maxsize=2)
+def _from_data(data_dir: str | None) -> PbeGaps:
+    from .train.data import mp_ground_state_symmetry, mp_pbe_gaps
+
+    gaps, ground = mp_pbe_gaps(data_dir), mp_ground_state_symmetry(data_dir)
+    by_symmetry = {f"{key_string(k)}|{s}": g for (k, s), g in gaps.items()}
+    ground_state = {key_string(k): gaps[(k, s)] for k, s in ground.items() if (k, s) in gaps}
+    return PbeGaps(ground_state, by_symmetry)
+
+
+def dumps(gate: MetalGate, gaps: PbeGaps, extra: dict | None = None) -> bytes:
+    """``gate`` and the PBE gaps it needs as gzipped JSON (what :func:`save` writes)."""
+    doc = {
+        "format": FORMAT,
+        "gate": gate.to_dict(),
+        "source": SOURCE,
+        **(extra or {}),
+        **asdict(gaps.needed_by(gate.mode)),
+    }
+    return gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), mtime=0)
+
+
+def loads(data: bytes, where: str | Path) -> tuple[MetalGate, PbeGaps]:
+    """What :func:`dumps` wrote; MatmtlError naming ``where`` and what is wrong when it
+    is not that."""
+    try:
+        doc = json.loads(gzip.decompress(data))
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"format {doc.get('format')!r}, expected {FORMAT}")
+        gate = MetalGate.from_dict(doc["gate"])
+        tables = []
+        for name in ("ground_state", "by_symmetry"):
+            table = doc[name]
+            if not isinstance(table, dict) or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in table.values()
+            ):
+                raise ValueError(f"{name} must map compositions to finite gaps >= 0 eV")
+            tables.append({str(k): float(v) for k, v in table.items()})
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, gzip.BadGzipFile) as exc:
+        raise MatmtlError(f"{where}: not a readable metal gate file ({exc})") from None
+    return gate, PbeGaps(*tables)
+
+
+def save(path: str | Path, gate: MetalGate, gaps: PbeGaps, extra: dict | None = None) -> Path:
+    """Write ``gate`` and the PBE gaps it needs to ``path`` (gzipped JSON, atomically)."""
+    from .io import atomic_write
+
+    data = dumps(gate, gaps, extra)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def load(path: str | Path) -> tuple[MetalGate, PbeGaps]:
+    """Read a gate file written by :func:`save` (see :func:`loads`)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise MatmtlError(f"{path}: not a readable metal gate file ({exc})") from None
+    return loads(data, path)

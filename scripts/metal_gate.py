@@ -1,0 +1,199 @@
+"""The DFT metal gate (matmtl.metal_gate) on finished matbench_expt_gap evaluations
+(issue #14): does checking the metal decision against Materials Project's PBE gap lower
+the test MAE, with the gate chosen on each run's validation rows?
+
+    python scripts/metal_gate.py results results/seeds/pretrain75-s1 results/seeds/pretrain75-s2 \
+        --json results/expt_gap_metal_gate.json
+
+Each argument is the output folder of one ``matmtl evaluate`` run (one fine-tuning seed);
+its expt_gap_predictions.json holds, per variant and fold, the test predictions and the
+predictions on the run's validation rows. For every variant, seed and fold the gate's line
+(PBE gap to experimental gap) is fitted on the fold's training rows that are not
+validation rows, its mode (off / metal / both) is chosen on the validation rows, and the
+test fold is then gated once. ``finetune_anchor`` is the anchored recipe with the anchor
+source the evaluation chose per fold. Reported per variant: the test MAE (eV) per seed
+without and with the gate, the seed mean and spread, the validation MAE without and with
+the gate (the mean over folds), the modes chosen, the fold-paired
+difference and the row-level paired difference per seed (mean and standard error), and
+the error breakdown (scripts/error_breakdown.py) of the last seed without (``pred``) and
+with (``gated``) the gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from error_breakdown import breakdown, publish  # noqa: E402
+
+from matmtl.metal_gate import MODES, SOURCE, choose, fit_line  # noqa: E402
+
+PREDICTIONS = "expt_gap_predictions.json"
+
+
+def pbe_gaps(data_dir: str | None = None) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """expt_gap's matbench id -> dataset position, each row's measured gap and the PBE gap
+    of its composition's MP ground state (NaN where MP does not have it), all in eV."""
+    from matmtl.metal_gate import PbeGaps
+    from matmtl.train.data import _load, composition_keys, to_taskdata
+
+    ds = _load("expt_gap", data_dir)
+    rows = to_taskdata(ds, np.arange(len(ds)), {"gap_expt": "gap_expt"})
+    gap = PbeGaps.from_data(data_dir).lookup(composition_keys(rows.z, rows.frac), np.zeros(len(ds), np.int64))
+    ids = {str(i): k for k, i in enumerate(ds.frame["id"].astype(str))}
+    return ids, rows.targets["gap_expt"].astype(float), gap
+
+
+def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: np.ndarray) -> dict:
+    """Per variant with validation predictions, per fold: the chosen gate, its validation
+    MAEs and the test predictions without and with it."""
+    runs = dict(predictions["variants"])
+    validation = dict(predictions.get("validation") or {})
+    chosen = predictions.get("anchor_source_per_fold") or {}
+    if chosen and all(f"finetune_anchor_{src}" in validation for src in chosen.values()):
+        runs["finetune_anchor"] = {k: runs[f"finetune_anchor_{src}"][k] for k, src in chosen.items()}
+        validation["finetune_anchor"] = {k: validation[f"finetune_anchor_{src}"][k] for k, src in chosen.items()}
+    out: dict = {}
+    for name, per_fold in validation.items():
+        for k, val in per_fold.items():
+            test = np.array([ids[str(i)] for i in predictions["folds"][k]["ids"]])
+            if not np.allclose(target[test], predictions["folds"][k]["target"], atol=1e-3):
+                raise ValueError(f"fold {k}: the file's measured gaps are not the dataset's")
+            va = np.asarray(val["rows"], dtype=int)
+            if not np.allclose(target[va], val["target"], atol=1e-3):
+                raise ValueError(f"{name}, fold {k}: the validation rows' gaps are not the dataset's")
+            train = np.setdiff1d(np.setdiff1d(np.arange(len(target)), test), va)
+            line = fit_line(gap[train], target[train])
+            gate, maes = choose(val["pred"], val["target"], gap[va], line)
+            pred = np.asarray(runs[name][k], dtype=float)
+            out.setdefault(name, {})[k] = {
+                "gate": gate.to_dict(),
+                "validation_mae": maes,
+                "validation_rows": int(va.size),
+                "target": target[test],
+                "pred": pred,
+                "gated": gate.apply(pred, gap[test]),
+                "pbe_known": int(np.isfinite(gap[test]).sum()),
+            }
+    return out
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    """Per variant over the seeds: test MAE without and with the gate, the paired
+    differences and the modes chosen."""
+    out = {}
+    for name in per_seed[0]:
+        seeds = [s[name] for s in per_seed if name in s]
+        plain, gated, fold_diff, row_diff, modes, val_off, val_gated = [], [], [], [], [], [], []
+        for runs in seeds:
+            keys = sorted(runs, key=int)
+            y = np.concatenate([runs[k]["target"] for k in keys])
+            p = np.concatenate([runs[k]["pred"] for k in keys])
+            g = np.concatenate([runs[k]["gated"] for k in keys])
+            plain.append(float(np.abs(p - y).mean()))
+            gated.append(float(np.abs(g - y).mean()))
+            d = np.abs(g - y) - np.abs(p - y)
+            row_diff.append(
+                {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(d.size)), "rows": int(d.size)}
+            )
+            for k in keys:
+                r = runs[k]
+                fold_diff.append(
+                    float(np.abs(r["gated"] - r["target"]).mean() - np.abs(r["pred"] - r["target"]).mean())
+                )
+                modes.append(r["gate"]["mode"])
+            val_off.append(float(np.mean([runs[k]["validation_mae"]["off"] for k in keys])))
+            val_gated.append(float(np.mean([runs[k]["validation_mae"][runs[k]["gate"]["mode"]] for k in keys])))
+        fd = np.array(fold_diff)
+        last = seeds[-1]
+        out[name] = {
+            "seeds": len(seeds),
+            "mae": _spread(plain),
+            "mae_gated": _spread(gated),
+            # the mean of the folds' validation MAEs (the gated one is what chose the mode)
+            "validation_mae": _spread(val_off),
+            "validation_mae_gated": _spread(val_gated),
+            "fold_paired_difference": {
+                "mean": float(fd.mean()),
+                "se": float(fd.std(ddof=1) / np.sqrt(fd.size)) if fd.size > 1 else None,
+                "folds": int(fd.size),
+            },
+            "row_paired_difference_per_seed": row_diff,
+            "modes_chosen": {m: modes.count(m) for m in MODES},
+            "breakdown_last_seed": {
+                kind: breakdown(
+                    np.concatenate([last[k]["target"] for k in sorted(last, key=int)]),
+                    np.concatenate([last[k][kind] for k in sorted(last, key=int)]),
+                )
+                for kind in ("pred", "gated")
+            },
+            "test_rows_with_pbe_gap": int(sum(last[k]["pbe_known"] for k in last)),
+            "unit": "eV",
+        }
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    v = np.array(values)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else None, "per_seed": values}
+
+
+def table(summary: dict) -> str:
+    lines = [
+        "| variant | seeds | MAE (eV) | gated MAE (eV) | fold-paired difference | modes chosen (off/metal/both) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        fd = s["fold_paired_difference"]
+        se = "" if fd["se"] is None else f" ± {fd['se']:.4f}"
+        modes = "/".join(str(s["modes_chosen"][m]) for m in MODES)
+        lines.append(
+            f"| `{name}` | {s['seeds']} | {s['mae']['mean']:.4f} | {s['mae_gated']['mean']:.4f} | "
+            f"{fd['mean']:+.4f}{se} | {modes} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("evaluations", type=Path, nargs="+", help="matmtl evaluate output folders, one per seed")
+    ap.add_argument("--json", type=Path, default=None, help="write the result here")
+    ap.add_argument("--data-dir", default=None, help="the dataset mirror (default: found as matmtl finds it)")
+    args = ap.parse_args(argv)
+    try:
+        files = [d / PREDICTIONS if d.is_dir() else d for d in args.evaluations]
+        predictions = [json.loads(f.read_text()) for f in files]
+        ids, target, gap = pbe_gaps(args.data_dir)
+        per_seed = [gate_runs(p, ids, target, gap) for p in predictions]
+        if not per_seed[0]:
+            raise ValueError("no variant has validation predictions")
+        summary = summarize(per_seed)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = {
+        "about": " ".join(__doc__.split("\n\n")[2].split()),
+        "sources": [str(f) for f in files],
+        "command": "python " + " ".join(["scripts/metal_gate.py", *(argv if argv is not None else sys.argv[1:])]),
+        "pbe_source": SOURCE,
+        "variants": summary,
+        "per_fold": [
+            {
+                name: {
+                    k: {key: r[key] for key in ("gate", "validation_mae", "validation_rows")} for k, r in runs.items()
+                }
+                for name, runs in seed.items()
+            }
+            for seed in per_seed
+        ],
+    }
+    return publish(table(summary), result, args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""The DFT metal gate (matmtl.metal_gate): what each mode does to known rows, the line and
+the mode chosen on the rows they are given, the PBE gaps read from the Materials Project
+tables (right for textbook crystals), its file, and predictions through a gated model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from matmtl.errors import MatmtlError
+from matmtl.metal_gate import GATE_FILE, MODES, MetalGate, PbeGaps, choose, fit_line, key_string, load, save
+
+ROOT = Path(__file__).resolve().parents[1]
+NAN = np.nan
+
+
+def test_each_mode_on_known_rows():
+    pred = [0.0, 1.5, 0.0, 2.0, 0.0, 0.7]
+    pbe = [0.0, 0.0, 1.0, 1.2, NAN, NAN]
+    gate = MetalGate("off", 1.5, 0.4)
+    assert gate.apply(pred, pbe).tolist() == pred
+    # "metal": a PBE metal is a metal; unknown compositions and PBE-gapped ones pass
+    assert MetalGate("metal", 1.5, 0.4).apply(pred, pbe).tolist() == [0.0, 0.0, 0.0, 2.0, 0.0, 0.7]
+    # "both": also, a model metal with a PBE gap gets the PBE gap on the experimental scale
+    assert MetalGate("both", 1.5, 0.4).apply(pred, pbe) == pytest.approx([0.0, 0.0, 1.9, 2.0, 0.0, 0.7])
+    # the line never gives a negative gap
+    assert MetalGate("both", 1.0, -2.0).apply([0.0], [1.0]).tolist() == [0.0]
+
+
+@pytest.mark.parametrize(
+    "pred, pbe",
+    [([1.0], [1.0, 2.0]), ([-0.1], [1.0]), ([NAN], [1.0]), ([1.0], [-1.0]), ([1.0], [np.inf]), ([[1.0]], [[1.0]])],
+)
+def test_bad_rows_are_refused(pred, pbe):
+    with pytest.raises(ValueError):
+        MetalGate("metal").apply(pred, pbe)
+
+
+def test_bad_gates_are_refused():
+    with pytest.raises(ValueError, match="mode"):
+        MetalGate("sometimes")
+    with pytest.raises(ValueError, match="finite"):
+        MetalGate("both", NAN, 0.0)
+
+
+def test_the_line_is_fitted_on_rows_gapped_in_both():
+    g = np.array([0.5, 1.0, 2.0, 3.0, 0.0, 1.0, NAN])
+    y = np.array([1.25, 2.0, 3.5, 5.0, 9.0, 0.0, 4.0])  # 1.5 g + 0.5 on the first four
+    assert fit_line(g, y) == pytest.approx((1.5, 0.5))
+    assert fit_line([1.0, 0.0], [2.0, 3.0]) == (1.0, 0.0)  # one usable row
+    assert fit_line([1.0, 1.0], [2.0, 3.0]) == (1.0, 0.0)  # no spread
+
+
+def test_the_mode_with_the_lowest_validation_mae_is_chosen():
+    y = [0.0, 0.0, 2.0]
+    pbe = [0.0, 0.0, 1.0]
+    gate, maes = choose([1.0, 0.0, 2.0], y, pbe, (1.0, 1.0))
+    assert gate.mode == "metal" and maes["metal"] == 0 < maes["off"]
+    assert set(maes) == set(MODES)
+    gate, maes = choose([0.0, 0.0, 0.0], y, pbe, (1.0, 1.0))
+    assert gate.mode == "both" and (gate.slope, gate.intercept) == (1.0, 1.0)
+    # nothing to gain: the simplest mode ("off") on a tie
+    gate, _ = choose([0.0, 0.0, 2.0], y, [NAN, NAN, NAN], (1.0, 1.0))
+    assert gate.mode == "off"
+    with pytest.raises(ValueError, match="no validation rows"):
+        choose([], [], [], (1.0, 0.0))
+    with pytest.raises(ValueError):
+        choose([0.0], [NAN], [0.0], (1.0, 0.0))
+
+
+SI, CU = ((14, 1.0),), ((29, 1.0),)
+
+
+def test_lookup_by_ground_state_or_polymorph():
+    gaps = PbeGaps(
+        {key_string(SI): 0.6, key_string(CU): 0.0}, {f"{key_string(SI)}|227": 0.6, f"{key_string(SI)}|194": 0.0}
+    )
+    got = gaps.lookup([SI, SI, SI, CU, ((26, 1.0),)], [0, 227, 194, 0, 0])
+    assert got[:4].tolist() == [0.6, 0.6, 0.0, 0.0] and np.isnan(got[4])
+    assert np.isnan(gaps.lookup([CU], [225])[0])  # a polymorph MP does not have: unknown
+    metal = gaps.needed_by("metal")
+    assert metal.ground_state == {key_string(CU): 0.0} and list(metal.by_symmetry) == [f"{key_string(SI)}|194"]
+    assert gaps.needed_by("off") == PbeGaps() and gaps.needed_by("both") is gaps
+
+
+def test_file_round_trip_keeps_only_what_the_mode_reads(tmp_path):
+    gaps = PbeGaps({key_string(SI): 0.6, key_string(CU): 0.0}, {f"{key_string(SI)}|227": 0.6})
+    for mode in MODES:
+        path = save(tmp_path / f"{mode}.json.gz", MetalGate(mode, 1.2, 0.3), gaps)
+        gate, got = load(path)
+        assert gate == MetalGate(mode, 1.2, 0.3)
+        assert got == gaps.needed_by(mode)
+
+
+def _write(path: Path, doc) -> Path:
+    path.write_bytes(gzip.compress(json.dumps(doc).encode()))
+    return path
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"format": 2},
+        {"format": 1, "gate": {"mode": "metal", "slope": 1, "intercept": 0}},
+        {"format": 1, "gate": {"mode": "x", "slope": 1, "intercept": 0}, "ground_state": {}, "by_symmetry": {}},
+        {
+            "format": 1,
+            "gate": {"mode": "metal", "slope": 1, "intercept": 0},
+            "ground_state": {"a": -1},
+            "by_symmetry": {},
+        },
+        {"format": 1, "gate": {"mode": "metal", "slope": 1, "intercept": 0}, "ground_state": [], "by_symmetry": {}},
+        ["not", "a", "gate"],
+    ],
+)
+def test_a_bad_gate_file_is_a_clear_error(tmp_path, doc):
+    path = _write(tmp_path / GATE_FILE, doc)
+    with pytest.raises(MatmtlError, match="not a readable metal gate file") as err:
+        load(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_damaged_gate_file_is_a_clear_error(tmp_path):
+    path = tmp_path / GATE_FILE
+    path.write_bytes(b"\x1f\x8b not gzip")
+    with pytest.raises(MatmtlError, match="not a readable metal gate file"):
+        load(path)
+
+
+@pytest.fixture(scope="module")
+def mp_gaps(mirror):
+    return PbeGaps.from_data(str(mirror))
+
+
+def _key(formula: str):
+    from matmtl.data import Featurizer
+    from matmtl.train.data import composition_keys
+
+    pairs, _ = Featurizer(cache=False).read(formula, "test")
+    z, frac = np.zeros((1, 10), np.int64), np.zeros((1, 10), np.float32)
+    z[0, : len(pairs)], frac[0, : len(pairs)] = [p[0] for p in pairs], [p[1] for p in pairs]
+    return composition_keys(z, frac)[0]
+
+
+@pytest.mark.parametrize(
+    "formula, spg, metal",
+    [
+        # semiconductors and insulators, by formula (the MP ground state) and as the textbook polymorph
+        ("Si", 0, False),
+        ("Si", 227, False),
+        ("GaAs", 0, False),
+        ("GaAs", 216, False),
+        ("Ge", 0, False),  # PBE has one Ge polymorph metallic in this space group: the median is not 0
+        ("C", 227, False),  # diamond (the ground state in MP's PBE is a graphite-like one, also gapped here)
+        ("C", 0, False),
+        ("NaCl", 0, False),
+        ("ZnO", 186, False),
+        ("GaN", 0, False),
+        ("InP", 0, False),
+        ("CdTe", 0, False),
+        ("ZnS", 0, False),
+        ("MgO", 225, False),
+        # metals
+        ("Cu", 0, True),
+        ("Al", 225, True),
+        ("Fe", 0, True),
+        ("TiN", 0, True),
+    ],
+)
+def test_materials_project_gaps_of_textbook_crystals(mp_gaps, formula, spg, metal):
+    gap = mp_gaps.lookup([_key(formula)], [spg])[0]
+    assert np.isfinite(gap), f"{formula} (space group {spg}) is not in the table"
+    assert (gap == 0) == metal, f"{formula}: PBE gap {gap} eV"
+
+
+def test_the_table_covers_most_experimental_compositions(mp_gaps, mirror):
+    from matmtl.train.data import _load, composition_keys, to_taskdata
+
+    ds = _load("expt_gap", str(mirror))
+    rows = to_taskdata(ds, np.arange(len(ds)), {"gap_expt": "gap_expt"})
+    known = np.isfinite(mp_gaps.lookup(composition_keys(rows.z, rows.frac), np.zeros(len(ds), np.int64)))
+    assert 0.6 < known.mean() < 0.9  # 73% here; the rest pass the gate unchanged
+
+
+def _gated_model(tmp_path, gate: MetalGate, gaps: PbeGaps) -> Path:
+    from matmtl import zoo
+
+    folder = tmp_path / "model"
+    src = zoo.PRETRAINED_DIR / zoo.DEFAULT_MODEL  # its weights, with the gate given here
+    folder.mkdir(parents=True)
+    for f in ("model.safetensors", "model.json"):
+        shutil.copy2(src / f, folder / f)
+    save(folder / GATE_FILE, gate, gaps)
+    return folder
+
+
+def test_predictions_through_a_gated_model(tmp_path):
+    import matmtl
+
+    nacl = _key("NaCl")
+    plain = matmtl.load_model(_gated_model(tmp_path / "a", MetalGate("off"), PbeGaps()))
+    before = plain.predict(["NaCl", "Cu", "Si"])
+    # a table that (wrongly, for the test) says NaCl is a PBE metal: the gate trusts it
+    gaps = PbeGaps({key_string(nacl): 0.0}, {f"{key_string(nacl)}|225": 0.0})
+    gated = matmtl.load_model(_gated_model(tmp_path / "b", MetalGate("metal"), gaps))
+    after = gated.predict(["NaCl", "Cu", "Si"])
+    assert before["gap_expt"][0] > 3 and after["gap_expt"][0] == 0.0
+    assert "metal gate" in after["trust"][0] and f"{before['gap_expt'][0]:.2f} eV" in after["trust"][0]
+    assert after["gap_expt"][1:].tolist() == before["gap_expt"][1:].tolist()
+    assert "metal gate" not in " ".join(after["trust"][1:])
+    assert after["p_metal"].tolist() == before["p_metal"].tolist()  # the model's own probability, unchanged
+
+
+def test_a_gated_model_with_a_damaged_gate_file_is_a_clear_error(tmp_path):
+    import matmtl
+
+    folder = _gated_model(tmp_path, MetalGate("metal"), PbeGaps())
+    (folder / GATE_FILE).write_bytes(b"broken")
+    with pytest.raises(MatmtlError, match="metal gate file"):
+        matmtl.load_model(folder).predict("NaCl")
+
+
+# -- scripts/metal_gate.py: the gate on finished evaluations ---------------------------
+
+
+@pytest.fixture(scope="module")
+def script():
+    from _scripts import load_script
+
+    return load_script("metal_gate")
+
+
+def test_the_script_on_the_repository_evaluation(script, mirror, tmp_path, capsys):
+    """On results/expt_gap_predictions.json: each variant's ungated MAE is the evaluation's
+    own, each fold's mode is the one with the lowest validation MAE, and the gated
+    predictions are the gate applied to the stored ones."""
+    out = tmp_path / "gate.json"
+    assert script.main([str(ROOT / "results"), "--json", str(out), "--data-dir", str(mirror)]) == 0
+    result = json.loads(out.read_text())
+    assert result["about"].startswith("Each argument is the output folder")
+    reported = json.loads((ROOT / "results" / "expt_gap.json").read_text())
+    preds = json.loads((ROOT / "results" / "expt_gap_predictions.json").read_text())
+    rows = [len(preds["folds"][k]["target"]) for k in sorted(preds["folds"], key=int)]
+    for name, v in result["variants"].items():
+        assert v["seeds"] == 1 and v["modes_chosen"] and sum(v["modes_chosen"].values()) == 5
+        if name != "finetune_anchor":
+            written = np.average(reported["variants"][name]["fold_mae"], weights=rows)
+            assert v["mae"]["mean"] == pytest.approx(written, abs=1e-4)
+        for fold in result["per_fold"][0][name].values():
+            maes = fold["validation_mae"]
+            assert maes[fold["gate"]["mode"]] == min(maes.values())
+    ids, target, gap = script.pbe_gaps(str(mirror))
+    runs = script.gate_runs(preds, ids, target, gap)["finetune_anchor"]
+    for k, r in runs.items():
+        gate = MetalGate.from_dict(r["gate"])
+        test = np.array([ids[i] for i in preds["folds"][k]["ids"]])
+        assert np.array_equal(r["gated"], gate.apply(r["pred"], gap[test]))
+    assert "finetune_anchor" in capsys.readouterr().out
+
+
+def test_the_script_refuses_what_it_cannot_read(script, tmp_path, capsys, mirror):
+    bad = tmp_path / "expt_gap_predictions.json"
+    for content in ("not json", "{}", '{"folds": {}, "variants": {}, "validation": {}}'):
+        bad.write_text(content)
+        assert script.main([str(tmp_path), "--data-dir", str(mirror)]) == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_the_gate_is_read_at_load_and_survives_pickling(tmp_path):
+    """A loaded model holds its gate (deleting the run folder afterwards changes nothing),
+    and BandGapRegressor's pickled form carries it."""
+    import matmtl
+    from matmtl.estimator import freeze, thaw
+
+    nacl = key_string(_key("NaCl"))
+    folder = _gated_model(tmp_path, MetalGate("metal"), PbeGaps({nacl: 0.0}, {}))
+    model = matmtl.load_model(folder)
+    shutil.rmtree(folder)
+    assert model.predict("NaCl").gap_expt == 0.0
+    again = thaw(freeze(model))
+    assert again.metal_gate == model.metal_gate and again.predict("NaCl").gap_expt == 0.0
