@@ -210,6 +210,7 @@ def release(
     from . import inference
 
     reference = inference.Model(model, meta, ft).predict(REFERENCE_FORMULAS)
+    gate = read_json(ft / "metrics.json").get("metal_gate")
     card = {
         "card_version": zoo.CARD_VERSION,
         "name": recipe.name,
@@ -217,7 +218,9 @@ def release(
         "description": "Experimental band gap (eV) and DFT formation energy (eV/atom) from a composition or "
         f"structure: pretrained on Materials Project (e_form + PBE gap, {recipe.balance} loss balancing), "
         "fine-tuned on experimental "
-        f"gaps with the {anchor['chosen']} anchor" + (" (tiny test recipe)" if recipe.tiny else ""),
+        f"gaps with the {anchor['chosen']} anchor"
+        + (f", then the DFT metal gate (mode {gate['mode']}, chosen on validation rows)" if gate else "")
+        + (" (tiny test recipe)" if recipe.tiny else ""),
         "outputs": {
             "gap_expt": "eV, experimental scale, calibrated std",
             "e_form": "eV/atom, DFT (PBE) formation energy, calibrated std; 0 for a single element by construction",
@@ -240,7 +243,7 @@ def release(
         "benchmark": benchmark_figures(),
         "validation": read_json(ft / "metrics.json").get("validation"),
         # the DFT metal gate of the kept run (matmtl.metal_gate): its mode, chosen on validation rows
-        "metal_gate": read_json(ft / "metrics.json").get("metal_gate"),
+        "metal_gate": gate,
         "reference_predictions": {
             r.input: {"gap_expt": round(float(r.gap_expt), 6), "e_form": round(float(r.e_form), 6)}
             for r in reference.itertuples()
@@ -334,11 +337,14 @@ def _run(run_dir: Path, start, resume, progress: bool, expected=None) -> Path:
 
 
 def benchmark_figures(
-    path: Path = Path("results/expt_gap.json"), seeds: Path = Path("results/expt_gap_seeds.json")
+    path: Path = Path("results/expt_gap.json"),
+    seeds: Path = Path("results/expt_gap_seeds.json"),
+    gate: Path = Path("results/expt_gap_metal_gate.json"),
 ) -> dict | None:
     """The recipe's matbench figures (the matbench-only evaluation, never this model):
-    results/expt_gap.json (every variant, one seed) and, where it exists, the recipe chosen
-    on validation rows over several seeds (results/expt_gap_seeds.json)."""
+    results/expt_gap.json (every variant, one seed) and, where they exist, the recipe chosen
+    on validation rows over several seeds (results/expt_gap_seeds.json) and the same runs
+    with the DFT metal gate (results/expt_gap_metal_gate.json)."""
     if not path.is_file():
         return None
     r = json.loads(path.read_text())
@@ -366,6 +372,14 @@ def benchmark_figures(
             "checkpoint_of_the_evaluation": recipe.get("checkpoint"),
             "variants": {k: {f: v.get(f) for f in fields} for k, v in recipe.get("variants", {}).items()},
             "file": str(seeds),
+        }
+    if gate.is_file():
+        g = json.loads(gate.read_text())
+        fields = ("seeds", "mae", "mae_gated", "fold_paired_difference", "modes_chosen")
+        out["metal_gate"] = {
+            "variants": {k: {f: v.get(f) for f in fields} for k, v in g.get("variants", {}).items()},
+            "command": g.get("command"),
+            "file": str(gate),
         }
     return out
 

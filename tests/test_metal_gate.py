@@ -284,3 +284,13 @@ def test_the_gate_is_read_at_load_and_survives_pickling(tmp_path):
     assert model.predict("NaCl").gap_expt == 0.0
     again = thaw(freeze(model))
     assert again.metal_gate == model.metal_gate and again.predict("NaCl").gap_expt == 0.0
+
+
+def test_the_run_summary_names_the_gate():
+    from matmtl.train.report import metal_gate_line
+
+    line = metal_gate_line(
+        {"mode": "metal", "validation_mae": {"off": 0.25, "metal": 0.24}, "holdout_mae": 0.3, "holdout_mae_gated": 0.29}
+    )
+    assert line.startswith("metal gate: mode metal") and "off 0.2500" in line and "0.3000 -> 0.2900 eV" in line
+    assert metal_gate_line({"mode": "off", "skipped": "no validation rows"}) == "metal gate: off (no validation rows)"

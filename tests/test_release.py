@@ -2,6 +2,7 @@
 (names, cards, SHA-256 checks, format versions)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from matmtl import zoo
 from matmtl.errors import MatmtlError
 from matmtl.release import REFERENCE_FORMULAS, Recipe, experimental_table, release
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +192,11 @@ def test_the_card_carries_the_recipe_chosen_over_seeds(tmp_path):
     over = benchmark_figures(single, seeds)["over_seeds"]
     assert over["recipe"] == "unc" and over["variants"]["finetune_anchor"]["seed_mae"] == [0.28, 0.29, 0.27]
     assert benchmark_figures(tmp_path / "none.json") is None
+    # the same runs with the DFT metal gate, where that file exists (the repository's own)
+    assert "metal_gate" not in benchmark_figures(single, seeds, tmp_path / "absent.json")
+    gate = benchmark_figures(single, seeds, ROOT / "results" / "expt_gap_metal_gate.json")["metal_gate"]
+    recipe = gate["variants"]["finetune_anchor"]
+    assert recipe["seeds"] == 3 and recipe["mae_gated"]["mean"] < 1 and "scripts/metal_gate.py" in gate["command"]
 
 
 def test_experimental_table_merges_repeats_by_median(tmp_path):

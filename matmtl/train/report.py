@@ -144,3 +144,20 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
     c.print(table)
     extra = {k: metrics[k] for k in ("epochs", "best_epoch", "train_seconds") if k in metrics}
     c.print(f"run folder: {run_dir}  " + "  ".join(f"{k}={v}" for k, v in extra.items()))
+    gate = metrics.get("metal_gate")
+    if gate:
+        c.print(metal_gate_line(gate))
+
+
+def metal_gate_line(gate: dict) -> str:
+    """One line on a run's DFT metal gate (``metrics["metal_gate"]``)."""
+    if "skipped" in gate:
+        return f"metal gate: off ({gate['skipped']})"
+    maes = gate.get("validation_mae") or {}
+    line = f"metal gate: mode {gate['mode']}, chosen on validation rows (MAE " + ", ".join(
+        f"{m} {v:.4f}" for m, v in maes.items()
+    )
+    line += " eV)"
+    if "holdout_mae_gated" in gate:
+        line += f"; test MAE {gate['holdout_mae']:.4f} -> {gate['holdout_mae_gated']:.4f} eV with it"
+    return line
