@@ -45,7 +45,9 @@ class BandGapRegressor(RegressorMixin, BaseEstimator):
     evaluated recipe; "finetune-tiny": seconds); ``epochs``, ``batch_size``, ``lr`` and
     ``threads`` override it when given. ``symmetry="mp_ground_state"`` (the default, as
     ``matmtl finetune``) gives training compositions their Materials Project ground state's
-    space group; ``"none"`` fine-tunes on compositions only. ``replay_max_rows``
+    space group; ``"none"`` fine-tunes on compositions only. ``metal_gate="mp_pbe"`` (the
+    default, as ``matmtl finetune``) adds the DFT metal gate (:mod:`matmtl.metal_gate`),
+    ``"none"`` leaves it out. ``replay_max_rows``
     caps the replayed DFT rows (None: the base model's pretraining rows).
 
     Fitted attributes: ``model_`` (the fine-tuned :class:`matmtl.inference.Model`),
@@ -61,6 +63,7 @@ class BandGapRegressor(RegressorMixin, BaseEstimator):
         aux_source: str = "replay",
         aux_weight: float = 0.5,
         symmetry: str = "mp_ground_state",
+        metal_gate: str = "mp_pbe",
         preset: str = "finetune",
         epochs: int | None = None,
         batch_size: int | None = None,
@@ -78,6 +81,7 @@ class BandGapRegressor(RegressorMixin, BaseEstimator):
         self.aux_source = aux_source
         self.aux_weight = aux_weight
         self.symmetry = symmetry
+        self.metal_gate = metal_gate
         self.preset = preset
         self.epochs = epochs
         self.batch_size = batch_size
@@ -173,6 +177,7 @@ class BandGapRegressor(RegressorMixin, BaseEstimator):
                 aux_weight=self.aux_weight,
                 replay_max_rows=self.replay_max_rows,
                 symmetry=self.symmetry,
+                metal_gate=self.metal_gate,
                 train=train,
             )
         except ConfigError as exc:
@@ -323,7 +328,7 @@ def thaw(frozen: dict, device: str = "cpu"):
         (Path(tmp) / WEIGHTS).write_bytes(frozen["weights"])
         write_meta(tmp, frozen["meta"])  # fresh hashes over these bytes
         net, meta = load_checkpoint(tmp, device)
-    gate = frozen.get("metal_gate")  # (absent from models pickled before the gate existed)
+    gate = frozen.get("metal_gate")  # None: no gate (also for models pickled before it existed)
     gate = loads(gate, "the pickled model's metal gate") if gate is not None else None
     return Model(net, meta, Path(frozen["path"]), metal_gate=gate)
 

@@ -108,9 +108,9 @@ class Prediction:
 class Model:
     """A loaded checkpoint ready to predict; load once with :func:`load_model`, reuse."""
 
-    def __init__(self, net, meta: dict, path: Path, metal_gate: tuple | None = None):
-        """``metal_gate``: (MetalGate, PbeGaps); by default read from ``metal_gate.json.gz``
-        in ``path`` when it is there (see :mod:`matmtl.metal_gate`)."""
+    def __init__(self, net, meta: dict, path: Path, metal_gate: tuple | None | str = "from_folder"):
+        """``metal_gate``: (MetalGate, PbeGaps), or None for no gate; by default read from
+        ``metal_gate.json.gz`` in ``path`` when it is there (see :mod:`matmtl.metal_gate`)."""
         self.net, self.meta, self.path = net, meta, Path(path)
         self.elements = set(meta.get("elements") or [])
         self.tasks = list(net.tasks)
@@ -122,7 +122,7 @@ class Model:
         )
         self._domains: dict[str, Any] | None = None
         self._domain_note = ""
-        if metal_gate is None:
+        if metal_gate == "from_folder":
             from .metal_gate import GATE_FILE, load
 
             file = self.path / GATE_FILE
@@ -224,7 +224,7 @@ class Model:
                 out["e_form_std"][good[single_el]] = 0.0
             flags = self._trust(good, comps, structs, spg, f)
             for r, i in enumerate(good):
-                trust[i] = "; ".join(flags[r] + [gate_notes[r]] * bool(gate_notes[r]))
+                trust[i] = "; ".join(flags[r] + ([gate_notes[r]] if gate_notes[r] else []))
         missing = [t for t in ("gap_expt", "e_form") if t not in self.tasks]
         if missing:
             msg = f"this model has no {' / '.join(missing)} head ({self.meta.get('kind')} checkpoint {self.path})"

@@ -4,15 +4,18 @@ against Materials Project's PBE band gap of the same composition (issue #14).
 Almost half of the expt_gap test error comes from the metal decision on a few rows
 (results/expt_gap_error_breakdown.json). PBE knows metals well: a compound that is a
 metal in PBE is rarely gapped in experiment, and PBE's typical failure is the other way
-round (small-gap semiconductors it calls metals). The gate reads the lowest PBE gap of a
-composition's MP polymorphs (:func:`matmtl.train.data.mp_pbe_gap`; compositions MP does
-not have pass unchanged) and, by its ``mode``:
+round (small-gap semiconductors it calls metals). The gate reads the PBE gap of the
+composition's MP ground state (the polymorph with the lowest formation energy), or of
+MP's polymorph in the given structure's space group (:class:`PbeGaps`, from
+:func:`matmtl.train.data.mp_pbe_gaps`; what MP does not have passes unchanged) and, by
+its ``mode``:
 
 * ``"off"``: the model's prediction as it is;
-* ``"metal"``: 0 eV where PBE calls the composition a metal (its gap is 0);
-* ``"both"``: as ``"metal"``, and where the model says metal but PBE gives a gap, the
-  PBE gap on the experimental scale, ``slope * gap + intercept`` (a line fitted on
-  training rows that are gapped in both).
+* ``"metal"``: 0 eV where PBE calls it a metal (its gap is 0);
+* ``"both"``: as ``"metal"``, and where the model says metal (a prediction of exactly
+  0 eV: every ensemble member calls it a metal) but PBE gives a gap, the PBE gap on the
+  experimental scale, ``slope * gap + intercept`` (a line fitted on training rows that
+  are gapped in both).
 
 Which mode a run uses is chosen on its validation rows (:func:`choose`), like the metal
 cut of the gap head; the line is fitted on its training rows (:func:`fit_line`). Nothing

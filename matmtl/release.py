@@ -219,7 +219,7 @@ def release(
         f"structure: pretrained on Materials Project (e_form + PBE gap, {recipe.balance} loss balancing), "
         "fine-tuned on experimental "
         f"gaps with the {anchor['chosen']} anchor"
-        + (f", then the DFT metal gate (mode {gate['mode']}, chosen on validation rows)" if gate else "")
+        + (f", then the DFT metal gate (mode {gate['mode']}, chosen on validation rows)" if _gated(gate) else "")
         + (" (tiny test recipe)" if recipe.tiny else ""),
         "outputs": {
             "gap_expt": "eV, experimental scale, calibrated std",
@@ -272,6 +272,11 @@ def release(
     tmp.rename(target)
     zoo.verify(target)
     return target
+
+
+def _gated(gate: dict | None) -> bool:
+    """The run fitted its DFT metal gate (not skipped)."""
+    return bool(gate) and "skipped" not in gate
 
 
 def _finetune_folder(source: str) -> str:

@@ -142,8 +142,10 @@ def verify(folder: str | Path) -> None:
         return
     expected = read_card(folder).get("sha256", {})
     got = file_digests(folder)
-    listed = [f for f in (*CHECKED_FILES, *OPTIONAL_FILES) if f in CHECKED_FILES or f in expected]
-    bad = [f for f in sorted(set(listed) | set(got)) if expected.get(f) != got.get(f)]
+    missing = [f for f in OPTIONAL_FILES if f in expected and f not in got]
+    if missing:
+        raise MatmtlError(f"{folder}: {', '.join(missing)} listed in its card.json is missing; reinstall matmtl")
+    bad = [f for f in got if expected.get(f) != got[f]]
     if bad:
         raise MatmtlError(
             f"{folder}: {', '.join(bad)} do not match the SHA-256 in its card.json (damaged or edited "

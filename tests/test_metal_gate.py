@@ -255,6 +255,10 @@ def test_the_script_on_the_repository_evaluation(script, mirror, tmp_path, capsy
             maes = fold["validation_mae"]
             assert maes[fold["gate"]["mode"]] == min(maes.values())
     ids, target, gap = script.pbe_gaps(str(mirror))
+    for k, fold in preds["folds"].items():  # the gate's rows: validation rows are never test rows
+        test = {ids[i] for i in fold["ids"]}
+        for name in ("finetune_anchor_replay", "finetune_anchor_distill"):
+            assert not test & set(preds["validation"][name][k]["rows"])
     runs = script.gate_runs(preds, ids, target, gap)["finetune_anchor"]
     for k, r in runs.items():
         gate = MetalGate.from_dict(r["gate"])
@@ -284,6 +288,32 @@ def test_the_gate_is_read_at_load_and_survives_pickling(tmp_path):
     assert model.predict("NaCl").gap_expt == 0.0
     again = thaw(freeze(model))
     assert again.metal_gate == model.metal_gate and again.predict("NaCl").gap_expt == 0.0
+    # a model pickled without a gate stays without one, whatever lies at its old path now
+    plain = matmtl.load_model(_gated_model(tmp_path / "plain", MetalGate("off"), PbeGaps()))
+    plain.metal_gate = None
+    frozen = freeze(plain)
+    save(plain.path / GATE_FILE, MetalGate("metal"), PbeGaps({nacl: 0.0}, {}))
+    assert thaw(frozen).metal_gate is None and thaw(frozen).predict("NaCl").gap_expt > 3
+
+
+def test_a_structure_reads_its_own_polymorph_and_both_fills_a_model_metal(tmp_path):
+    """A structure is gated by MP's polymorph in its space group (not the ground state); in
+    "both" a composition the model calls a metal gets the PBE gap on the experimental scale."""
+    from pymatgen.core import Lattice, Structure
+
+    import matmtl
+
+    nacl, cu = key_string(_key("NaCl")), key_string(_key("Cu"))
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    # the table says: NaCl's ground state is gapped, its rock-salt polymorph (225) a metal; Cu has a PBE gap
+    gaps = PbeGaps({nacl: 5.0, cu: 1.0}, {f"{nacl}|225": 0.0})
+    model = matmtl.load_model(_gated_model(tmp_path, MetalGate("both", 2.0, 0.5), gaps))
+    df = model.predict([rocksalt, "NaCl", "Cu"])
+    assert df["spg_num"].tolist() == [225, 0, 0]
+    assert df["gap_expt"][0] == 0.0 and "this polymorph (space group 225) is a metal" in df["trust"][0]
+    assert df["gap_expt"][1] > 3 and "metal gate" not in df["trust"][1]
+    assert df["gap_expt"][2] == pytest.approx(2.5)  # the model: 0 eV (a metal); PBE 1.0 eV -> 2 x 1.0 + 0.5
+    assert "the model called it a metal" in df["trust"][2] and "1.00 eV" in df["trust"][2]
 
 
 def test_the_run_summary_names_the_gate():

@@ -379,8 +379,8 @@ def test_nothing_is_fitted_on_the_test_rows(pretrained, tmp_path):
     assert ma.tasks["gap_expt"].metal_cut == mb.tasks["gap_expt"].metal_cut
     # the DFT metal gate: its line and mode come from training and validation rows only
     gate_a, gate_b = a.metrics["metal_gate"], b.metrics["metal_gate"]
-    assert {k: v for k, v in gate_a.items() if k != "holdout_mae_gated" and k != "holdout_mae"} == {
-        k: v for k, v in gate_b.items() if k != "holdout_mae_gated" and k != "holdout_mae"
+    assert {k: v for k, v in gate_a.items() if not k.startswith("holdout")} == {
+        k: v for k, v in gate_b.items() if not k.startswith("holdout")
     }
     assert gate_a["holdout_mae"] != gate_b["holdout_mae"]
 
@@ -457,3 +457,29 @@ def test_a_finetune_that_fails_validation_leaves_no_run_folder(pretrained, tmp_p
             tiny_finetune(pretrained.run_dir, dataset=str(csv), holdout_fold=None), tmp_path / "ft", progress=False
         )
     assert not (tmp_path / "ft").exists()
+
+
+def test_a_gate_that_cannot_be_fitted_never_costs_the_run(pretrained, tmp_path, monkeypatch):
+    """Without Materials Project tables the gate is off and says why; an unexpected failure
+    while fitting it leaves the trained, ungated model and says what failed."""
+    import matmtl.metal_gate as mg
+    from matmtl.errors import DataError
+
+    cfg = dict(max_train_rows=120, train=tiny_ft(epochs=1))
+
+    def no_tables(data_dir=None):
+        raise DataError("mp_gap: not found")
+
+    monkeypatch.setattr(mg.PbeGaps, "from_data", staticmethod(no_tables))
+    off = finetune(tiny_finetune(pretrained.run_dir, **cfg), tmp_path / "a", progress=False)
+    assert off.metrics["metal_gate"] == {"mode": "off", "skipped": "no Materials Project PBE gaps (mp_gap: not found)"}
+    assert (off.run_dir / "model.safetensors").is_file() and not (off.run_dir / mg.GATE_FILE).exists()
+
+    def broken(*args, **kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(mg.PbeGaps, "from_data", staticmethod(lambda data_dir=None: mg.PbeGaps()))
+    monkeypatch.setattr(mg, "choose", broken)
+    failed = finetune(tiny_finetune(pretrained.run_dir, **cfg), tmp_path / "b", progress=False)
+    assert failed.metrics["metal_gate"]["skipped"] == "the gate failed: RuntimeError: boom"
+    assert (failed.run_dir / "model.safetensors").is_file()

@@ -144,6 +144,9 @@ class FinetuneCells:
             replay_max_rows=self.s.replay_max_rows,
             symmetry=self.s.symmetry,
             gap_head=self.s.gap_head,
+            # the cells score the model itself; scripts/metal_gate.py gates their stored
+            # validation and test predictions afterwards (the same rule, chosen per run)
+            metal_gate="none",
             data_dir=self.s.data_dir,
             train=self.train,
             mtl=mtl,

@@ -182,7 +182,10 @@ def run_finetune(
     def extra(m) -> dict:  # after the metal cut is chosen, before the checkpoint is written
         out = {"structure_vs_formula": structure_vs_formula(m, te, lookup)} if lookup is not None else {}
         if config.metal_gate == "mp_pbe":
-            out["metal_gate"] = fit_metal_gate(run_dir, m, tr, va, te, config.data_dir)
+            try:
+                out["metal_gate"] = fit_metal_gate(run_dir, m, tr, va, te, config.data_dir)
+            except Exception as exc:  # noqa: BLE001 - the trained model is kept (ungated), never lost
+                out["metal_gate"] = {"mode": "off", "skipped": f"the gate failed: {type(exc).__name__}: {exc}"}
         return out
 
     mtl = done.trainer.mtl
