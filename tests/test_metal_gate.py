@@ -265,6 +265,12 @@ def test_the_script_on_the_repository_evaluation(script, mirror, tmp_path, capsy
         test = np.array([ids[i] for i in preds["folds"][k]["ids"]])
         assert np.array_equal(r["gated"], gate.apply(r["pred"], gap[test]))
     assert "finetune_anchor" in capsys.readouterr().out
+    # the anchored recipe against plain fine-tuning, both gated: the mean of the folds' differences
+    both = script.gate_runs(preds, ids, target, gap)
+    fold_mae = {n: [np.abs(r["gated"] - r["target"]).mean() for r in both[n].values()] for n in both}
+    vs = result["anchored_vs_plain_gated"]
+    assert vs["folds"] == 5
+    assert vs["mean"] == pytest.approx(np.mean(np.subtract(fold_mae["finetune_anchor"], fold_mae["finetune"])))
 
 
 def test_the_script_refuses_what_it_cannot_read(script, tmp_path, capsys, mirror):
