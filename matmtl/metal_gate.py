@@ -121,6 +121,13 @@ def choose(pred, target, pbe_gap, line: tuple[float, float]) -> tuple[MetalGate,
     return best, maes
 
 
+def fit(train_pbe, train_target, val_pred, val_target, val_pbe) -> tuple[MetalGate, dict[str, float]]:
+    """The gate of one run: its line fitted on the training rows (their PBE and measured
+    gaps), its mode chosen on the validation rows (the model's predictions, the measured
+    and the PBE gaps); see :func:`fit_line` and :func:`choose`."""
+    return choose(val_pred, val_target, val_pbe, fit_line(train_pbe, train_target))
+
+
 def key_string(key: tuple) -> str:
     """A composition key (:func:`matmtl.train.data.composition_keys`) as text: "Z:share,..."."""
     return ",".join(f"{z}:{share:g}" for z, share in key)

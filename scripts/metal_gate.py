@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from error_breakdown import breakdown, publish  # noqa: E402
 
-from matmtl.metal_gate import MODES, SOURCE, choose, fit_line  # noqa: E402
+from matmtl.metal_gate import MODES, SOURCE, fit  # noqa: E402
 
 PREDICTIONS = "expt_gap_predictions.json"
 
@@ -68,8 +68,7 @@ def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: n
             if not np.allclose(target[va], val["target"], atol=1e-3):
                 raise ValueError(f"{name}, fold {k}: the validation rows' gaps are not the dataset's")
             train = np.setdiff1d(np.setdiff1d(np.arange(len(target)), test), va)
-            line = fit_line(gap[train], target[train])
-            gate, maes = choose(val["pred"], val["target"], gap[va], line)
+            gate, maes = fit(gap[train], target[train], val["pred"], val["target"], gap[va])
             pred = np.asarray(runs[name][k], dtype=float)
             out.setdefault(name, {})[k] = {
                 "gate": gate.to_dict(),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from matmtl.errors import MatmtlError
-from matmtl.metal_gate import GATE_FILE, MODES, MetalGate, PbeGaps, choose, fit_line, key_string, load, save
+from matmtl.metal_gate import GATE_FILE, MODES, MetalGate, PbeGaps, choose, fit, fit_line, key_string, load, save
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = np.nan
@@ -330,3 +330,9 @@ def test_the_run_summary_names_the_gate():
     )
     assert line.startswith("metal gate: mode metal") and "off 0.2500" in line and "0.3000 -> 0.2900 eV" in line
     assert metal_gate_line({"mode": "off", "skipped": "no validation rows"}) == "metal gate: off (no validation rows)"
+
+
+def test_fit_is_the_line_on_training_rows_and_the_mode_on_validation_rows():
+    gate, maes = fit([0.5, 1.0, 2.0], [1.25, 2.0, 3.5], [0.0, 0.0], [2.0, 0.0], [1.0, 0.0])
+    assert (gate.slope, gate.intercept) == pytest.approx((1.5, 0.5))
+    assert gate.mode == "both" and maes["both"] == pytest.approx(0.0, abs=1e-9)  # 1.5 x 1 + 0.5 = 2

@@ -377,7 +377,7 @@ def fit_metal_gate(run_dir: Path, model, tr: TaskData, va: TaskData, te: TaskDat
     training rows, its mode chosen on the validation rows, written with the PBE gaps it
     needs to ``metal_gate.json.gz``; the held-out rows are gated once and scored. Without
     Materials Project tables or validation rows the gate is off, and says why."""
-    from ..metal_gate import GATE_FILE, PbeGaps, choose, fit_line, save
+    from ..metal_gate import GATE_FILE, PbeGaps, fit, save
 
     if not len(va):
         return {"mode": "off", "skipped": "no validation rows to choose the gate on"}
@@ -392,9 +392,8 @@ def fit_metal_gate(run_dir: Path, model, tr: TaskData, va: TaskData, te: TaskDat
     def gap(d: TaskData) -> np.ndarray:
         return model.predict_arrays(d.z, d.frac, d.spg, [MAIN_TASK])[MAIN_TASK].mean(1)
 
-    line = fit_line(pbe(tr), tr.targets[MAIN_TASK])
     va_pbe = pbe(va)
-    gate, maes = choose(gap(va), va.targets[MAIN_TASK], va_pbe, line)
+    gate, maes = fit(pbe(tr), tr.targets[MAIN_TASK], gap(va), va.targets[MAIN_TASK], va_pbe)
     record = {
         **gate.to_dict(),
         "validation_mae": maes,
