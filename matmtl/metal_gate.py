@@ -45,6 +45,9 @@ SOURCE = (
 )
 
 MODES = ("off", "metal", "both")
+#: elements with a partly filled 4f or 5f shell (Ce..Yb, Pa..No): PBE without +U puts those
+#: states at the Fermi level, so MP's PBE gap of their compounds is no evidence either way
+OPEN_F = frozenset(range(58, 71)) | frozenset(range(91, 103))
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,11 @@ class PbeGaps:
     by_symmetry: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_data(cls, data_dir: str | None = None) -> "PbeGaps":
+    def from_data(cls, data_dir: str | None = None, *, open_f: bool = True) -> "PbeGaps":
         """From the dataset mirror's mp_gap and mp_e_form tables (built once per process;
-        treat the result as read-only)."""
-        return _from_data(data_dir)
+        treat the result as read-only). ``open_f=False`` leaves out every composition with
+        an element of :data:`OPEN_F` (their gaps read as unknown)."""
+        return _from_data(data_dir, open_f)
 
     def lookup(self, keys: list[tuple], spg) -> np.ndarray:
         """Per row the PBE gap (eV) of composition ``keys[i]`` in space group ``spg[i]``
@@ -171,11 +175,13 @@ class PbeGaps:
         return self
 
 
-@lru_cache(maxsize=2)
-def _from_data(data_dir: str | None) -> PbeGaps:
+@lru_cache(maxsize=4)
+def _from_data(data_dir: str | None, open_f: bool) -> PbeGaps:
     from .train.data import mp_ground_state_symmetry, mp_pbe_gaps
 
     gaps, ground = mp_pbe_gaps(data_dir), mp_ground_state_symmetry(data_dir)
+    if not open_f:
+        gaps = {(k, s): g for (k, s), g in gaps.items() if not any(z in OPEN_F for z, _ in k)}
     by_symmetry = {f"{key_string(k)}|{s}": g for (k, s), g in gaps.items()}
     ground_state = {key_string(k): gaps[(k, s)] for k, s in ground.items() if (k, s) in gaps}
     return PbeGaps(ground_state, by_symmetry)

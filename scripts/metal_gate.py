@@ -34,9 +34,10 @@ from error_breakdown import breakdown, publish  # noqa: E402
 from matmtl.metal_gate import MODES, SOURCE, fit  # noqa: E402
 
 PREDICTIONS = "expt_gap_predictions.json"
+MEAN = "finetune_anchor_mean"
 
 
-def pbe_gaps(data_dir: str | None = None) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+def pbe_gaps(data_dir: str | None = None, open_f: bool = True) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
     """expt_gap's matbench id -> dataset position, each row's measured gap and the PBE gap
     of its composition's MP ground state (NaN where MP does not have it), all in eV."""
     from matmtl.metal_gate import PbeGaps
@@ -44,7 +45,9 @@ def pbe_gaps(data_dir: str | None = None) -> tuple[dict[str, int], np.ndarray, n
 
     ds = _load("expt_gap", data_dir)
     rows = to_taskdata(ds, np.arange(len(ds)), {"gap_expt": "gap_expt"})
-    gap = PbeGaps.from_data(data_dir).lookup(composition_keys(rows.z, rows.frac), np.zeros(len(ds), np.int64))
+    gap = PbeGaps.from_data(data_dir, open_f=open_f).lookup(
+        composition_keys(rows.z, rows.frac), np.zeros(len(ds), np.int64)
+    )
     ids = {str(i): k for k, i in enumerate(ds.frame["id"].astype(str))}
     return ids, rows.targets["gap_expt"].astype(float), gap
 
@@ -58,6 +61,7 @@ def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: n
     if chosen and all(f"finetune_anchor_{src}" in validation for src in chosen.values()):
         runs["finetune_anchor"] = {k: runs[f"finetune_anchor_{src}"][k] for k, src in chosen.items()}
         validation["finetune_anchor"] = {k: validation[f"finetune_anchor_{src}"][k] for k, src in chosen.items()}
+    _add_mean(runs, validation)
     out: dict = {}
     for name, per_fold in validation.items():
         for k, val in per_fold.items():
@@ -80,6 +84,25 @@ def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: n
                 "pbe_known": int(np.isfinite(gap[test]).sum()),
             }
     return out
+
+
+def _add_mean(runs: dict, validation: dict, sources=("finetune_anchor_replay", "finetune_anchor_distill")) -> None:
+    """``finetune_anchor_mean``: a seed's replay and distill models averaged (test and
+    validation predictions), where both ran on the same validation rows; the gate is then
+    chosen on the averaged model's own validation predictions."""
+    if not all(s in runs and s in validation for s in sources):
+        return
+    a, b = (validation[s] for s in sources)
+    folds = [k for k in a if k in b and a[k]["rows"] == b[k]["rows"]]
+    if not folds:
+        return
+    runs[MEAN] = {
+        k: list((np.asarray(runs[sources[0]][k], float) + np.asarray(runs[sources[1]][k], float)) / 2) for k in folds
+    }
+    validation[MEAN] = {
+        k: {**a[k], "pred": list((np.asarray(a[k]["pred"], float) + np.asarray(b[k]["pred"], float)) / 2)}
+        for k in folds
+    }
 
 
 def summarize(per_seed: list[dict]) -> dict:
@@ -108,7 +131,6 @@ def summarize(per_seed: list[dict]) -> dict:
                 modes.append(r["gate"]["mode"])
             val_off.append(float(np.mean([runs[k]["validation_mae"]["off"] for k in keys])))
             val_gated.append(float(np.mean([runs[k]["validation_mae"][runs[k]["gate"]["mode"]] for k in keys])))
-        fd = np.array(fold_diff)
         last = seeds[-1]
         out[name] = {
             "seeds": len(seeds),
@@ -117,11 +139,7 @@ def summarize(per_seed: list[dict]) -> dict:
             # the mean of the folds' validation MAEs (the gated one is what chose the mode)
             "validation_mae": _spread(val_off),
             "validation_mae_gated": _spread(val_gated),
-            "fold_paired_difference": {
-                "mean": float(fd.mean()),
-                "se": float(fd.std(ddof=1) / np.sqrt(fd.size)) if fd.size > 1 else None,
-                "folds": int(fd.size),
-            },
+            "fold_paired_difference": _paired(fold_diff),
             "row_paired_difference_per_seed": row_diff,
             "modes_chosen": {m: modes.count(m) for m in MODES},
             "breakdown_last_seed": {
@@ -152,9 +170,85 @@ def anchored_vs_plain(per_seed: list[dict], anchored: str = "finetune_anchor", p
         for k in s[anchored]
         if k in s[plain]
     ]
-    d = np.array(diffs)
-    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None
-    return {"variants": [anchored, plain], "mean": float(d.mean()), "se": se, "folds": int(d.size), "unit": "eV"}
+    return {"variants": [anchored, plain], **_paired(diffs), "unit": "eV"}
+
+
+def seed_ensembles(per_seed: list[dict], size: int, reference: str = "finetune_anchor") -> dict:
+    """Seed ensembles as a recipe with replicates: the seeds, in the order given, split into
+    groups of ``size`` (a remainder is left out); a group's model is the average of its
+    members' gated predictions (each member's gate chosen on its own validation rows, as
+    the seeds hold out different rows). Per variant: each group's test MAE without and
+    with the gate, their mean and spread, and two fold-paired differences (eV, mean and
+    standard error over group-folds) of the gated ensemble: against its members' mean
+    gated MAE, and against the gated single models of ``reference`` of the same seeds."""
+    groups = [per_seed[i : i + size] for i in range(0, len(per_seed) - size + 1, size)]
+    out: dict = {}
+    if size < 2 or not groups:
+        return out
+
+    def fold_mae(runs: dict, kind: str = "gated") -> float:
+        return float(np.abs(runs[kind] - runs["target"]).mean())
+
+    for name in per_seed[0]:
+        if not all(name in s and reference in s for s in per_seed):
+            continue
+        plain, gated, vs_members, vs_reference = [], [], [], []
+        for group in groups:
+            keys = sorted(group[0][name], key=int)
+            ens = {
+                k: {kind: np.mean([s[name][k][kind] for s in group], axis=0) for kind in ("pred", "gated")}
+                | {"target": group[0][name][k]["target"]}
+                for k in keys
+            }
+            y = np.concatenate([ens[k]["target"] for k in keys])
+            plain.append(float(np.abs(np.concatenate([ens[k]["pred"] for k in keys]) - y).mean()))
+            gated.append(float(np.abs(np.concatenate([ens[k]["gated"] for k in keys]) - y).mean()))
+            for k in keys:
+                vs_members.append(fold_mae(ens[k]) - np.mean([fold_mae(s[name][k]) for s in group]))
+                vs_reference.append(fold_mae(ens[k]) - np.mean([fold_mae(s[reference][k]) for s in group]))
+        out[name] = {
+            "members": size,
+            "groups": len(groups),
+            "seeds_left_out": len(per_seed) - size * len(groups),
+            "mae": _spread(plain),
+            "mae_gated": _spread(gated),
+            "vs_members_gated": _paired(vs_members),
+            f"vs_{reference}_gated": _paired(vs_reference),
+            "unit": "eV",
+        }
+    return out
+
+
+def _paired(diffs: list[float]) -> dict:
+    """Paired differences (eV): their mean, standard error and count."""
+    d = np.array(diffs, dtype=float)
+    return {
+        "mean": float(d.mean()),
+        "se": float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None,
+        "folds": int(d.size),
+    }
+
+
+def ensemble_table(ensembles: dict, reference: str = "finetune_anchor") -> str:
+    if not ensembles:
+        return ""
+    lines = [
+        "| variant | seed ensemble | MAE (eV) | gated MAE (eV), mean ± std over groups "
+        f"| gated, vs its members | gated, vs `{reference}` of its seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, e in ensembles.items():
+        g = e["mae_gated"]
+        std = "" if g["std"] is None else f" ± {g['std']:.4f}"
+        lines.append(
+            f"| `{name}` | {e['groups']} x {e['members']} seeds | {e['mae']['mean']:.4f} | {g['mean']:.4f}{std} | "
+            f"{_pm(e['vs_members_gated'])} | {_pm(e[f'vs_{reference}_gated'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _pm(d: dict) -> str:
+    return f"{d['mean']:+.4f}" + ("" if d["se"] is None else f" ± {d['se']:.4f}")
 
 
 def _spread(values: list[float]) -> dict:
@@ -168,12 +262,10 @@ def table(summary: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
-        fd = s["fold_paired_difference"]
-        se = "" if fd["se"] is None else f" ± {fd['se']:.4f}"
         modes = "/".join(str(s["modes_chosen"][m]) for m in MODES)
         lines.append(
             f"| `{name}` | {s['seeds']} | {s['mae']['mean']:.4f} | {s['mae_gated']['mean']:.4f} | "
-            f"{fd['mean']:+.4f}{se} | {modes} |"
+            f"{_pm(s['fold_paired_difference'])} | {modes} |"
         )
     return "\n".join(lines)
 
@@ -182,16 +274,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("evaluations", type=Path, nargs="+", help="matmtl evaluate output folders, one per seed")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
+    ap.add_argument(
+        "--ensemble",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also score seed ensembles of K seeds: the evaluations in the order given, in groups of K",
+    )
+    ap.add_argument(
+        "--no-open-f",
+        action="store_true",
+        help="treat the PBE gaps of compounds with a partly filled 4f/5f shell as unknown",
+    )
     ap.add_argument("--data-dir", default=None, help="the dataset mirror (default: found as matmtl finds it)")
     args = ap.parse_args(argv)
     try:
         files = [d / PREDICTIONS if d.is_dir() else d for d in args.evaluations]
         predictions = [json.loads(f.read_text()) for f in files]
-        ids, target, gap = pbe_gaps(args.data_dir)
+        ids, target, gap = pbe_gaps(args.data_dir, open_f=not args.no_open_f)
         per_seed = [gate_runs(p, ids, target, gap) for p in predictions]
         if not per_seed[0]:
             raise ValueError("no variant has validation predictions")
         summary = summarize(per_seed)
+        ensembles = seed_ensembles(per_seed, args.ensemble) if args.ensemble else {}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -200,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         "sources": [str(f) for f in files],
         "command": "python " + " ".join(["scripts/metal_gate.py", *(argv if argv is not None else sys.argv[1:])]),
         "pbe_source": SOURCE,
+        "open_f": not args.no_open_f,
         "variants": summary,
         "anchored_vs_plain_gated": anchored_vs_plain(per_seed),
+        "seed_ensembles": ensembles,
         "per_fold": [
             {
                 name: {
@@ -212,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in per_seed
         ],
     }
-    return publish(table(summary), result, args.json)
+    return publish("\n\n".join(t for t in (table(summary), ensemble_table(ensembles)) if t), result, args.json)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,24 @@ def test_materials_project_gaps_of_textbook_crystals(mp_gaps, formula, spg, meta
     assert (gap == 0) == metal, f"{formula}: PBE gap {gap} eV"
 
 
+def test_open_f_compounds_can_be_left_out(mp_gaps, mirror):
+    """``open_f=False``: every composition with a partly filled 4f/5f element (Ce..Yb,
+    Pa..No) reads as unknown, by formula and by polymorph; the rest of the table is the
+    same."""
+    from matmtl.metal_gate import OPEN_F
+
+    assert {58, 63, 70, 92, 94} <= OPEN_F and not {57, 71, 90, 21, 39} & OPEN_F  # La, Lu, Th, Sc, Y keep theirs
+    without = PbeGaps.from_data(str(mirror), open_f=False)
+    has_f = {k for k in mp_gaps.ground_state if any(int(p.split(":")[0]) in OPEN_F for p in k.split(","))}
+    assert has_f and not has_f & set(without.ground_state)
+    assert without.ground_state == {k: g for k, g in mp_gaps.ground_state.items() if k not in has_f}
+    assert all(not any(int(p.split(":")[0]) in OPEN_F for p in k.split("|")[0].split(",")) for k in without.by_symmetry)
+    for formula in ("EuO", "CeO2", "UO2", "GdN"):
+        assert np.isnan(without.lookup([_key(formula)], [0])[0]), formula
+    for formula in ("GaAs", "LaN", "Cu"):
+        assert without.lookup([_key(formula)], [0])[0] == mp_gaps.lookup([_key(formula)], [0])[0], formula
+
+
 def test_the_table_covers_most_experimental_compositions(mp_gaps, mirror):
     from matmtl.train.data import _load, composition_keys, to_taskdata
 
@@ -248,7 +266,7 @@ def test_the_script_on_the_repository_evaluation(script, mirror, tmp_path, capsy
     rows = [len(preds["folds"][k]["target"]) for k in sorted(preds["folds"], key=int)]
     for name, v in result["variants"].items():
         assert v["seeds"] == 1 and v["modes_chosen"] and sum(v["modes_chosen"].values()) == 5
-        if name != "finetune_anchor":
+        if name not in ("finetune_anchor", "finetune_anchor_mean"):
             written = np.average(reported["variants"][name]["fold_mae"], weights=rows)
             assert v["mae"]["mean"] == pytest.approx(written, abs=1e-4)
         for fold in result["per_fold"][0][name].values():
@@ -271,6 +289,64 @@ def test_the_script_on_the_repository_evaluation(script, mirror, tmp_path, capsy
     vs = result["anchored_vs_plain_gated"]
     assert vs["folds"] == 5
     assert vs["mean"] == pytest.approx(np.mean(np.subtract(fold_mae["finetune_anchor"], fold_mae["finetune"])))
+
+
+def test_the_script_averages_a_seeds_replay_and_distill_models(script, mirror):
+    """finetune_anchor_mean: the replay and distill runs' test and validation predictions
+    averaged (one seed: the same validation rows), gated on its own validation rows; not
+    made when the two runs held out different rows."""
+    preds = json.loads((ROOT / "results" / "expt_gap_predictions.json").read_text())
+    ids, target, gap = script.pbe_gaps(str(mirror))
+    runs = script.gate_runs(preds, ids, target, gap)
+    replay, distill = preds["variants"]["finetune_anchor_replay"], preds["variants"]["finetune_anchor_distill"]
+    for k, r in runs["finetune_anchor_mean"].items():
+        assert np.allclose(r["pred"], (np.asarray(replay[k]) + np.asarray(distill[k])) / 2)
+        val = [preds["validation"][f"finetune_anchor_{s}"][k] for s in ("replay", "distill")]
+        mean = (np.asarray(val[0]["pred"]) + np.asarray(val[1]["pred"])) / 2
+        assert r["validation_mae"]["off"] == pytest.approx(np.abs(mean - np.asarray(val[0]["target"])).mean())
+    moved = json.loads(json.dumps(preds))
+    for val in moved["validation"]["finetune_anchor_distill"].values():  # the same rows, listed otherwise
+        for key in ("rows", "target", "pred"):
+            val[key].reverse()
+    assert "finetune_anchor_mean" not in script.gate_runs(moved, ids, target, gap)
+
+
+def _seed(rng, offset: float) -> dict:
+    """One seed's gated runs of one variant over two folds (the script's per-seed form;
+    every seed has the same test rows)."""
+    out = {}
+    for k in ("0", "1"):
+        y = np.random.default_rng(int(k)).uniform(0, 3, 20)
+        pred = np.clip(y + rng.normal(offset, 0.3, 20), 0, None)
+        out[k] = {"target": y, "pred": pred, "gated": pred * 0.9}
+    return {"v": out, "finetune_anchor": {k: {**r, "gated": r["pred"]} for k, r in out.items()}}
+
+
+def test_seed_ensembles_are_groups_of_seeds_with_their_spread(script):
+    """Seeds in the order given, in groups of K (a remainder left out); a group's model
+    averages its members' gated predictions; its difference against its members is
+    paired per fold."""
+    rng = np.random.default_rng(0)
+    per_seed = [_seed(rng, o) for o in (0.1, -0.1, 0.2, 0.0, 0.3)]
+    e = script.seed_ensembles(per_seed, 2)["v"]
+    assert (e["groups"], e["members"], e["seeds_left_out"]) == (2, 2, 1)
+    for g, group in enumerate((per_seed[0:2], per_seed[2:4])):
+        y = np.concatenate([group[0]["v"][k]["target"] for k in ("0", "1")])
+        for kind, key in (("pred", "mae"), ("gated", "mae_gated")):
+            avg = np.mean([np.concatenate([s["v"][k][kind] for k in ("0", "1")]) for s in group], axis=0)
+            assert e[key]["per_seed"][g] == pytest.approx(np.abs(avg - y).mean())
+    for against, key in (("v", "vs_members_gated"), ("finetune_anchor", "vs_finetune_anchor_gated")):
+        diffs = []
+        for group in (per_seed[0:2], per_seed[2:4]):
+            for k in ("0", "1"):
+                t = group[0]["v"][k]["target"]
+                ens = np.mean([s["v"][k]["gated"] for s in group], axis=0)
+                each = [np.abs(s[against][k]["gated"] - t).mean() for s in group]
+                diffs.append(np.abs(ens - t).mean() - np.mean(each))
+        assert e[key]["mean"] == pytest.approx(np.mean(diffs)) and e[key]["folds"] == 4
+    assert e["vs_members_gated"]["mean"] <= 0  # an average is never worse than its members' mean (MAE is convex)
+    assert script.seed_ensembles(per_seed, 1) == {} and script.seed_ensembles(per_seed, 6) == {}
+    assert "2 x 2 seeds" in script.ensemble_table(script.seed_ensembles(per_seed, 2))
 
 
 def test_the_script_refuses_what_it_cannot_read(script, tmp_path, capsys, mirror):
