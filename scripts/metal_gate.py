@@ -277,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ensemble",
         type=int,
-        default=0,
+        action="append",
+        default=[],
         metavar="K",
-        help="also score seed ensembles of K seeds: the evaluations in the order given, in groups of K",
+        help="also score seed ensembles of K seeds (repeatable): the evaluations in the order given, in groups of K",
     )
     ap.add_argument(
         "--no-open-f",
@@ -290,13 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         files = [d / PREDICTIONS if d.is_dir() else d for d in args.evaluations]
+        if len({f.resolve() for f in files}) < len(files):
+            raise ValueError("an evaluation is given twice (one folder per seed)")
         predictions = [json.loads(f.read_text()) for f in files]
         ids, target, gap = pbe_gaps(args.data_dir, open_f=not args.no_open_f)
         per_seed = [gate_runs(p, ids, target, gap) for p in predictions]
         if not per_seed[0]:
             raise ValueError("no variant has validation predictions")
         summary = summarize(per_seed)
-        ensembles = seed_ensembles(per_seed, args.ensemble) if args.ensemble else {}
+        ensembles = {str(k): seed_ensembles(per_seed, k) for k in args.ensemble}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -319,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in per_seed
         ],
     }
-    return publish("\n\n".join(t for t in (table(summary), ensemble_table(ensembles)) if t), result, args.json)
+    tables = [table(summary), *(ensemble_table(e) for e in ensembles.values())]
+    return publish("\n\n".join(t for t in tables if t), result, args.json)
 
 
 if __name__ == "__main__":

@@ -349,6 +349,23 @@ def test_seed_ensembles_are_groups_of_seeds_with_their_spread(script):
     assert "2 x 2 seeds" in script.ensemble_table(script.seed_ensembles(per_seed, 2))
 
 
+def test_the_script_scores_seed_ensembles_of_the_repository_seeds(script, mirror, tmp_path, capsys):
+    folders = [str(ROOT / "results"), str(ROOT / "results" / "seeds" / "pretrain75-s1")]
+    out = tmp_path / "gate.json"
+    assert (
+        script.main([*folders, "--ensemble", "2", "--ensemble", "3", "--json", str(out), "--data-dir", str(mirror)])
+        == 0
+    )
+    ensembles = json.loads(out.read_text())["seed_ensembles"]
+    assert ensembles["3"] == {}  # fewer seeds than members: no group
+    e = ensembles["2"]["finetune_anchor"]
+    assert (e["groups"], e["members"], e["seeds_left_out"]) == (1, 2, 0)
+    assert e["vs_finetune_anchor_gated"] == e["vs_members_gated"]  # the same models
+    assert "1 x 2 seeds" in capsys.readouterr().out
+    assert script.main([folders[0], folders[0], "--data-dir", str(mirror)]) == 2
+    assert "given twice" in capsys.readouterr().err
+
+
 def test_the_script_refuses_what_it_cannot_read(script, tmp_path, capsys, mirror):
     bad = tmp_path / "expt_gap_predictions.json"
     for content in ("not json", "{}", '{"folds": {}, "variants": {}, "validation": {}}'):
