@@ -216,3 +216,24 @@ def test_mp_results_from_cell_records():
     page = render_markdown(_expt(_records(), EvalSettings(folds=(0, 1), fractions=(0.5, 1.0))), e, g)
     assert "matbench_mp_e_form" in page and f"e_form MAE before ({task_unit('e_form')})" in page
     assert np.isfinite(v["mae_mean"])
+
+
+def test_every_folds_anchor_choice_is_recorded_even_when_no_later_cell_uses_it():
+    """``--anchor validation`` without PCGrad or a data-efficiency curve: each fold with a
+    replay and a distill run (both with a validation MAE) gets its choice, the lower
+    validation MAE, replay on a tie; a choice already made stays."""
+    from matmtl.eval.finetune_cells import record_anchor_choices
+
+    def run(mae):
+        return {"validation": None if mae is None else {"mae": mae, "rows": 10}}
+
+    expt = {
+        "finetune_anchor_replay": {0: run(0.30), 1: run(0.20), 2: run(0.25), 3: run(0.2), 4: run(0.1)},
+        "finetune_anchor_distill": {0: run(0.25), 1: run(0.30), 2: run(0.25), 3: run(None)},
+    }
+    selection = {1: {"chosen": "distill", "rule": "validation"}}
+    record_anchor_choices(selection, expt)
+    assert {k: v["chosen"] for k, v in selection.items()} == {0: "distill", 1: "distill", 2: "replay"}
+    assert selection[0]["replay"] == 0.30 and selection[0]["distill"] == 0.25
+    record_anchor_choices(empty := {}, {"finetune_anchor_replay": expt["finetune_anchor_replay"]})
+    assert empty == {}

@@ -107,6 +107,15 @@ def choose_anchor(replay: dict, distill: dict) -> dict:
     }
 
 
+def record_anchor_choices(selection: dict[int, dict], expt: dict[str, dict[int, dict]]) -> None:
+    """Add to ``selection`` the anchor choice (:func:`choose_anchor`) of every fold whose
+    replay and distill runs (fraction 100%) both have a validation MAE and that has none yet."""
+    replay, distill = (expt.get(f"finetune_anchor_{src}") or {} for src in ("replay", "distill"))
+    for k in sorted(set(replay) & set(distill) - set(selection)):
+        if all((r.get("validation") or {}).get("mae") is not None for r in (replay[k], distill[k])):
+            selection[k] = choose_anchor(replay[k], distill[k])
+
+
 class FinetuneCells:
     """The fine-tuning cells of one evaluation and the per-fold anchor selection."""
 

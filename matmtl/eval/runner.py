@@ -33,7 +33,7 @@ from . import protocol
 from .baseline import BaselineCells
 from .cells import Cells, CellStore, hardware_string, load_average
 from .claims import Busy, Claims, ClaimSettings, Worker
-from .finetune_cells import FinetuneCells
+from .finetune_cells import FinetuneCells, record_anchor_choices
 from .mp import MPCells
 from .output import SUBMISSION, prediction_files, prepare_outputs, read_json, read_predictions, write_results
 from .pretrained import Pretrained
@@ -225,6 +225,8 @@ class Evaluation:
     # -- results ---------------------------------------------------------------------------
     def write(self) -> None:
         rec, s = self.records, self.s
+        if s.anchor == "validation":  # every fold's choice is recorded, whether a later cell used it or not
+            record_anchor_choices(rec.selection, rec.expt)
         if any(rec.expt.get(v) for v in ("finetune", *ANCHORED)):
             f = self.pretrained.forgetting()  # cached; a run whose fine-tunes were all cached has not read it yet
             rec.before = f.before if f else None
