@@ -45,8 +45,9 @@ SOURCE = (
 )
 
 MODES = ("off", "metal", "both")
-#: elements with a partly filled 4f or 5f shell (Ce..Yb, Pa..No): PBE without +U puts those
-#: states at the Fermi level, so MP's PBE gap of their compounds is no evidence either way
+#: the lanthanides Ce..Yb and actinides Pa..No, whose 4f / 5f shells are partly filled in most
+#: of their compounds (a heuristic by element, not by oxidation state): PBE without +U puts
+#: those states at the Fermi level, so MP's PBE gap of their compounds is weak evidence
 OPEN_F = frozenset(range(58, 71)) | frozenset(range(91, 103))
 
 

@@ -11,12 +11,17 @@ predictions on the run's validation rows. For every variant, seed and fold the g
 (PBE gap to experimental gap) is fitted on the fold's training rows that are not
 validation rows, its mode (off / metal / both) is chosen on the validation rows, and the
 test fold is then gated once. ``finetune_anchor`` is the anchored recipe with the anchor
-source the evaluation chose per fold. Reported per variant: the test MAE (eV) per seed
-without and with the gate, the seed mean and spread, the validation MAE without and with
-the gate (the mean over folds), the modes chosen, the fold-paired
-difference and the row-level paired difference per seed (mean and standard error), and
-the error breakdown (scripts/error_breakdown.py) of the last seed without (``pred``) and
-with (``gated``) the gate.
+source the evaluation chose per fold; ``finetune_anchor_mean`` averages a seed's replay and
+distill models (the same validation rows), its gate chosen on the average's own
+validation predictions. Reported per variant: the test MAE (eV) per seed without and with
+the gate, the seed mean and spread, the validation MAE without and with the gate (the mean
+over folds), the modes chosen, the fold-paired difference (each fold's difference averaged
+over seeds, then mean and standard error over folds) and the row-level paired difference
+per seed, and the error breakdown (scripts/error_breakdown.py) of the last seed without
+(``pred``) and with (``gated``) the gate. ``--ensemble K`` also scores seed ensembles (see
+:func:`seed_ensembles`); ``--no-open-f`` reads no PBE gap for compounds of the lanthanides
+Ce..Yb and actinides Pa..No (matmtl.metal_gate.OPEN_F). All evaluations must have the same
+folds and test rows.
 """
 
 from __future__ import annotations
@@ -58,9 +63,14 @@ def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: n
     runs = dict(predictions["variants"])
     validation = dict(predictions.get("validation") or {})
     chosen = predictions.get("anchor_source_per_fold") or {}
-    if chosen and all(f"finetune_anchor_{src}" in validation for src in chosen.values()):
-        runs["finetune_anchor"] = {k: runs[f"finetune_anchor_{src}"][k] for k, src in chosen.items()}
-        validation["finetune_anchor"] = {k: validation[f"finetune_anchor_{src}"][k] for k, src in chosen.items()}
+    usable = {
+        k: f"finetune_anchor_{src}"
+        for k, src in chosen.items()
+        if k in (runs.get(f"finetune_anchor_{src}") or {}) and k in (validation.get(f"finetune_anchor_{src}") or {})
+    }
+    if usable and len(usable) == len(chosen):
+        runs["finetune_anchor"] = {k: runs[v][k] for k, v in usable.items()}
+        validation["finetune_anchor"] = {k: validation[v][k] for k, v in usable.items()}
     _add_mean(runs, validation)
     out: dict = {}
     for name, per_fold in validation.items():
@@ -88,13 +98,16 @@ def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: n
 
 def _add_mean(runs: dict, validation: dict, sources=("finetune_anchor_replay", "finetune_anchor_distill")) -> None:
     """``finetune_anchor_mean``: a seed's replay and distill models averaged (test and
-    validation predictions), where both ran on the same validation rows; the gate is then
-    chosen on the averaged model's own validation predictions."""
+    validation predictions); the gate is then chosen on the averaged model's own
+    validation predictions. Made only when both ran the same folds on the same validation
+    rows (one seed), and left out otherwise."""
     if not all(s in runs and s in validation for s in sources):
         return
     a, b = (validation[s] for s in sources)
-    folds = [k for k in a if k in b and a[k]["rows"] == b[k]["rows"]]
-    if not folds:
+    folds = sorted(a, key=int)
+    if sorted(b, key=int) != folds or any(a[k]["rows"] != b[k]["rows"] for k in folds):
+        return
+    if any(k not in runs[s] for s in sources for k in folds):
         return
     runs[MEAN] = {
         k: list((np.asarray(runs[sources[0]][k], float) + np.asarray(runs[sources[1]][k], float)) / 2) for k in folds
@@ -111,7 +124,8 @@ def summarize(per_seed: list[dict]) -> dict:
     out = {}
     for name in per_seed[0]:
         seeds = [s[name] for s in per_seed if name in s]
-        plain, gated, fold_diff, row_diff, modes, val_off, val_gated = [], [], [], [], [], [], []
+        plain, gated, row_diff, modes, val_off, val_gated = [], [], [], [], [], []
+        fold_diff: dict[str, list[float]] = {}
         for runs in seeds:
             keys = sorted(runs, key=int)
             y = np.concatenate([runs[k]["target"] for k in keys])
@@ -125,9 +139,7 @@ def summarize(per_seed: list[dict]) -> dict:
             )
             for k in keys:
                 r = runs[k]
-                fold_diff.append(
-                    float(np.abs(r["gated"] - r["target"]).mean() - np.abs(r["pred"] - r["target"]).mean())
-                )
+                fold_diff.setdefault(k, []).append(_mae(r) - _mae(r, "pred"))
                 modes.append(r["gate"]["mode"])
             val_off.append(float(np.mean([runs[k]["validation_mae"]["off"] for k in keys])))
             val_gated.append(float(np.mean([runs[k]["validation_mae"][runs[k]["gate"]["mode"]] for k in keys])))
@@ -139,7 +151,7 @@ def summarize(per_seed: list[dict]) -> dict:
             # the mean of the folds' validation MAEs (the gated one is what chose the mode)
             "validation_mae": _spread(val_off),
             "validation_mae_gated": _spread(val_gated),
-            "fold_paired_difference": _paired(fold_diff),
+            "fold_paired_difference": _fold_paired(fold_diff),
             "row_paired_difference_per_seed": row_diff,
             "modes_chosen": {m: modes.count(m) for m in MODES},
             "breakdown_last_seed": {
@@ -156,45 +168,44 @@ def summarize(per_seed: list[dict]) -> dict:
 
 
 def anchored_vs_plain(per_seed: list[dict], anchored: str = "finetune_anchor", plain: str = "finetune") -> dict | None:
-    """The anchored recipe against plain fine-tuning, both gated: fold-paired test MAE
-    difference (eV, mean and standard error over the seed-fold runs); None when a seed
-    lacks either variant."""
+    """The anchored recipe against plain fine-tuning, both gated: the fold-paired test MAE
+    difference (eV; each fold's difference averaged over seeds, then mean and standard
+    error over folds); None when a seed lacks either variant."""
     if not all(anchored in s and plain in s for s in per_seed):
         return None
-    diffs = [
-        float(
-            np.abs(s[anchored][k]["gated"] - s[anchored][k]["target"]).mean()
-            - np.abs(s[plain][k]["gated"] - s[plain][k]["target"]).mean()
-        )
-        for s in per_seed
-        for k in s[anchored]
-        if k in s[plain]
-    ]
-    return {"variants": [anchored, plain], **_paired(diffs), "unit": "eV"}
+    diffs: dict[str, list[float]] = {}
+    for s in per_seed:
+        for k in s[anchored]:
+            if k in s[plain]:
+                diffs.setdefault(k, []).append(_mae(s[anchored][k]) - _mae(s[plain][k]))
+    return {"variants": [anchored, plain], **_fold_paired(diffs), "unit": "eV"}
 
 
 def seed_ensembles(per_seed: list[dict], size: int, reference: str = "finetune_anchor") -> dict:
     """Seed ensembles as a recipe with replicates: the seeds, in the order given, split into
     groups of ``size`` (a remainder is left out); a group's model is the average of its
     members' gated predictions (each member's gate chosen on its own validation rows, as
-    the seeds hold out different rows). Per variant: each group's test MAE without and
-    with the gate, their mean and spread, and two fold-paired differences (eV, mean and
-    standard error over group-folds) of the gated ensemble: against its members' mean
-    gated MAE, and against the gated single models of ``reference`` of the same seeds."""
+    the seeds hold out different rows). Per variant that every seed has: each group's test
+    MAE without and with the gate (``per_group``), their mean and spread over groups, and
+    two fold-paired differences of the gated ensemble (eV; each fold's difference averaged
+    over groups, then mean and standard error over folds): against its members' mean gated
+    MAE, and against the gated single models of ``reference`` of the same seeds (None where
+    a seed lacks that reference on a fold)."""
+    if size < 2:
+        raise ValueError(f"a seed ensemble needs at least 2 members, got {size}")
     groups = [per_seed[i : i + size] for i in range(0, len(per_seed) - size + 1, size)]
+    if not groups:
+        raise ValueError(f"a seed ensemble of {size} needs at least {size} evaluations, got {len(per_seed)}")
     out: dict = {}
-    if size < 2 or not groups:
-        return out
-
-    def fold_mae(runs: dict, kind: str = "gated") -> float:
-        return float(np.abs(runs[kind] - runs["target"]).mean())
-
     for name in per_seed[0]:
-        if not all(name in s and reference in s for s in per_seed):
-            continue
-        plain, gated, vs_members, vs_reference = [], [], [], []
+        if not all(name in s for s in per_seed) or len({tuple(s[name]) for s in per_seed}) != 1:
+            continue  # a variant every seed has on the same folds
+        keys = sorted(per_seed[0][name], key=int)
+        has_reference = all(k in (s.get(reference) or {}) for s in per_seed for k in keys)
+        plain, gated = [], []
+        vs_members: dict[str, list[float]] = {}
+        vs_reference: dict[str, list[float]] = {}
         for group in groups:
-            keys = sorted(group[0][name], key=int)
             ens = {
                 k: {kind: np.mean([s[name][k][kind] for s in group], axis=0) for kind in ("pred", "gated")}
                 | {"target": group[0][name][k]["target"]}
@@ -204,19 +215,33 @@ def seed_ensembles(per_seed: list[dict], size: int, reference: str = "finetune_a
             plain.append(float(np.abs(np.concatenate([ens[k]["pred"] for k in keys]) - y).mean()))
             gated.append(float(np.abs(np.concatenate([ens[k]["gated"] for k in keys]) - y).mean()))
             for k in keys:
-                vs_members.append(fold_mae(ens[k]) - np.mean([fold_mae(s[name][k]) for s in group]))
-                vs_reference.append(fold_mae(ens[k]) - np.mean([fold_mae(s[reference][k]) for s in group]))
+                vs_members.setdefault(k, []).append(_mae(ens[k]) - np.mean([_mae(s[name][k]) for s in group]))
+                if has_reference:
+                    vs_reference.setdefault(k, []).append(
+                        _mae(ens[k]) - np.mean([_mae(s[reference][k]) for s in group])
+                    )
         out[name] = {
             "members": size,
             "groups": len(groups),
             "seeds_left_out": len(per_seed) - size * len(groups),
-            "mae": _spread(plain),
-            "mae_gated": _spread(gated),
-            "vs_members_gated": _paired(vs_members),
-            f"vs_{reference}_gated": _paired(vs_reference),
+            "mae": _spread(plain, "per_group"),
+            "mae_gated": _spread(gated, "per_group"),
+            "vs_members_gated": _fold_paired(vs_members),
+            f"vs_{reference}_gated": _fold_paired(vs_reference) if has_reference else None,
             "unit": "eV",
         }
     return out
+
+
+def _mae(run: dict, kind: str = "gated") -> float:
+    """The MAE (eV) of one run's ``kind`` predictions ("gated" or "pred") on its test rows."""
+    return float(np.abs(run[kind] - run["target"]).mean())
+
+
+def _fold_paired(diffs: dict[str, list[float]]) -> dict:
+    """Paired differences per fold (several seeds or groups on one fold share its test
+    rows, so they are averaged first): mean and standard error over folds (eV)."""
+    return _paired([float(np.mean(v)) for _, v in sorted(diffs.items(), key=lambda kv: int(kv[0]))])
 
 
 def _paired(diffs: list[float]) -> dict:
@@ -230,6 +255,7 @@ def _paired(diffs: list[float]) -> dict:
 
 
 def ensemble_table(ensembles: dict, reference: str = "finetune_anchor") -> str:
+    """The seed ensembles of one group size (:func:`seed_ensembles`) as a markdown table."""
     if not ensembles:
         return ""
     lines = [
@@ -242,7 +268,7 @@ def ensemble_table(ensembles: dict, reference: str = "finetune_anchor") -> str:
         std = "" if g["std"] is None else f" ± {g['std']:.4f}"
         lines.append(
             f"| `{name}` | {e['groups']} x {e['members']} seeds | {e['mae']['mean']:.4f} | {g['mean']:.4f}{std} | "
-            f"{_pm(e['vs_members_gated'])} | {_pm(e[f'vs_{reference}_gated'])} |"
+            f"{_pm(e['vs_members_gated'])} | {_pm(e[f'vs_{reference}_gated']) if e[f'vs_{reference}_gated'] else '–'} |"
         )
     return "\n".join(lines)
 
@@ -251,9 +277,9 @@ def _pm(d: dict) -> str:
     return f"{d['mean']:+.4f}" + ("" if d["se"] is None else f" ± {d['se']:.4f}")
 
 
-def _spread(values: list[float]) -> dict:
+def _spread(values: list[float], each: str = "per_seed") -> dict:
     v = np.array(values)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else None, "per_seed": values}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else None, each: values}
 
 
 def table(summary: dict) -> str:
@@ -268,6 +294,17 @@ def table(summary: dict) -> str:
             f"{_pm(s['fold_paired_difference'])} | {modes} |"
         )
     return "\n".join(lines)
+
+
+def same_test_rows(predictions: list[dict], files: list[Path]) -> None:
+    """Refuse evaluations whose folds or test rows differ from the first one's."""
+    first = predictions[0]["folds"]
+    for p, f in zip(predictions[1:], files[1:]):
+        if sorted(p["folds"]) != sorted(first):
+            raise ValueError(f"{f}: folds {sorted(p['folds'])}, but {files[0]} has {sorted(first)}")
+        for k, fold in p["folds"].items():
+            if fold["ids"] != first[k]["ids"]:
+                raise ValueError(f"{f}: fold {k}'s test rows differ from {files[0]}'s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if len({f.resolve() for f in files}) < len(files):
             raise ValueError("an evaluation is given twice (one folder per seed)")
         predictions = [json.loads(f.read_text()) for f in files]
+        same_test_rows(predictions, files)
         ids, target, gap = pbe_gaps(args.data_dir, open_f=not args.no_open_f)
         per_seed = [gate_runs(p, ids, target, gap) for p in predictions]
         if not per_seed[0]:

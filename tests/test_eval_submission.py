@@ -179,3 +179,26 @@ def test_predictions_file_rescored_and_small(folds, tmp_path):
     assert not (tmp_path / PREDICTIONS).exists()  # the stale single file is gone
     assert all((tmp_path / n).stat().st_size < 1 << 20 for n in files)
     assert set(read_predictions(tmp_path)["variants"]) == set(big["variants"])
+
+
+def test_a_rerun_of_another_variant_keeps_the_anchor_choice_of_the_kept_anchored_runs(folds):
+    """Re-running only plain fine-tuning keeps the replay and distill predictions from the
+    earlier file, and with them the fold's anchor choice; a re-run of one anchored variant
+    records its own choices only."""
+    anchored = {
+        v: _records(folds, which=(0, 1), seed=i)
+        for i, v in enumerate(("finetune_anchor_replay", "finetune_anchor_distill"))
+    }
+    first = predictions_file(
+        anchored, folds, selection={0: {"chosen": "distill"}, 1: {"chosen": "replay"}}, quick=False, command="c"
+    )
+    assert first["anchor_source_per_fold"] == {"0": "distill", "1": "replay"}
+    plain = predictions_file(
+        {"finetune": _records(folds, which=(0,))}, folds, selection={}, quick=False, command="d", prev=first
+    )
+    assert plain["anchor_source_per_fold"] == {"0": "distill", "1": "replay"}
+    again = predictions_file(
+        {"finetune_anchor_replay": anchored["finetune_anchor_replay"]}, folds, selection={0: {"chosen": "replay"}},
+        quick=False, command="e", prev=first,
+    )  # fmt: skip
+    assert again["anchor_source_per_fold"] == {"0": "replay"}  # the replay runs are new: the old choices no longer hold

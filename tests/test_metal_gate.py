@@ -309,6 +309,12 @@ def test_the_script_averages_a_seeds_replay_and_distill_models(script, mirror):
         for key in ("rows", "target", "pred"):
             val[key].reverse()
     assert "finetune_anchor_mean" not in script.gate_runs(moved, ids, target, gap)
+    other = json.loads(json.dumps(preds))  # one fold's distill run held out other rows (another seed's)
+    val, test = other["validation"]["finetune_anchor_distill"]["3"], {ids[i] for i in preds["folds"]["3"]["ids"]}
+    spare = [i for i in range(len(target)) if i not in test and i not in set(val["rows"])][: len(val["rows"])]
+    val["rows"], val["target"] = spare, [float(target[i]) for i in spare]
+    runs = script.gate_runs(other, ids, target, gap)
+    assert "finetune_anchor_mean" not in runs and "finetune_anchor_distill" in runs  # left out whole, not per fold
 
 
 def _seed(rng, offset: float) -> dict:
@@ -324,46 +330,84 @@ def _seed(rng, offset: float) -> dict:
 
 def test_seed_ensembles_are_groups_of_seeds_with_their_spread(script):
     """Seeds in the order given, in groups of K (a remainder left out); a group's model
-    averages its members' gated predictions; its difference against its members is
-    paired per fold."""
+    averages its members' gated predictions; its differences against its members and
+    against the reference variant are paired per fold (groups averaged on each fold)."""
     rng = np.random.default_rng(0)
     per_seed = [_seed(rng, o) for o in (0.1, -0.1, 0.2, 0.0, 0.3)]
     e = script.seed_ensembles(per_seed, 2)["v"]
     assert (e["groups"], e["members"], e["seeds_left_out"]) == (2, 2, 1)
-    for g, group in enumerate((per_seed[0:2], per_seed[2:4])):
+    groups = (per_seed[0:2], per_seed[2:4])
+    for g, group in enumerate(groups):
         y = np.concatenate([group[0]["v"][k]["target"] for k in ("0", "1")])
         for kind, key in (("pred", "mae"), ("gated", "mae_gated")):
             avg = np.mean([np.concatenate([s["v"][k][kind] for k in ("0", "1")]) for s in group], axis=0)
-            assert e[key]["per_seed"][g] == pytest.approx(np.abs(avg - y).mean())
+            assert e[key]["per_group"][g] == pytest.approx(np.abs(avg - y).mean())
     for against, key in (("v", "vs_members_gated"), ("finetune_anchor", "vs_finetune_anchor_gated")):
-        diffs = []
-        for group in (per_seed[0:2], per_seed[2:4]):
-            for k in ("0", "1"):
-                t = group[0]["v"][k]["target"]
-                ens = np.mean([s["v"][k]["gated"] for s in group], axis=0)
-                each = [np.abs(s[against][k]["gated"] - t).mean() for s in group]
-                diffs.append(np.abs(ens - t).mean() - np.mean(each))
-        assert e[key]["mean"] == pytest.approx(np.mean(diffs)) and e[key]["folds"] == 4
+        per_fold = []
+        for k in ("0", "1"):
+            t = per_seed[0]["v"][k]["target"]
+            per_group = [
+                np.abs(np.mean([s["v"][k]["gated"] for s in group], axis=0) - t).mean()
+                - np.mean([np.abs(s[against][k]["gated"] - t).mean() for s in group])
+                for group in groups
+            ]
+            per_fold.append(np.mean(per_group))
+        assert e[key]["mean"] == pytest.approx(np.mean(per_fold)) and e[key]["folds"] == 2
+        assert e[key]["se"] == pytest.approx(np.std(per_fold, ddof=1) / np.sqrt(2))
     assert e["vs_members_gated"]["mean"] <= 0  # an average is never worse than its members' mean (MAE is convex)
-    assert script.seed_ensembles(per_seed, 1) == {} and script.seed_ensembles(per_seed, 6) == {}
     assert "2 x 2 seeds" in script.ensemble_table(script.seed_ensembles(per_seed, 2))
+    for k in (0, 1, 6):
+        with pytest.raises(ValueError, match="seed ensemble"):
+            script.seed_ensembles(per_seed, k)
+    # a seed without the reference on a fold: the ensemble is still scored, without that comparison
+    del per_seed[3]["finetune_anchor"]["1"]
+    e = script.seed_ensembles(per_seed, 2)["v"]
+    assert e["vs_finetune_anchor_gated"] is None and e["vs_members_gated"]["folds"] == 2
+    assert "| – |" in script.ensemble_table({"v": e})
 
 
 def test_the_script_scores_seed_ensembles_of_the_repository_seeds(script, mirror, tmp_path, capsys):
-    folders = [str(ROOT / "results"), str(ROOT / "results" / "seeds" / "pretrain75-s1")]
+    """Two evaluations as one 2-seed ensemble: plain fine-tuning's ensemble against the
+    anchored recipe's single models, recomputed from the per-seed gated runs."""
+    folders = [ROOT / "results", ROOT / "results" / "seeds" / "pretrain75-s1"]
     out = tmp_path / "gate.json"
-    assert (
-        script.main([*folders, "--ensemble", "2", "--ensemble", "3", "--json", str(out), "--data-dir", str(mirror)])
-        == 0
-    )
-    ensembles = json.loads(out.read_text())["seed_ensembles"]
-    assert ensembles["3"] == {}  # fewer seeds than members: no group
-    e = ensembles["2"]["finetune_anchor"]
+    argv = [*map(str, folders), "--ensemble", "2", "--json", str(out), "--data-dir", str(mirror)]
+    assert script.main(argv) == 0
+    e = json.loads(out.read_text())["seed_ensembles"]["2"]["finetune"]
     assert (e["groups"], e["members"], e["seeds_left_out"]) == (1, 2, 0)
-    assert e["vs_finetune_anchor_gated"] == e["vs_members_gated"]  # the same models
+    ids, target, gap = script.pbe_gaps(str(mirror))
+    per_seed = [
+        script.gate_runs(json.loads((f / "expt_gap_predictions.json").read_text()), ids, target, gap) for f in folders
+    ]
+    per_fold = []
+    for k in sorted(per_seed[0]["finetune"], key=int):
+        t = per_seed[0]["finetune"][k]["target"]
+        ens = np.abs((per_seed[0]["finetune"][k]["gated"] + per_seed[1]["finetune"][k]["gated"]) / 2 - t).mean()
+        per_fold.append(ens - np.mean([np.abs(s["finetune_anchor"][k]["gated"] - t).mean() for s in per_seed]))
+    assert e["vs_finetune_anchor_gated"]["mean"] == pytest.approx(np.mean(per_fold))
     assert "1 x 2 seeds" in capsys.readouterr().out
-    assert script.main([folders[0], folders[0], "--data-dir", str(mirror)]) == 2
-    assert "given twice" in capsys.readouterr().err
+    for bad, message in (
+        ([str(folders[0]), str(folders[0])], "given twice"),
+        ([str(folders[0]), "--ensemble", "2"], "at least 2 evaluations"),
+        ([*map(str, folders), "--ensemble", "1"], "at least 2 members"),
+    ):
+        assert script.main([*bad, "--data-dir", str(mirror)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_the_script_refuses_evaluations_with_other_test_rows(script, mirror, tmp_path, capsys):
+    preds = json.loads((ROOT / "results" / "expt_gap_predictions.json").read_text())
+    for change, message in (
+        (lambda p: p["folds"].pop("4"), "folds"),
+        (lambda p: p["folds"]["2"]["ids"].reverse(), "fold 2's test rows differ"),
+    ):
+        other = json.loads(json.dumps(preds))
+        change(other)
+        folder = tmp_path / message.replace(" ", "_").replace("'", "")
+        folder.mkdir()
+        (folder / "expt_gap_predictions.json").write_text(json.dumps(other))
+        assert script.main([str(ROOT / "results"), str(folder), "--data-dir", str(mirror)]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_the_script_refuses_what_it_cannot_read(script, tmp_path, capsys, mirror):

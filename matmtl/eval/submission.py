@@ -68,6 +68,9 @@ def predictions_file(
                     if k in (prev.get("folds") or {}):
                         out_folds[k] = prev["folds"][k]
     validation = {v: per for v, per in (prev.get("validation") or {}).items() if v in variants}  # kept with them
+    chosen = {str(k): v.get("chosen") for k, v in sorted(selection.items())}
+    if all(f"finetune_anchor_{src}" in variants for src in ("replay", "distill")):  # both kept: so is their choice
+        chosen = {**(prev.get("anchor_source_per_fold") or {}), **chosen}
     for v, recs in expt.items():
         per = {}
         val = {str(k): r["validation_pred"] for k, r in sorted(recs.items()) if r.get("validation_pred")}
@@ -97,7 +100,7 @@ def predictions_file(
         ),
         "quick": quick,
         "command": command,
-        "anchor_source_per_fold": {str(k): v.get("chosen") for k, v in sorted(selection.items())},
+        "anchor_source_per_fold": dict(sorted(chosen.items(), key=lambda kv: int(kv[0]))),
         "folds": dict(sorted(out_folds.items(), key=lambda kv: int(kv[0]))),
         "variants": variants,
         # per variant and fold: the run's validation rows (positions in the dataset), their
