@@ -369,11 +369,12 @@ def test_the_gap_head_is_a_setting_with_the_default_cells_unchanged(tmp_path):
 
 def test_evaluate_with_both_dft_anchors_and_correction_learning(tmp_path):
     """``--aux dft_energy,dft_gap --gap-head correction``: the anchored cells train both
-    DFT heads, and the gap head learns a correction to the frozen DFT gap head (a quick run)."""
+    DFT heads, and the gap head learns a correction to the frozen DFT gap head (a quick run).
+    Without PCGrad or a data-efficiency curve, the fold's anchor choice is still recorded."""
     s = EvalSettings(
-        variants=("finetune_anchor_replay",),
+        variants=("finetune_anchor_replay", "finetune_anchor_distill"),
         folds=(0,),
-        fractions=(1.0,),
+        fractions=(),
         skip_baseline=True,
         skip_mp=True,
         quick=True,
@@ -392,6 +393,11 @@ def test_evaluate_with_both_dft_anchors_and_correction_learning(tmp_path):
     record = json.loads(cell.read_text())
     assert record["spec"]["aux"] == ["dft_energy", "dft_gap"] and record["gap_head"] == "correction"
     assert res["settings"]["eval"]["gap_head"] == "correction"
+    sel = res["anchor_selection"]["folds"]["0"]
+    maes = [res["variants"][f"finetune_anchor_{src}"]["fold_validation_mae"][0] for src in ("replay", "distill")]
+    assert sel["chosen"] == ("replay" if maes[0] <= maes[1] else "distill")
+    preds = json.loads((tmp_path / "results" / "expt_gap_predictions.json").read_text())
+    assert preds["anchor_source_per_fold"] == {"0": sel["chosen"]}
     from typer.testing import CliRunner
 
     from matmtl.cli import app
