@@ -243,6 +243,13 @@ class Model:
         pbe = gaps.lookup(composition_keys(f.z, f.frac), f.spg)
         before = gap[good].copy()
         gap[good] = after = gate.apply(before, pbe)
+        from .metal_gate import OPEN_F
+
+        for r in np.flatnonzero(np.isnan(pbe) & np.isin(f.z, list(OPEN_F)).any(axis=1)):
+            notes[r] = (
+                "metal gate: not applied (a lanthanide or actinide with a partly filled f shell: "
+                "Materials Project's PBE gap is no evidence for it)"
+            )
         for r in np.flatnonzero(after != before):
             of = "its ground state" if f.spg[r] == 0 else f"this polymorph (space group {int(f.spg[r])})"
             if after[r] == 0:

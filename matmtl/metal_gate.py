@@ -7,8 +7,9 @@ metal in PBE is rarely gapped in experiment, and PBE's typical failure is the ot
 round (small-gap semiconductors it calls metals). The gate reads the PBE gap of the
 composition's MP ground state (the polymorph with the lowest formation energy), or of
 MP's polymorph in the given structure's space group (:class:`PbeGaps`, from
-:func:`matmtl.train.data.mp_pbe_gaps`; what MP does not have passes unchanged) and, by
-its ``mode``:
+:func:`matmtl.train.data.mp_pbe_gaps`; what MP does not have passes unchanged, and so does
+every compound of a lanthanide Ce..Yb or actinide Pa..No, :data:`OPEN_F`, whose partly
+filled f shell PBE without +U puts at the Fermi level) and, by its ``mode``:
 
 * ``"off"``: the model's prediction as it is;
 * ``"metal"``: 0 eV where PBE calls it a metal (its gap is 0);
@@ -41,7 +42,8 @@ GATE_FILE = "metal_gate.json.gz"
 FORMAT = 1
 SOURCE = (
     "matbench mp_gap PBE gaps (median over the rows of a composition and space group); the ground state "
-    "is the polymorph with the lowest formation energy in matbench mp_e_form"
+    "is the polymorph with the lowest formation energy in matbench mp_e_form; compositions with a "
+    "lanthanide Ce..Yb or an actinide Pa..No are left out (PBE without +U misplaces their 4f/5f states)"
 )
 
 MODES = ("off", "metal", "both")
@@ -147,10 +149,10 @@ class PbeGaps:
     by_symmetry: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_data(cls, data_dir: str | None = None, *, open_f: bool = True) -> "PbeGaps":
+    def from_data(cls, data_dir: str | None = None, *, open_f: bool = False) -> "PbeGaps":
         """From the dataset mirror's mp_gap and mp_e_form tables (built once per process;
-        treat the result as read-only). ``open_f=False`` leaves out every composition with
-        an element of :data:`OPEN_F` (their gaps read as unknown)."""
+        treat the result as read-only). Every composition with an element of :data:`OPEN_F`
+        is left out (its gap reads as unknown, so the gate passes it) unless ``open_f``."""
         return _from_data(data_dir, open_f)
 
     def lookup(self, keys: list[tuple], spg) -> np.ndarray:

@@ -19,9 +19,10 @@ over folds), the modes chosen, the fold-paired difference (each fold's differenc
 over seeds, then mean and standard error over folds) and the row-level paired difference
 per seed, and the error breakdown (scripts/error_breakdown.py) of the last seed without
 (``pred``) and with (``gated``) the gate. ``--ensemble K`` also scores seed ensembles (see
-:func:`seed_ensembles`); ``--no-open-f`` reads no PBE gap for compounds of the lanthanides
-Ce..Yb and actinides Pa..No (matmtl.metal_gate.OPEN_F). All evaluations must have the same
-folds and test rows.
+:func:`seed_ensembles`). As in fine-tuning, compounds of the lanthanides Ce..Yb and
+actinides Pa..No (matmtl.metal_gate.OPEN_F) have no PBE gap and pass unchanged;
+``--open-f`` reads theirs too (the earlier rule). All evaluations must have the same folds
+and test rows.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ PREDICTIONS = "expt_gap_predictions.json"
 MEAN = "finetune_anchor_mean"
 
 
-def pbe_gaps(data_dir: str | None = None, open_f: bool = True) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+def pbe_gaps(data_dir: str | None = None, open_f: bool = False) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
     """expt_gap's matbench id -> dataset position, each row's measured gap and the PBE gap
     of its composition's MP ground state (NaN where MP does not have it), all in eV."""
     from matmtl.metal_gate import PbeGaps
@@ -170,15 +171,16 @@ def summarize(per_seed: list[dict]) -> dict:
 def anchored_vs_plain(per_seed: list[dict], anchored: str = "finetune_anchor", plain: str = "finetune") -> dict | None:
     """The anchored recipe against plain fine-tuning, both gated: the fold-paired test MAE
     difference (eV; each fold's difference averaged over seeds, then mean and standard
-    error over folds); None when a seed lacks either variant."""
-    if not all(anchored in s and plain in s for s in per_seed):
+    error over folds), over the seeds that have both; None when none has."""
+    both = [s for s in per_seed if anchored in s and plain in s]
+    if not both:
         return None
     diffs: dict[str, list[float]] = {}
-    for s in per_seed:
+    for s in both:
         for k in s[anchored]:
             if k in s[plain]:
                 diffs.setdefault(k, []).append(_mae(s[anchored][k]) - _mae(s[plain][k]))
-    return {"variants": [anchored, plain], **_fold_paired(diffs), "unit": "eV"}
+    return {"variants": [anchored, plain], "seeds": len(both), **_fold_paired(diffs), "unit": "eV"}
 
 
 def seed_ensembles(per_seed: list[dict], size: int, reference: str = "finetune_anchor") -> dict:
@@ -320,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also score seed ensembles of K seeds (repeatable): the evaluations in the order given, in groups of K",
     )
     ap.add_argument(
-        "--no-open-f",
+        "--open-f",
         action="store_true",
-        help="treat the PBE gaps of compounds with a partly filled 4f/5f shell as unknown",
+        help="also read the PBE gaps of lanthanide (Ce..Yb) and actinide (Pa..No) compounds (the earlier rule)",
     )
     ap.add_argument("--data-dir", default=None, help="the dataset mirror (default: found as matmtl finds it)")
     args = ap.parse_args(argv)
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("an evaluation is given twice (one folder per seed)")
         predictions = [json.loads(f.read_text()) for f in files]
         same_test_rows(predictions, files)
-        ids, target, gap = pbe_gaps(args.data_dir, open_f=not args.no_open_f)
+        ids, target, gap = pbe_gaps(args.data_dir, open_f=args.open_f)
         per_seed = [gate_runs(p, ids, target, gap) for p in predictions]
         if not per_seed[0]:
             raise ValueError("no variant has validation predictions")
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "sources": [str(f) for f in files],
         "command": "python " + " ".join(["scripts/metal_gate.py", *(argv if argv is not None else sys.argv[1:])]),
         "pbe_source": SOURCE,
-        "open_f": not args.no_open_f,
+        "open_f": args.open_f,
         "variants": summary,
         "anchored_vs_plain_gated": anchored_vs_plain(per_seed),
         "seed_ensembles": ensembles,

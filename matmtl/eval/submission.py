@@ -68,9 +68,7 @@ def predictions_file(
                     if k in (prev.get("folds") or {}):
                         out_folds[k] = prev["folds"][k]
     validation = {v: per for v, per in (prev.get("validation") or {}).items() if v in variants}  # kept with them
-    chosen = {str(k): v.get("chosen") for k, v in sorted(selection.items())}
-    if all(f"finetune_anchor_{src}" in variants for src in ("replay", "distill")):  # both kept: so is their choice
-        chosen = {**(prev.get("anchor_source_per_fold") or {}), **chosen}
+    chosen = _anchor_choices(selection, prev, kept=variants)
     for v, recs in expt.items():
         per = {}
         val = {str(k): r["validation_pred"] for k, r in sorted(recs.items()) if r.get("validation_pred")}
@@ -107,6 +105,15 @@ def predictions_file(
         # labels and its predictions (cells computed before matmtl kept them have none)
         "validation": validation,
     }
+
+
+def _anchor_choices(selection: dict[int, dict], prev: dict, kept: dict) -> dict[str, str]:
+    """Fold -> the anchor source chosen; where the replay and distill predictions are both
+    ``kept`` from the earlier file ``prev``, so are its choices for the folds not chosen now."""
+    chosen = {str(k): v.get("chosen") for k, v in sorted(selection.items())}
+    if all(f"finetune_anchor_{src}" in kept for src in ("replay", "distill")):
+        chosen = {**(prev.get("anchor_source_per_fold") or {}), **chosen}
+    return chosen
 
 
 def split_predictions(obj: dict) -> dict[str, dict]:
