@@ -243,9 +243,9 @@ class Model:
         pbe = gaps.lookup(composition_keys(f.z, f.frac), f.spg)
         before = gap[good].copy()
         gap[good] = after = gate.apply(before, pbe)
-        from .metal_gate import OPEN_F
+        from .metal_gate import has_open_f
 
-        for r in np.flatnonzero(np.isnan(pbe) & np.isin(f.z, list(OPEN_F)).any(axis=1)):
+        for r in np.flatnonzero(np.isnan(pbe) & has_open_f(f.z)):
             notes[r] = (
                 "metal gate: not applied (a lanthanide or actinide with a partly filled f shell: "
                 "Materials Project's PBE gap is no evidence for it)"

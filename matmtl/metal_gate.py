@@ -53,6 +53,12 @@ MODES = ("off", "metal", "both")
 OPEN_F = frozenset(range(58, 71)) | frozenset(range(91, 103))
 
 
+def has_open_f(z) -> np.ndarray:
+    """Per row of atomic numbers ``z`` (rows x elements, 0 padding): does it hold an
+    element of :data:`OPEN_F` (so the gate reads no PBE gap for it)?"""
+    return np.isin(np.asarray(z), list(OPEN_F)).any(axis=1)
+
+
 @dataclass(frozen=True)
 class MetalGate:
     """A fitted gate: ``mode`` (one of :data:`MODES`) and the line from PBE to

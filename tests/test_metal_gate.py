@@ -182,9 +182,11 @@ def test_lanthanide_and_actinide_compounds_are_left_out(mp_gaps, mirror):
     """By default every composition with a lanthanide Ce..Yb or actinide Pa..No reads as
     unknown (PBE without +U misplaces their f states), by formula and by polymorph;
     ``open_f=True`` (the earlier rule) keeps them, and the rest of the table is the same."""
-    from matmtl.metal_gate import OPEN_F, SOURCE
+    from matmtl.metal_gate import OPEN_F, SOURCE, has_open_f
 
     assert {58, 63, 70, 92, 94} <= OPEN_F and not {57, 71, 90, 21, 39} & OPEN_F  # La, Lu, Th, Sc, Y keep theirs
+    rows = np.array([[63, 34, 0], [31, 33, 0], [57, 7, 0], [8, 92, 0]])  # EuSe, GaAs, LaN, UO2
+    assert has_open_f(rows).tolist() == [True, False, False, True]
     full = PbeGaps.from_data(str(mirror), open_f=True)
     assert mp_gaps is PbeGaps.from_data(str(mirror), open_f=False) and "lanthanide" in SOURCE
 
