@@ -122,6 +122,7 @@ class Model:
         )
         self._domains: dict[str, Any] | None = None
         self._domain_note = ""
+        self._trained_keys: set[str] | None = None
         if metal_gate == "from_folder":
             from .metal_gate import GATE_FILE, load
 
@@ -237,32 +238,54 @@ class Model:
         notes = [""] * len(good)
         if self.metal_gate is None or self.metal_gate[0].mode == "off":
             return notes
+        from .metal_gate import has_open_f, leave_seen
         from .train.data import composition_keys
 
         gate, gaps = self.metal_gate
-        pbe = gaps.lookup(composition_keys(f.z, f.frac), f.spg)
+        keys = composition_keys(f.z, f.frac)
+        every = gaps.lookup(keys, f.spg)
+        pbe = leave_seen(every, keys, self.trained_keys())
         before = gap[good].copy()
         gap[good] = after = gate.apply(before, pbe)
-        from .metal_gate import has_open_f
+
+        def of(r: int) -> str:
+            return "its ground state" if f.spg[r] == 0 else f"this polymorph (space group {int(f.spg[r])})"
 
         for r in np.flatnonzero(np.isnan(pbe) & has_open_f(f.z)):
             notes[r] = (
                 "metal gate: not applied (a lanthanide or actinide with a partly filled f shell: "
                 "Materials Project's PBE gap is no evidence for it)"
             )
+        would = gate.apply(before, every)
+        for r in np.flatnonzero(would != after):
+            notes[r] = (
+                "metal gate: not applied (this composition's measured gap is in the model's training data, "
+                f"which the model learned; from Materials Project's PBE gap of {of(r)} it would give "
+                f"{would[r]:.2f} eV)"
+            )
         for r in np.flatnonzero(after != before):
-            of = "its ground state" if f.spg[r] == 0 else f"this polymorph (space group {int(f.spg[r])})"
             if after[r] == 0:
                 notes[r] = (
-                    f"metal gate: Materials Project's PBE calculation of {of} is a metal, so the gap is "
+                    f"metal gate: Materials Project's PBE calculation of {of(r)} is a metal, so the gap is "
                     f"set to 0 eV (the model alone: {before[r]:.2f} eV)"
                 )
             else:
                 notes[r] = (
-                    f"metal gate: the model called it a metal, but Materials Project's PBE gap of {of} is "
+                    f"metal gate: the model called it a metal, but Materials Project's PBE gap of {of(r)} is "
                     f"{pbe[r]:.2f} eV; the gap is set to {after[r]:.2f} eV on the experimental scale"
                 )
         return notes
+
+    def trained_keys(self) -> set[str]:
+        """The gap head's training compositions (:func:`matmtl.metal_gate.key_set`, from its
+        stored domain; empty without one): the metal gate leaves them as the model says."""
+        if self._trained_keys is None:
+            from .metal_gate import key_set
+            from .train.data import composition_keys
+
+            dom = self.domains().get("gap_expt")
+            self._trained_keys = set() if dom is None else key_set(composition_keys(dom.z, dom.frac))
+        return self._trained_keys
 
     def _featurize(self, good, comps, spg, notes, labels, on_bad):
         """Features of the usable rows; a row the featurizer refuses follows ``on_bad``

@@ -9,7 +9,8 @@ composition's MP ground state (the polymorph with the lowest formation energy), 
 MP's polymorph in the given structure's space group (:class:`PbeGaps`, from
 :func:`matmtl.train.data.mp_pbe_gaps`; what MP does not have passes unchanged, and so does
 every compound of a lanthanide Ce..Yb or actinide Pa..No, :data:`OPEN_F`, whose partly
-filled f shell PBE without +U puts at the Fermi level) and, by its ``mode``:
+filled f shell PBE without +U puts at the Fermi level, and every composition the model
+was trained on, :func:`leave_seen`) and, by its ``mode``:
 
 * ``"off"``: the model's prediction as it is;
 * ``"metal"``: 0 eV where PBE calls it a metal (its gap is 0);
@@ -138,6 +139,26 @@ def fit(train_pbe, train_target, val_pred, val_target, val_pbe) -> tuple[MetalGa
     gaps), its mode chosen on the validation rows (the model's predictions, the measured
     and the PBE gaps); see :func:`fit_line` and :func:`choose`."""
     return choose(val_pred, val_target, val_pbe, fit_line(train_pbe, train_target))
+
+
+def leave_seen(pbe_gap, keys: list[tuple], seen: set[str]) -> np.ndarray:
+    """``pbe_gap`` (eV per row) with NaN, so the gate passes the row, where its composition
+    (``keys[i]``, see :func:`key_string`) is in ``seen``: one the model was trained on. The
+    model has learned that composition's measured gap, and the gate's mode was chosen on
+    validation rows, which it was not trained on: on the shipped model's own training
+    compositions the gate changed 112 answers, 103 of them measured gapped, and raised their
+    MAE from 0.36 to 1.15 eV (GaSb, InAs, InSb: metals in PBE, measured 0.81, 0.41, 0.23 eV)."""
+    out = np.array(pbe_gap, dtype=float)
+    if len(out) != len(keys):
+        raise ValueError(f"{len(out)} PBE gaps for {len(keys)} compositions")
+    hit = np.fromiter((key_string(k) in seen for k in keys), dtype=bool, count=len(keys))
+    out[hit] = np.nan
+    return out
+
+
+def key_set(keys: list[tuple]) -> set[str]:
+    """The :func:`key_string` of each composition key (what :func:`leave_seen` reads)."""
+    return {key_string(k) for k in keys}
 
 
 def key_string(key: tuple) -> str:

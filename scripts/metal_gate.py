@@ -37,30 +37,35 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from error_breakdown import breakdown, publish  # noqa: E402
 
-from matmtl.metal_gate import MODES, SOURCE, fit  # noqa: E402
+from matmtl.metal_gate import MODES, SOURCE, fit, key_set, leave_seen  # noqa: E402
 
 PREDICTIONS = "expt_gap_predictions.json"
 MEAN = "finetune_anchor_mean"
 
 
-def pbe_gaps(data_dir: str | None = None, open_f: bool = False) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+def pbe_gaps(
+    data_dir: str | None = None, open_f: bool = False
+) -> tuple[dict[str, int], np.ndarray, np.ndarray, list[tuple]]:
     """expt_gap's matbench id -> dataset position, each row's measured gap and the PBE gap
-    of its composition's MP ground state (NaN where MP does not have it), all in eV."""
+    of its composition's MP ground state (NaN where MP does not have it), all in eV, and
+    each row's composition key (a held-out row whose composition is also a training row's
+    is not gated: :func:`matmtl.metal_gate.leave_seen`)."""
     from matmtl.metal_gate import PbeGaps
     from matmtl.train.data import _load, composition_keys, to_taskdata
 
     ds = _load("expt_gap", data_dir)
     rows = to_taskdata(ds, np.arange(len(ds)), {"gap_expt": "gap_expt"})
-    gap = PbeGaps.from_data(data_dir, open_f=open_f).lookup(
-        composition_keys(rows.z, rows.frac), np.zeros(len(ds), np.int64)
-    )
+    keys = composition_keys(rows.z, rows.frac)
+    gap = PbeGaps.from_data(data_dir, open_f=open_f).lookup(keys, np.zeros(len(ds), np.int64))
     ids = {str(i): k for k, i in enumerate(ds.frame["id"].astype(str))}
-    return ids, rows.targets["gap_expt"].astype(float), gap
+    return ids, rows.targets["gap_expt"].astype(float), gap, keys
 
 
-def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: np.ndarray) -> dict:
+def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: np.ndarray, keys: list[tuple]) -> dict:
     """Per variant with validation predictions, per fold: the chosen gate, its validation
-    MAEs and the test predictions without and with it."""
+    MAEs and the test predictions without and with it (``keys``: each dataset row's
+    composition; a held-out row with a training row's composition is not gated, as in
+    fine-tuning)."""
     runs = dict(predictions["variants"])
     validation = dict(predictions.get("validation") or {})
     chosen = predictions.get("anchor_source_per_fold") or {}
@@ -83,16 +88,22 @@ def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: n
             if not np.allclose(target[va], val["target"], atol=1e-3):
                 raise ValueError(f"{name}, fold {k}: the validation rows' gaps are not the dataset's")
             train = np.setdiff1d(np.setdiff1d(np.arange(len(target)), test), va)
-            gate, maes = fit(gap[train], target[train], val["pred"], val["target"], gap[va])
+            seen = key_set([keys[i] for i in train])
+
+            def held_out(rows: np.ndarray, seen=seen) -> np.ndarray:
+                return leave_seen(gap[rows], [keys[i] for i in rows], seen)
+
+            gate, maes = fit(gap[train], target[train], val["pred"], val["target"], held_out(va))
             pred = np.asarray(runs[name][k], dtype=float)
+            gap_test = held_out(test)
             out.setdefault(name, {})[k] = {
                 "gate": gate.to_dict(),
                 "validation_mae": maes,
                 "validation_rows": int(va.size),
                 "target": target[test],
                 "pred": pred,
-                "gated": gate.apply(pred, gap[test]),
-                "pbe_known": int(np.isfinite(gap[test]).sum()),
+                "gated": gate.apply(pred, gap_test),
+                "pbe_known": int(np.isfinite(gap_test).sum()),
             }
     return out
 
@@ -334,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("an evaluation is given twice (one folder per seed)")
         predictions = [json.loads(f.read_text()) for f in files]
         same_test_rows(predictions, files)
-        ids, target, gap = pbe_gaps(args.data_dir, open_f=args.open_f)
-        per_seed = [gate_runs(p, ids, target, gap) for p in predictions]
+        ids, target, gap, keys = pbe_gaps(args.data_dir, open_f=args.open_f)
+        per_seed = [gate_runs(p, ids, target, gap, keys) for p in predictions]
         if not per_seed[0]:
             raise ValueError("no variant has validation predictions")
         summary = summarize(per_seed)

@@ -230,13 +230,14 @@ def _gated_model(tmp_path, gate: MetalGate, gaps: PbeGaps) -> Path:
 def test_predictions_through_a_gated_model(tmp_path):
     import matmtl
 
-    nacl = _key("NaCl")
+    sro = _key("SrO")  # not among the shipped model's training compositions
     plain = matmtl.load_model(_gated_model(tmp_path / "a", MetalGate("off"), PbeGaps()))
-    before = plain.predict(["NaCl", "Cu", "Si"])
-    # a table that (wrongly, for the test) says NaCl is a PBE metal: the gate trusts it
-    gaps = PbeGaps({key_string(nacl): 0.0}, {f"{key_string(nacl)}|225": 0.0})
+    assert key_string(sro) not in plain.trained_keys()
+    before = plain.predict(["SrO", "Cu", "Si"])
+    # a table that (wrongly, for the test) says SrO is a PBE metal: the gate trusts it
+    gaps = PbeGaps({key_string(sro): 0.0}, {f"{key_string(sro)}|225": 0.0})
     gated = matmtl.load_model(_gated_model(tmp_path / "b", MetalGate("metal"), gaps))
-    after = gated.predict(["NaCl", "Cu", "Si"])
+    after = gated.predict(["SrO", "Cu", "Si"])
     assert before["gap_expt"][0] > 3 and after["gap_expt"][0] == 0.0
     assert "metal gate" in after["trust"][0] and f"{before['gap_expt'][0]:.2f} eV" in after["trust"][0]
     assert after["gap_expt"][1:].tolist() == before["gap_expt"][1:].tolist()
@@ -247,6 +248,35 @@ def test_predictions_through_a_gated_model(tmp_path):
     assert eu["gap_expt"][0] == pytest.approx(plain.predict(["EuSe"])["gap_expt"][0], abs=1e-5)  # ungated
     assert "metal gate: not applied" in eu["trust"][0] and "not applied" not in eu["trust"][1]
     assert "not applied" not in plain.predict(["EuSe"])["trust"][0]  # no gate, no note about it
+
+
+def test_the_gate_leaves_the_models_own_training_compositions_alone(tmp_path):
+    """A composition whose measured gap the model was trained on keeps the model's answer
+    (GaSb, InAs, InSb, NaCl: in the shipped model's training data), with a note of what
+    the gate would have given; the same gate still acts on a composition it was not."""
+    import matmtl
+
+    seen = ["GaSb", "InAs", "InSb", "NaCl"]
+    plain = matmtl.load_model(_gated_model(tmp_path / "a", MetalGate("off"), PbeGaps()))
+    assert {key_string(_key(f)) for f in seen} <= plain.trained_keys()
+    table = {key_string(_key(f)): 0.0 for f in [*seen, "SrO"]}  # all metals in this (test) table
+    gated = matmtl.load_model(_gated_model(tmp_path / "b", MetalGate("metal"), PbeGaps(table, {})))
+    before, after = plain.predict([*seen, "SrO"]), gated.predict([*seen, "SrO"])
+    assert after["gap_expt"][:4].tolist() == before["gap_expt"][:4].tolist() and (before["gap_expt"][:4] > 0).all()
+    for note in after["trust"][:4]:
+        assert "metal gate: not applied" in note and "training data" in note and "would give 0.00 eV" in note
+    assert after["gap_expt"][4] == 0.0 and "set to 0 eV" in after["trust"][4]
+
+
+def test_leave_seen_marks_only_the_given_compositions():
+    from matmtl.metal_gate import key_set, leave_seen
+
+    keys = [_key("GaSb"), _key("Cu"), _key("Ga2Sb2")]  # Ga2Sb2 is GaSb's composition
+    out = leave_seen([0.0, 0.0, 1.0], keys, key_set([_key("GaSb")]))
+    assert np.isnan(out[0]) and out[1] == 0.0 and np.isnan(out[2])
+    assert leave_seen([0.0], [_key("Cu")], set()).tolist() == [0.0]
+    with pytest.raises(ValueError, match="2 PBE gaps for 1"):
+        leave_seen([0.0, 1.0], [_key("Cu")], set())
 
 
 def test_a_gated_model_with_a_damaged_gate_file_is_a_clear_error(tmp_path):
@@ -287,19 +317,27 @@ def test_the_script_on_the_repository_evaluation(script, mirror, tmp_path, capsy
         for fold in result["per_fold"][0][name].values():
             maes = fold["validation_mae"]
             assert maes[fold["gate"]["mode"]] == min(maes.values())
-    ids, target, gap = script.pbe_gaps(str(mirror))
+    ids, target, gap, keys = script.pbe_gaps(str(mirror))
     for k, fold in preds["folds"].items():  # the gate's rows: validation rows are never test rows
         test = {ids[i] for i in fold["ids"]}
         for name in ("finetune_anchor_replay", "finetune_anchor_distill"):
             assert not test & set(preds["validation"][name][k]["rows"])
-    runs = script.gate_runs(preds, ids, target, gap)["finetune_anchor"]
+    runs = script.gate_runs(preds, ids, target, gap, keys)["finetune_anchor"]
+    left = 0
     for k, r in runs.items():
         gate = MetalGate.from_dict(r["gate"])
         test = np.array([ids[i] for i in preds["folds"][k]["ids"]])
-        assert np.array_equal(r["gated"], gate.apply(r["pred"], gap[test]))
+        # a test row whose composition is also a training row's (Cu9S5 and Cu1.8S are one) is not gated
+        held = set(test) | set(preds["validation"][f"finetune_anchor_{preds['anchor_source_per_fold'][k]}"][k]["rows"])
+        train = {key_string(keys[i]) for i in range(len(keys)) if i not in held}
+        seen = np.array([key_string(keys[i]) in train for i in test])
+        held_out = np.where(seen, np.nan, gap[test])
+        assert np.array_equal(r["gated"], gate.apply(r["pred"], held_out))
+        left += int((seen & np.isfinite(gap[test])).sum())
+    assert left >= 1  # the rule acts here: expt_gap holds 3 compositions twice
     assert "finetune_anchor" in capsys.readouterr().out
     # the anchored recipe against plain fine-tuning, both gated: the mean of the folds' differences
-    both = script.gate_runs(preds, ids, target, gap)
+    both = script.gate_runs(preds, ids, target, gap, keys)
     fold_mae = {n: [np.abs(r["gated"] - r["target"]).mean() for r in both[n].values()] for n in both}
     vs = result["anchored_vs_plain_gated"]
     assert vs["folds"] == 5
@@ -311,8 +349,8 @@ def test_the_script_averages_a_seeds_replay_and_distill_models(script, mirror):
     averaged (one seed: the same validation rows), gated on its own validation rows; not
     made when the two runs held out different rows."""
     preds = json.loads((ROOT / "results" / "expt_gap_predictions.json").read_text())
-    ids, target, gap = script.pbe_gaps(str(mirror))
-    runs = script.gate_runs(preds, ids, target, gap)
+    ids, target, gap, keys = script.pbe_gaps(str(mirror))
+    runs = script.gate_runs(preds, ids, target, gap, keys)
     replay, distill = preds["variants"]["finetune_anchor_replay"], preds["variants"]["finetune_anchor_distill"]
     for k, r in runs["finetune_anchor_mean"].items():
         assert np.allclose(r["pred"], (np.asarray(replay[k]) + np.asarray(distill[k])) / 2)
@@ -323,12 +361,12 @@ def test_the_script_averages_a_seeds_replay_and_distill_models(script, mirror):
     for val in moved["validation"]["finetune_anchor_distill"].values():  # the same rows, listed otherwise
         for key in ("rows", "target", "pred"):
             val[key].reverse()
-    assert "finetune_anchor_mean" not in script.gate_runs(moved, ids, target, gap)
+    assert "finetune_anchor_mean" not in script.gate_runs(moved, ids, target, gap, keys)
     other = json.loads(json.dumps(preds))  # one fold's distill run held out other rows (another seed's)
     val, test = other["validation"]["finetune_anchor_distill"]["3"], {ids[i] for i in preds["folds"]["3"]["ids"]}
     spare = [i for i in range(len(target)) if i not in test and i not in set(val["rows"])][: len(val["rows"])]
     val["rows"], val["target"] = spare, [float(target[i]) for i in spare]
-    runs = script.gate_runs(other, ids, target, gap)
+    runs = script.gate_runs(other, ids, target, gap, keys)
     assert "finetune_anchor_mean" not in runs and "finetune_anchor_distill" in runs  # left out whole, not per fold
 
 
@@ -390,9 +428,10 @@ def test_the_script_scores_seed_ensembles_of_the_repository_seeds(script, mirror
     assert script.main(argv) == 0
     e = json.loads(out.read_text())["seed_ensembles"]["2"]["finetune"]
     assert (e["groups"], e["members"], e["seeds_left_out"]) == (1, 2, 0)
-    ids, target, gap = script.pbe_gaps(str(mirror))
+    ids, target, gap, keys = script.pbe_gaps(str(mirror))
     per_seed = [
-        script.gate_runs(json.loads((f / "expt_gap_predictions.json").read_text()), ids, target, gap) for f in folders
+        script.gate_runs(json.loads((f / "expt_gap_predictions.json").read_text()), ids, target, gap, keys)
+        for f in folders
     ]
     per_fold = []
     for k in sorted(per_seed[0]["finetune"], key=int):
@@ -439,19 +478,19 @@ def test_the_gate_is_read_at_load_and_survives_pickling(tmp_path):
     import matmtl
     from matmtl.estimator import freeze, thaw
 
-    nacl = key_string(_key("NaCl"))
-    folder = _gated_model(tmp_path, MetalGate("metal"), PbeGaps({nacl: 0.0}, {}))
+    sro = key_string(_key("SrO"))  # not a training composition of the model
+    folder = _gated_model(tmp_path, MetalGate("metal"), PbeGaps({sro: 0.0}, {}))
     model = matmtl.load_model(folder)
     shutil.rmtree(folder)
-    assert model.predict("NaCl").gap_expt == 0.0
+    assert model.predict("SrO").gap_expt == 0.0
     again = thaw(freeze(model))
-    assert again.metal_gate == model.metal_gate and again.predict("NaCl").gap_expt == 0.0
+    assert again.metal_gate == model.metal_gate and again.predict("SrO").gap_expt == 0.0
     # a model pickled without a gate stays without one, whatever lies at its old path now
     plain = matmtl.load_model(_gated_model(tmp_path / "plain", MetalGate("off"), PbeGaps()))
     plain.metal_gate = None
     frozen = freeze(plain)
-    save(plain.path / GATE_FILE, MetalGate("metal"), PbeGaps({nacl: 0.0}, {}))
-    assert thaw(frozen).metal_gate is None and thaw(frozen).predict("NaCl").gap_expt > 3
+    save(plain.path / GATE_FILE, MetalGate("metal"), PbeGaps({sro: 0.0}, {}))
+    assert thaw(frozen).metal_gate is None and thaw(frozen).predict("SrO").gap_expt > 3
 
 
 def test_a_structure_reads_its_own_polymorph_and_both_fills_a_model_metal(tmp_path):
@@ -461,12 +500,12 @@ def test_a_structure_reads_its_own_polymorph_and_both_fills_a_model_metal(tmp_pa
 
     import matmtl
 
-    nacl, cu = key_string(_key("NaCl")), key_string(_key("Cu"))
-    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    # the table says: NaCl's ground state is gapped, its rock-salt polymorph (225) a metal; Cu has a PBE gap
-    gaps = PbeGaps({nacl: 5.0, cu: 1.0}, {f"{nacl}|225": 0.0})
+    sro, cu = key_string(_key("SrO")), key_string(_key("Cu"))  # neither a training composition of the model
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.16), ["Sr", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    # the table says: SrO's ground state is gapped, its rock-salt polymorph (225) a metal; Cu has a PBE gap
+    gaps = PbeGaps({sro: 5.0, cu: 1.0}, {f"{sro}|225": 0.0})
     model = matmtl.load_model(_gated_model(tmp_path, MetalGate("both", 2.0, 0.5), gaps))
-    df = model.predict([rocksalt, "NaCl", "Cu"])
+    df = model.predict([rocksalt, "SrO", "Cu"])
     assert df["spg_num"].tolist() == [225, 0, 0]
     assert df["gap_expt"][0] == 0.0 and "this polymorph (space group 225) is a metal" in df["trust"][0]
     assert df["gap_expt"][1] > 3 and "metal gate" not in df["trust"][1]

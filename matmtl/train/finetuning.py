@@ -377,7 +377,7 @@ def fit_metal_gate(run_dir: Path, model, tr: TaskData, va: TaskData, te: TaskDat
     training rows, its mode chosen on the validation rows, written with the PBE gaps it
     needs to ``metal_gate.json.gz``; the held-out rows are gated once and scored. Without
     Materials Project tables or validation rows the gate is off, and says why."""
-    from ..metal_gate import GATE_FILE, PbeGaps, fit, save
+    from ..metal_gate import GATE_FILE, PbeGaps, fit, key_set, leave_seen, save
 
     if not len(va):
         return {"mode": "off", "skipped": "no validation rows to choose the gate on"}
@@ -386,14 +386,18 @@ def fit_metal_gate(run_dir: Path, model, tr: TaskData, va: TaskData, te: TaskDat
     except (MatmtlError, OSError) as exc:
         return {"mode": "off", "skipped": f"no Materials Project PBE gaps ({exc})"}
 
-    def pbe(d: TaskData) -> np.ndarray:
-        return gaps.lookup(composition_keys(d.z, d.frac), d.spg)
+    seen = key_set(composition_keys(tr.z, tr.frac))
+
+    def pbe(d: TaskData, held_out: bool = True) -> np.ndarray:
+        keys = composition_keys(d.z, d.frac)
+        g = gaps.lookup(keys, d.spg)
+        return leave_seen(g, keys, seen) if held_out else g  # a training composition is not gated
 
     def gap(d: TaskData) -> np.ndarray:
         return model.predict_arrays(d.z, d.frac, d.spg, [MAIN_TASK])[MAIN_TASK].mean(1)
 
     va_pbe = pbe(va)
-    gate, maes = fit(pbe(tr), tr.targets[MAIN_TASK], gap(va), va.targets[MAIN_TASK], va_pbe)
+    gate, maes = fit(pbe(tr, held_out=False), tr.targets[MAIN_TASK], gap(va), va.targets[MAIN_TASK], va_pbe)
     record = {
         **gate.to_dict(),
         "validation_mae": maes,
