@@ -113,6 +113,41 @@ def test_the_metal_gate_ships_with_the_model_and_is_checked(released, tmp_path, 
         zoo.resolve("tiny-test-v1")
 
 
+def test_the_card_says_what_the_gate_would_do_to_training_rows(released, tmp_path):
+    """The card's evidence for leaving training compositions alone: the kept run's gate
+    applied to its own training rows; checked by hand on a copy whose gate calls one
+    training composition (measured gapped) a metal."""
+    import shutil
+
+    import pandas as pd
+
+    import matmtl
+    from matmtl.metal_gate import GATE_FILE, MetalGate, PbeGaps, key_string, save
+    from matmtl.release import gate_on_training_rows
+    from matmtl.train.data import composition_keys
+
+    card = json.loads((released / "card.json").read_text())
+    rec, work = card["metal_gate"]["on_training_rows"], released.parent.parent / "work"
+    table = pd.read_csv(work / "experimental_gaps.csv")
+    kept = work / ("finetune" if card["recipe"]["anchor"]["chosen"] == "replay" else "finetune-distill")
+    held = json.loads((kept / "validation_predictions.json").read_text())["rows"]
+    assert rec["rows"] == len(table) - len(held) and 0 <= rec["changed_measured_gapped"] <= rec["changed"]
+    run = tmp_path / "run"
+    shutil.copytree(kept, run)
+    train = table.drop(index=held)
+    gapped = train[train["gap_expt"] > 1].iloc[0]
+    f = matmtl.load_model(run).featurizer([gapped["formula"]], where="test")
+    key = key_string(composition_keys(f.z, f.frac)[0])
+    save(run / GATE_FILE, MetalGate("metal"), PbeGaps({key: 0.0}, {}))
+    got = gate_on_training_rows(run, work / "experimental_gaps.csv")
+    n = int((train["formula"] == gapped["formula"]).sum())  # the table holds a composition once
+    assert got["changed"] == got["changed_measured_gapped"] == n == 1
+    assert got["mae_changed_gated"] == pytest.approx(gapped["gap_expt"], abs=1e-9)
+    assert got["mae_gated"] - got["mae_ungated"] == pytest.approx(
+        (got["mae_changed_gated"] - got["mae_changed_ungated"]) / got["rows"], abs=1e-9
+    )
+
+
 def test_a_retired_model_name_says_what_replaced_it():
     import matmtl
 
