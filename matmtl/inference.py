@@ -238,8 +238,8 @@ class Model:
         notes = [""] * len(good)
         if self.metal_gate is None or self.metal_gate[0].mode == "off":
             return notes
+        from .data.composition import composition_keys
         from .metal_gate import has_open_f, leave_seen
-        from .train.data import composition_keys
 
         gate, gaps = self.metal_gate
         keys = composition_keys(f.z, f.frac)
@@ -280,8 +280,8 @@ class Model:
         """The gap head's training compositions (:func:`matmtl.metal_gate.key_set`, from its
         stored domain; empty without one): the metal gate leaves them as the model says."""
         if self._trained_keys is None:
+            from .data.composition import composition_keys
             from .metal_gate import key_set
-            from .train.data import composition_keys
 
             dom = self.domains().get("gap_expt")
             self._trained_keys = set() if dom is None else key_set(composition_keys(dom.z, dom.frac))

@@ -283,8 +283,8 @@ def gate_on_training_rows(run: Path, table: Path) -> dict:
     change, how many of those are measured gapped, and their MAE (eV) without and with it."""
     from . import inference
     from .checkpoints import load_checkpoint, read_json
+    from .data.composition import composition_keys
     from .metal_gate import GATE_FILE, load
-    from .train.data import composition_keys
 
     gate, gaps = load(run / GATE_FILE)
     rows = pd.read_csv(table)

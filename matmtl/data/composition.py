@@ -233,3 +233,14 @@ def _gcd_float(numbers: list[float], tol: float) -> float:
 
 
 __all__ = ["AMOUNT_TOLERANCE", "ElementAmounts", "composition_of_z", "is_pymatgen", "parse_like_pymatgen"]
+
+
+def composition_keys(z, frac) -> list[tuple]:
+    """A hashable key per row for its reduced composition (elements with fractions): rows of
+    atomic numbers ``z`` (0 padding) and their fractions ``frac``, as featurized."""
+    import numpy as np
+
+    z = np.asarray(z)
+    fr = np.asarray(frac, dtype=np.float32).astype(np.float64)
+    share = np.round(fr / fr.sum(axis=1, keepdims=True), 4)
+    return [tuple(sorted(zip(zr[zr > 0].tolist(), sr[zr > 0].tolist()))) for zr, sr in zip(z, share)]

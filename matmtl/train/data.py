@@ -9,6 +9,7 @@ import numpy as np
 
 from ..config import DFT_TASKS
 from ..data import DataWarning, Featurizer, load_dataset
+from ..data.composition import composition_keys
 from ..errors import DataError, MatmtlError
 from .engine import TaskData
 
@@ -143,14 +144,6 @@ def validation_positions(n: int, fraction: float, seed: int) -> tuple[np.ndarray
         return np.arange(n), np.arange(0)
     order = np.random.default_rng([seed, 4242]).permutation(n)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def composition_keys(z: np.ndarray, frac: np.ndarray) -> list[tuple]:
-    """A hashable key per row for its reduced composition (elements with fractions)."""
-    z = np.asarray(z)
-    fr = np.asarray(frac, dtype=np.float32).astype(np.float64)
-    share = np.round(fr / fr.sum(axis=1, keepdims=True), 4)
-    return [tuple(sorted(zip(zr[zr > 0].tolist(), sr[zr > 0].tolist()))) for zr, sr in zip(z, share)]
 
 
 def _table_keys(formulas: list[str], usable: np.ndarray, source: str) -> tuple[list[tuple], np.ndarray]:
