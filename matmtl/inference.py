@@ -239,12 +239,16 @@ class Model:
         if self.metal_gate is None or self.metal_gate[0].mode == "off":
             return notes
         from .data.composition import composition_keys
-        from .metal_gate import has_open_f, leave_seen
+        from .metal_gate import has_open_f, leave_seen, seen_rows
 
         gate, gaps = self.metal_gate
         keys = composition_keys(f.z, f.frac)
         every = gaps.lookup(keys, f.spg)
-        pbe = leave_seen(every, keys, self.trained_keys())
+        # a training composition is left alone, unless a structure is given whose polymorph
+        # MP calls a metal while its ground state (what the model was trained with) is not
+        ground = np.where(f.spg > 0, gaps.lookup(keys, np.zeros_like(f.spg)), every)
+        other_phase = (f.spg > 0) & (every == 0) & ~(ground == 0)
+        pbe = leave_seen(every, seen_rows(f.z, f.frac, self.trained_keys()) & ~other_phase)
         before = gap[good].copy()
         gap[good] = after = gate.apply(before, pbe)
 
@@ -277,14 +281,15 @@ class Model:
         return notes
 
     def trained_keys(self) -> set[str]:
-        """The gap head's training compositions (:func:`matmtl.metal_gate.key_set`, from its
-        stored domain; empty without one): the metal gate leaves them as the model says."""
+        """The gap head's training compositions (:func:`matmtl.metal_gate.trained_keys`, from
+        its stored domain, which fine-tuning's gate read too; a domain of more than 20,000
+        compositions is a sample; empty without one): the metal gate leaves them as the
+        model says."""
         if self._trained_keys is None:
-            from .data.composition import composition_keys
-            from .metal_gate import key_set
+            from .metal_gate import trained_keys
 
             dom = self.domains().get("gap_expt")
-            self._trained_keys = set() if dom is None else key_set(composition_keys(dom.z, dom.frac))
+            self._trained_keys = set() if dom is None else trained_keys(dom.z, dom.frac)
         return self._trained_keys
 
     def _featurize(self, good, comps, spg, notes, labels, on_bad):

@@ -141,28 +141,42 @@ def fit(train_pbe, train_target, val_pred, val_target, val_pbe) -> tuple[MetalGa
     return choose(val_pred, val_target, val_pbe, fit_line(train_pbe, train_target))
 
 
-def leave_seen(pbe_gap, keys: list[tuple], seen: set[str]) -> np.ndarray:
-    """``pbe_gap`` (eV per row) with NaN, so the gate passes the row, where its composition
-    (``keys[i]``, see :func:`key_string`) is in ``seen``: one the model was trained on. The
-    model has learned that composition's measured gap, and the gate's mode was chosen on
-    validation rows, which it was not trained on: on the shipped model's own training
-    compositions the gate changed 112 answers, 103 of them measured gapped, and raised their
-    MAE from 0.36 to 1.15 eV (GaSb, InAs, InSb: metals in PBE, measured 0.81, 0.41, 0.23 eV)."""
-    out = np.array(pbe_gap, dtype=float)
-    if len(out) != len(keys):
-        raise ValueError(f"{len(out)} PBE gaps for {len(keys)} compositions")
-    hit = np.fromiter((key_string(k) in seen for k in keys), dtype=bool, count=len(keys))
-    out[hit] = np.nan
+def trained_keys(z, frac) -> set[str]:
+    """The compositions of training rows (featurized atomic numbers ``z`` and fractions
+    ``frac``, or a stored training domain's, :class:`matmtl.uncertainty.Domain`) as key
+    strings, the fractions first rounded to 6 decimals as a domain record stores them: keys
+    from the rows and from their domain are the same (:func:`seen_rows` reads them)."""
+    return {key_string(k) for k in _keys6(z, frac)}
+
+
+def seen_rows(z, frac, trained: set[str]) -> np.ndarray:
+    """Per row of ``z`` / ``frac``: is its composition one of ``trained``
+    (:func:`trained_keys`), one the model was trained on?"""
+    return np.fromiter((key_string(k) in trained for k in _keys6(z, frac)), dtype=bool, count=len(z))
+
+
+def _keys6(z, frac) -> list[tuple]:
+    from .data.composition import composition_keys
+
+    return composition_keys(z, np.round(np.asarray(frac, dtype=np.float64), 6) * (np.asarray(z) > 0))
+
+
+def leave_seen(pbe_gap, seen) -> np.ndarray:
+    """``pbe_gap`` (eV per row) with NaN, so the gate passes the row, where ``seen`` (per
+    row, :func:`seen_rows`): a composition the model was trained on. The model has learned
+    that composition's measured gap, and the gate's mode was chosen on validation rows,
+    which it was not trained on: on the shipped model's own training compositions the gate
+    would change 112 answers, 103 of them measured gapped, and raise their MAE from 0.36 to
+    1.15 eV (GaSb, InAs, InSb: metals in PBE, measured 0.81, 0.41, 0.23 eV)."""
+    out, seen = np.array(pbe_gap, dtype=float), np.asarray(seen, dtype=bool)
+    if out.shape != seen.shape:
+        raise ValueError(f"{out.shape} PBE gaps for {seen.shape} rows")
+    out[seen] = np.nan
     return out
 
 
-def key_set(keys: list[tuple]) -> set[str]:
-    """The :func:`key_string` of each composition key (what :func:`leave_seen` reads)."""
-    return {key_string(k) for k in keys}
-
-
 def key_string(key: tuple) -> str:
-    """A composition key (:func:`matmtl.train.data.composition_keys`) as text: "Z:share,..."."""
+    """A composition key (:func:`matmtl.data.composition.composition_keys`) as text: "Z:share,..."."""
     return ",".join(f"{z}:{share:g}" for z, share in key)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from error_breakdown import breakdown, publish  # noqa: E402
 
-from matmtl.metal_gate import MODES, SOURCE, fit, key_set, leave_seen  # noqa: E402
+from matmtl.metal_gate import MODES, SOURCE, fit, leave_seen, seen_rows, trained_keys  # noqa: E402
 
 PREDICTIONS = "expt_gap_predictions.json"
 MEAN = "finetune_anchor_mean"
@@ -45,27 +45,31 @@ MEAN = "finetune_anchor_mean"
 
 def pbe_gaps(
     data_dir: str | None = None, open_f: bool = False
-) -> tuple[dict[str, int], np.ndarray, np.ndarray, list[tuple]]:
+) -> tuple[dict[str, int], np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """expt_gap's matbench id -> dataset position, each row's measured gap and the PBE gap
     of its composition's MP ground state (NaN where MP does not have it), all in eV, and
-    each row's composition key (a held-out row whose composition is also a training row's
-    is not gated: :func:`matmtl.metal_gate.leave_seen`)."""
+    each row's composition as featurized, (z, frac) (a held-out row whose composition is
+    also a training row's is not gated: :func:`matmtl.metal_gate.leave_seen`)."""
     from matmtl.metal_gate import PbeGaps
     from matmtl.train.data import _load, composition_keys, to_taskdata
 
     ds = _load("expt_gap", data_dir)
     rows = to_taskdata(ds, np.arange(len(ds)), {"gap_expt": "gap_expt"})
-    keys = composition_keys(rows.z, rows.frac)
-    gap = PbeGaps.from_data(data_dir, open_f=open_f).lookup(keys, np.zeros(len(ds), np.int64))
+    gap = PbeGaps.from_data(data_dir, open_f=open_f).lookup(
+        composition_keys(rows.z, rows.frac), np.zeros(len(ds), np.int64)
+    )
     ids = {str(i): k for k, i in enumerate(ds.frame["id"].astype(str))}
-    return ids, rows.targets["gap_expt"].astype(float), gap, keys
+    return ids, rows.targets["gap_expt"].astype(float), gap, (rows.z, rows.frac)
 
 
-def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: np.ndarray, keys: list[tuple]) -> dict:
+def gate_runs(
+    predictions: dict, ids: dict[str, int], target: np.ndarray, gap: np.ndarray, comp: tuple[np.ndarray, np.ndarray]
+) -> dict:
     """Per variant with validation predictions, per fold: the chosen gate, its validation
-    MAEs and the test predictions without and with it (``keys``: each dataset row's
-    composition; a held-out row with a training row's composition is not gated, as in
-    fine-tuning)."""
+    MAEs and the test predictions without and with it (``comp``: each dataset row's
+    composition, (z, frac); a held-out row with a training row's composition is not gated,
+    as in fine-tuning)."""
+    z, frac = comp
     runs = dict(predictions["variants"])
     validation = dict(predictions.get("validation") or {})
     chosen = predictions.get("anchor_source_per_fold") or {}
@@ -88,10 +92,10 @@ def gate_runs(predictions: dict, ids: dict[str, int], target: np.ndarray, gap: n
             if not np.allclose(target[va], val["target"], atol=1e-3):
                 raise ValueError(f"{name}, fold {k}: the validation rows' gaps are not the dataset's")
             train = np.setdiff1d(np.setdiff1d(np.arange(len(target)), test), va)
-            seen = key_set([keys[i] for i in train])
+            trained = trained_keys(z[train], frac[train])
 
-            def held_out(rows: np.ndarray, seen=seen) -> np.ndarray:
-                return leave_seen(gap[rows], [keys[i] for i in rows], seen)
+            def held_out(rows: np.ndarray, trained=trained) -> np.ndarray:
+                return leave_seen(gap[rows], seen_rows(z[rows], frac[rows], trained))
 
             gate, maes = fit(gap[train], target[train], val["pred"], val["target"], held_out(va))
             pred = np.asarray(runs[name][k], dtype=float)
@@ -345,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("an evaluation is given twice (one folder per seed)")
         predictions = [json.loads(f.read_text()) for f in files]
         same_test_rows(predictions, files)
-        ids, target, gap, keys = pbe_gaps(args.data_dir, open_f=args.open_f)
-        per_seed = [gate_runs(p, ids, target, gap, keys) for p in predictions]
+        ids, target, gap, comp = pbe_gaps(args.data_dir, open_f=args.open_f)
+        per_seed = [gate_runs(p, ids, target, gap, comp) for p in predictions]
         if not per_seed[0]:
             raise ValueError("no variant has validation predictions")
         summary = summarize(per_seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from matmtl.data.composition import composition_keys
 from matmtl.errors import MatmtlError
 from matmtl.metal_gate import GATE_FILE, MODES, MetalGate, PbeGaps, choose, fit, fit_line, key_string, load, save
 
@@ -268,15 +269,79 @@ def test_the_gate_leaves_the_models_own_training_compositions_alone(tmp_path):
     assert after["gap_expt"][4] == 0.0 and "set to 0 eV" in after["trust"][4]
 
 
-def test_leave_seen_marks_only_the_given_compositions():
-    from matmtl.metal_gate import key_set, leave_seen
+def _rows(*formulas: str) -> tuple[np.ndarray, np.ndarray]:
+    from matmtl.data import Featurizer
 
-    keys = [_key("GaSb"), _key("Cu"), _key("Ga2Sb2")]  # Ga2Sb2 is GaSb's composition
-    out = leave_seen([0.0, 0.0, 1.0], keys, key_set([_key("GaSb")]))
-    assert np.isnan(out[0]) and out[1] == 0.0 and np.isnan(out[2])
-    assert leave_seen([0.0], [_key("Cu")], set()).tolist() == [0.0]
-    with pytest.raises(ValueError, match="2 PBE gaps for 1"):
-        leave_seen([0.0, 1.0], [_key("Cu")], set())
+    f = Featurizer(cache=False)(list(formulas), where="test")
+    return f.z, f.frac
+
+
+def test_seen_rows_are_the_training_compositions_and_are_not_gated():
+    from matmtl.metal_gate import leave_seen, seen_rows, trained_keys
+    from matmtl.uncertainty import Domain, training_domain
+
+    # Ga2Sb2 is GaSb's composition; a doped composition keeps its key through the 6-decimal domain record
+    train = _rows("GaSb", "Ga1.001Sb0.999Se0.003", "NaCl")
+    trained = trained_keys(*train)
+    dom = Domain(training_domain(*train))
+    assert trained_keys(dom.z, dom.frac) == trained  # from the rows or from their stored domain: the same keys
+    query = _rows("Ga2Sb2", "Cu", "Ga1.001Sb0.999Se0.003", "Ga1.002Sb0.998Se0.003")
+    assert seen_rows(*query, trained).tolist() == [True, False, True, False]
+    out = leave_seen([0.0, 0.0, 0.0, 0.0], seen_rows(*query, trained))
+    assert np.isnan(out[[0, 2]]).all() and out[[1, 3]].tolist() == [0.0, 0.0]
+    assert seen_rows(*_rows("Cu"), set()).tolist() == [False]
+    with pytest.raises(ValueError, match="PBE gaps for"):
+        leave_seen([0.0, 1.0], [True])
+
+
+def test_fine_tuning_does_not_gate_held_out_rows_of_a_training_composition(tmp_path, mirror):
+    """fit_metal_gate: a validation or test row whose composition is a training row's (GaSb
+    twice, a PBE metal) is neither scored by the gate nor changed; another PBE metal (InAs,
+    unseen) is, and the gate's domain record (a parent's compositions too) decides."""
+    from matmtl.train.engine import TaskData
+    from matmtl.train.finetuning import fit_metal_gate
+    from matmtl.uncertainty import training_domain
+
+    def data(*formulas, gap):
+        z, frac = _rows(*formulas)
+        return TaskData(z, frac, np.zeros(len(z), np.int64), {"gap_expt": np.full(len(z), gap)})
+
+    class Constant:  # a model that answers 0.5 eV for everything
+        def predict_arrays(self, z, frac, spg, tasks):
+            return {"gap_expt": np.full((len(z), 2), 0.5)}
+
+    tr = data("GaSb", "NaCl", "MgO", gap=0.5)
+    va, te = data("GaSb", "InAs", gap=0.0), data("Ga2Sb2", "InAs", gap=0.0)
+    rec = fit_metal_gate(tmp_path, Constant(), tr, va, te, str(mirror), training_domain(tr.z, tr.frac))
+    assert rec["mode"] == "metal" and rec["validation_rows_with_pbe_gap"] == 1  # InAs only
+    assert rec["validation_mae"] == {"off": 0.5, "metal": 0.25, "both": 0.25}
+    assert rec["holdout_mae"] == 0.5 and rec["holdout_mae_gated"] == 0.25  # GaSb kept at 0.5, InAs set to 0
+    # a parent's training composition (in the domain record, not in these rows) is left alone too
+    parent = training_domain(*_rows("GaSb", "InAs", "NaCl", "MgO"))
+    again = fit_metal_gate(tmp_path, Constant(), tr, va, te, str(mirror), parent)
+    assert again["mode"] == "off" and again["validation_rows_with_pbe_gap"] == 0
+
+
+def test_a_structure_of_a_training_composition_is_gated_only_as_another_phase(tmp_path):
+    """The model learned a training composition with its MP ground state: a structure of that
+    phase is left alone like its formula; a structure whose polymorph MP calls a metal while
+    the ground state is gapped is another phase, and the gate acts on it."""
+    from pymatgen.core import Lattice, Structure
+
+    import matmtl
+
+    nacl, gasb = key_string(_key("NaCl")), key_string(_key("GaSb"))
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    zb = Structure.from_spacegroup("F-43m", Lattice.cubic(6.096), ["Ga", "Sb"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    gaps = PbeGaps({nacl: 5.0, gasb: 0.0}, {f"{nacl}|225": 0.0, f"{gasb}|216": 0.0})  # a test table
+    gated = matmtl.load_model(_gated_model(tmp_path, MetalGate("metal"), gaps))
+    assert {nacl, gasb} <= gated.trained_keys()
+    df = gated.predict([rocksalt, "NaCl", zb, "GaSb"])
+    assert df["spg_num"].tolist() == [225, 0, 216, 0]
+    assert df["gap_expt"][0] == 0.0 and "this polymorph (space group 225) is a metal" in df["trust"][0]
+    assert df["gap_expt"][1] > 3 and "metal gate" not in df["trust"][1]
+    for i in (2, 3):  # the ground state's phase, a PBE metal, but a training composition: left alone
+        assert df["gap_expt"][i] > 0 and "not applied" in df["trust"][i] and "training data" in df["trust"][i]
 
 
 def test_a_gated_model_with_a_damaged_gate_file_is_a_clear_error(tmp_path):
@@ -317,17 +382,18 @@ def test_the_script_on_the_repository_evaluation(script, mirror, tmp_path, capsy
         for fold in result["per_fold"][0][name].values():
             maes = fold["validation_mae"]
             assert maes[fold["gate"]["mode"]] == min(maes.values())
-    ids, target, gap, keys = script.pbe_gaps(str(mirror))
+    ids, target, gap, comp = script.pbe_gaps(str(mirror))
     for k, fold in preds["folds"].items():  # the gate's rows: validation rows are never test rows
         test = {ids[i] for i in fold["ids"]}
         for name in ("finetune_anchor_replay", "finetune_anchor_distill"):
             assert not test & set(preds["validation"][name][k]["rows"])
-    runs = script.gate_runs(preds, ids, target, gap, keys)["finetune_anchor"]
+    runs = script.gate_runs(preds, ids, target, gap, comp)["finetune_anchor"]
     left = 0
     for k, r in runs.items():
         gate = MetalGate.from_dict(r["gate"])
         test = np.array([ids[i] for i in preds["folds"][k]["ids"]])
         # a test row whose composition is also a training row's (Cu9S5 and Cu1.8S are one) is not gated
+        keys = composition_keys(*comp)
         held = set(test) | set(preds["validation"][f"finetune_anchor_{preds['anchor_source_per_fold'][k]}"][k]["rows"])
         train = {key_string(keys[i]) for i in range(len(keys)) if i not in held}
         seen = np.array([key_string(keys[i]) in train for i in test])
@@ -337,7 +403,7 @@ def test_the_script_on_the_repository_evaluation(script, mirror, tmp_path, capsy
     assert left >= 1  # the rule acts here: expt_gap holds 3 compositions twice
     assert "finetune_anchor" in capsys.readouterr().out
     # the anchored recipe against plain fine-tuning, both gated: the mean of the folds' differences
-    both = script.gate_runs(preds, ids, target, gap, keys)
+    both = script.gate_runs(preds, ids, target, gap, comp)
     fold_mae = {n: [np.abs(r["gated"] - r["target"]).mean() for r in both[n].values()] for n in both}
     vs = result["anchored_vs_plain_gated"]
     assert vs["folds"] == 5
@@ -349,8 +415,8 @@ def test_the_script_averages_a_seeds_replay_and_distill_models(script, mirror):
     averaged (one seed: the same validation rows), gated on its own validation rows; not
     made when the two runs held out different rows."""
     preds = json.loads((ROOT / "results" / "expt_gap_predictions.json").read_text())
-    ids, target, gap, keys = script.pbe_gaps(str(mirror))
-    runs = script.gate_runs(preds, ids, target, gap, keys)
+    ids, target, gap, comp = script.pbe_gaps(str(mirror))
+    runs = script.gate_runs(preds, ids, target, gap, comp)
     replay, distill = preds["variants"]["finetune_anchor_replay"], preds["variants"]["finetune_anchor_distill"]
     for k, r in runs["finetune_anchor_mean"].items():
         assert np.allclose(r["pred"], (np.asarray(replay[k]) + np.asarray(distill[k])) / 2)
@@ -361,12 +427,12 @@ def test_the_script_averages_a_seeds_replay_and_distill_models(script, mirror):
     for val in moved["validation"]["finetune_anchor_distill"].values():  # the same rows, listed otherwise
         for key in ("rows", "target", "pred"):
             val[key].reverse()
-    assert "finetune_anchor_mean" not in script.gate_runs(moved, ids, target, gap, keys)
+    assert "finetune_anchor_mean" not in script.gate_runs(moved, ids, target, gap, comp)
     other = json.loads(json.dumps(preds))  # one fold's distill run held out other rows (another seed's)
     val, test = other["validation"]["finetune_anchor_distill"]["3"], {ids[i] for i in preds["folds"]["3"]["ids"]}
     spare = [i for i in range(len(target)) if i not in test and i not in set(val["rows"])][: len(val["rows"])]
     val["rows"], val["target"] = spare, [float(target[i]) for i in spare]
-    runs = script.gate_runs(other, ids, target, gap, keys)
+    runs = script.gate_runs(other, ids, target, gap, comp)
     assert "finetune_anchor_mean" not in runs and "finetune_anchor_distill" in runs  # left out whole, not per fold
 
 
@@ -428,9 +494,9 @@ def test_the_script_scores_seed_ensembles_of_the_repository_seeds(script, mirror
     assert script.main(argv) == 0
     e = json.loads(out.read_text())["seed_ensembles"]["2"]["finetune"]
     assert (e["groups"], e["members"], e["seeds_left_out"]) == (1, 2, 0)
-    ids, target, gap, keys = script.pbe_gaps(str(mirror))
+    ids, target, gap, comp = script.pbe_gaps(str(mirror))
     per_seed = [
-        script.gate_runs(json.loads((f / "expt_gap_predictions.json").read_text()), ids, target, gap, keys)
+        script.gate_runs(json.loads((f / "expt_gap_predictions.json").read_text()), ids, target, gap, comp)
         for f in folders
     ]
     per_fold = []

@@ -137,6 +137,7 @@ def run_finetune(
     if not done.finished:
         return RunResult(run_dir, {}, done.history, finished=False)
     dropped = drop_stale_heads(model, config.aux)
+    domain = gap_domain(tr, base_meta if MAIN_TASK in base.heads else None)
     metrics = {
         "kind": "finetune",
         "dataset": table.ds.name,
@@ -169,7 +170,7 @@ def run_finetune(
         "data_sha256": tr.digest(),
         "mtl": done.trainer.mtl.config(),
         # what the gap head was trained on: predict's trust notes measure inputs against it
-        "domain": {MAIN_TASK: gap_domain(tr, base_meta if MAIN_TASK in base.heads else None)},
+        "domain": {MAIN_TASK: domain},
         # kept DFT heads start from the parent's calibration; held-out labels refit it
         "uncertainty": {
             t: {**c, "from": "parent checkpoint"}
@@ -183,7 +184,7 @@ def run_finetune(
         out = {"structure_vs_formula": structure_vs_formula(m, te, lookup)} if lookup is not None else {}
         if config.metal_gate == "mp_pbe":
             try:
-                out["metal_gate"] = fit_metal_gate(run_dir, m, tr, va, te, config.data_dir)
+                out["metal_gate"] = fit_metal_gate(run_dir, m, tr, va, te, config.data_dir, domain)
             except Exception as exc:  # noqa: BLE001 - the trained model is kept (ungated), never lost
                 out["metal_gate"] = {"mode": "off", "skipped": f"the gate failed: {type(exc).__name__}: {exc}"}
         return out
@@ -372,12 +373,16 @@ def write_validation_predictions(run_dir: Path, model, va: TaskData, rows: np.nd
     )
 
 
-def fit_metal_gate(run_dir: Path, model, tr: TaskData, va: TaskData, te: TaskData, data_dir: str | None) -> dict:
+def fit_metal_gate(
+    run_dir: Path, model, tr: TaskData, va: TaskData, te: TaskData, data_dir: str | None, domain: dict | None = None
+) -> dict:
     """The DFT metal gate of this run (:mod:`matmtl.metal_gate`): its line fitted on the
     training rows, its mode chosen on the validation rows, written with the PBE gaps it
-    needs to ``metal_gate.json.gz``; the held-out rows are gated once and scored. Without
-    Materials Project tables or validation rows the gate is off, and says why."""
-    from ..metal_gate import GATE_FILE, PbeGaps, fit, key_set, leave_seen, save
+    needs to ``metal_gate.json.gz``; the held-out rows are gated once and scored. A held-out
+    row with a composition of the gap head's training ``domain`` (this run's training rows,
+    and a fine-tuned parent's; the record predict reads) is not gated. Without Materials
+    Project tables or validation rows the gate is off, and says why."""
+    from ..metal_gate import GATE_FILE, PbeGaps, fit, leave_seen, save, seen_rows, trained_keys
 
     if not len(va):
         return {"mode": "off", "skipped": "no validation rows to choose the gate on"}
@@ -386,12 +391,12 @@ def fit_metal_gate(run_dir: Path, model, tr: TaskData, va: TaskData, te: TaskDat
     except (MatmtlError, OSError) as exc:
         return {"mode": "off", "skipped": f"no Materials Project PBE gaps ({exc})"}
 
-    seen = key_set(composition_keys(tr.z, tr.frac))
+    dom = Domain(domain) if domain else None
+    trained = trained_keys(dom.z, dom.frac) if dom is not None else trained_keys(tr.z, tr.frac)
 
     def pbe(d: TaskData, held_out: bool = True) -> np.ndarray:
-        keys = composition_keys(d.z, d.frac)
-        g = gaps.lookup(keys, d.spg)
-        return leave_seen(g, keys, seen) if held_out else g  # a training composition is not gated
+        g = gaps.lookup(composition_keys(d.z, d.frac), d.spg)
+        return leave_seen(g, seen_rows(d.z, d.frac, trained)) if held_out else g  # a training composition: not gated
 
     def gap(d: TaskData) -> np.ndarray:
         return model.predict_arrays(d.z, d.frac, d.spg, [MAIN_TASK])[MAIN_TASK].mean(1)
