@@ -139,6 +139,10 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of the training rows held out (seeded) as the run's validation rows
     val_rows: int = 4096  # at most this many validation rows are scored after every epoch (all at the end)
     patience: int = 0  # stop after this many epochs without a better validation score (0 = run all epochs)
+    # > 1: the weights of this many best epochs (validation score) are kept, and the kept model is
+    # their greedy weight average (each next-best epoch joins if the average scores no worse on the
+    # validation rows); 1 = the best epoch alone
+    average_epochs: int = 1
     # several processes (torchrun): seconds a process waits for the others in a collective before
     # it fails with an error naming itself (rank 0 alone scores validation rows and saves meanwhile)
     dist_timeout: float = 1800.0
@@ -167,6 +171,7 @@ class TrainConfig:
             ("threads", 0),
             ("val_rows", 1),
             ("patience", 0),
+            ("average_epochs", 1),
         ):
             _check(
                 _is_int(getattr(self, name), low), f"{c}.{name}", f"must be an integer >= {low}", getattr(self, name)
@@ -201,11 +206,11 @@ class TrainConfig:
     NON_NUMERIC = ("dist_timeout",)
     #: fields added after evaluation cells were first cached: left out of fingerprints at their
     #: default (which is how every earlier run trained), so earlier cells and runs stay valid
-    OMITTED_AT_DEFAULT = {"precision": "fp32", "deterministic": False}
+    OMITTED_AT_DEFAULT = {"precision": "fp32", "deterministic": False, "average_epochs": 1}
 
     def numeric_dict(self) -> dict:
         """:meth:`to_dict` without the fields that cannot change a run's numbers (and
-        without ``precision``/``deterministic`` at their defaults: see ``OMITTED_AT_DEFAULT``)."""
+        without ``precision``/``deterministic``/``average_epochs`` at their defaults: see ``OMITTED_AT_DEFAULT``)."""
         return {
             k: v
             for k, v in self.to_dict().items()

@@ -42,6 +42,7 @@ runner = CliRunner()
         (["finetune", "--gap-head", "delta"], "--gap-head"),
         (["finetune", "--metal-gate", "magic"], "--metal-gate"),
         (["finetune", "--epochs", "0"], "--epochs"),
+        (["finetune", "--average-epochs", "0"], "--average-epochs"),
         (["finetune", "--batch-size", "0"], "--batch-size"),
         (["finetune", "--holdout-fold", "x"], "--holdout-fold"),
         (["finetune", "--max-train-rows", "0"], "--max-train-rows"),
@@ -108,6 +109,26 @@ def test_regularisation_options_reach_the_config(tmp_path, monkeypatch):
     assert (given.model.dropout, given.train.weight_decay) == (0.1, 0.01)
     assert given.model.dim == 192 and given.train.lr == TrainConfig().lr  # the rest is the preset's
     assert (preset.model.dropout, preset.train.weight_decay) == (0.0, TrainConfig().weight_decay)
+
+
+def test_average_epochs_reaches_the_fine_tuning_config(tmp_path, monkeypatch):
+    """--average-epochs goes into the fine-tuning TrainConfig; left out, the preset's value."""
+    from types import SimpleNamespace
+
+    import matmtl.train
+
+    seen = []
+
+    def fake_finetune(config, out):
+        seen.append(config)
+        return SimpleNamespace(run_dir=tmp_path / "run", metrics={})
+
+    monkeypatch.setattr(matmtl.train, "finetune", fake_finetune)
+    monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path))
+    for extra in (["--average-epochs", "5"], []):
+        r = runner.invoke(app, ["finetune", "--device", "cpu", "--checkpoint", str(tmp_path), *extra])
+        assert r.exit_code == 0 or seen, r.output
+    assert [c.train.average_epochs for c in seen] == [5, TrainConfig.preset("finetune").average_epochs]
 
 
 def _interrupt(monkeypatch, tmp_path, after_save: bool):

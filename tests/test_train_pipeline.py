@@ -483,3 +483,97 @@ def test_a_gate_that_cannot_be_fitted_never_costs_the_run(pretrained, tmp_path, 
     failed = finetune(tiny_finetune(pretrained.run_dir, **cfg), tmp_path / "b", progress=False)
     assert failed.metrics["metal_gate"]["skipped"] == "the gate failed: RuntimeError: boom"
     assert (failed.run_dir / "model.safetensors").is_file()
+
+
+def _linear_with(w: float):
+    import torch
+
+    m = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(w)
+    return m
+
+
+def test_kept_epochs_are_the_best_few_and_survive_a_state_round_trip():
+    from matmtl.train.selection import BestEpoch
+
+    best = BestEpoch("val", keep=3)
+    for epoch, (w, score) in enumerate([(1.5, 0.5), (3.0, 1.0), (2.4, 0.4), (10.0, 8.0), (2.0, 0.4)], start=1):
+        best.update(epoch, {"val": score}, _linear_with(w))
+    # best first, the earlier epoch first on a tie; epoch 4 (8.0) and then epoch 2 (1.0) fall out
+    assert [s.epoch for s in best.kept] == [3, 5, 1] and best.epoch == 3 and best.score == 0.4
+    again = BestEpoch("val", keep=3)
+    again.load(best.state_dict(), best.tensors())
+    assert [(s.epoch, s.score) for s in again.kept] == [(3, 0.4), (5, 0.4), (1, 0.5)]
+    assert all(float(s.weights["weight"]) == float(t.weights["weight"]) for s, t in zip(best.kept, again.kept))
+    # a state written by a single-epoch selection (no "kept" list) still loads
+    one = BestEpoch("val")
+    one.load({"key": "val", "epoch": 3, "score": 0.4}, {"best.weight": best.kept[0].weights["weight"]})
+    assert one.epoch == 3 and [s.epoch for s in one.kept] == [3]
+    # keep=1 is the plain best epoch
+    single = BestEpoch("val")
+    for epoch, score in enumerate([3.0, 2.0, 2.0, 2.5], start=1):
+        single.update(epoch, {"val": score}, _linear_with(score))
+    assert [s.epoch for s in single.kept] == [2] and "best1.weight" not in single.tensors()
+
+
+def test_the_greedy_weight_average_adds_an_epoch_only_when_validation_improves():
+    from matmtl.train.selection import BestEpoch, average_kept
+
+    best = BestEpoch("val", keep=3)
+    for epoch, w in enumerate([1.5, 3.0, 2.4, 10.0], start=1):
+        best.update(epoch, {"val": abs(w - 2.0)}, _linear_with(w))
+    model = _linear_with(0.0)
+    out = average_kept(model, best, lambda m: abs(m.weight.item() - 2.0))
+    # kept: 2.4 (0.4), 1.5 (0.5), 3.0 (1.0); 2.4+1.5 averages to 1.95 (0.05): joins;
+    # + 3.0 averages to 2.3 (0.3): worse, left out
+    assert out["candidates"] == [3, 1, 2] and out["averaged_epochs"] == [3, 1]
+    assert out["averaged_validation_score"] == pytest.approx(0.05, abs=1e-6)
+    assert out["best_epoch_validation_score"] == pytest.approx(0.4, abs=1e-6)
+    assert model.weight.item() == pytest.approx(1.95, abs=1e-6)
+    assert [e for e, _ in out["tried"]] == [1, 2]
+
+
+def test_a_finetune_with_averaged_epochs_keeps_the_average_and_resumes_exactly(pretrained, tmp_path):
+    from safetensors.torch import load_file
+
+    from matmtl.train.selection import Snapshot, mean_weights
+
+    cfg = tiny_finetune(
+        pretrained.run_dir,
+        max_train_rows=150,
+        aux_source="replay",
+        replay_max_rows=200,
+        train=tiny_ft(epochs=5, lr=5e-2, average_epochs=3),
+    )
+    full = finetune(cfg, tmp_path / "full", progress=False)
+    avg = full.metrics["weight_average"]
+    scores = {h["epoch"]: h["val_mae_gap_expt"] for h in full.history}
+    assert avg["candidates"] == sorted(scores, key=lambda e: (scores[e], e))[:3]
+    assert avg["averaged_epochs"][0] == full.metrics["best_epoch"] == avg["candidates"][0]
+    assert avg["averaged_validation_score"] <= full.metrics["best_validation_score"] == min(scores.values())
+    # the written model is the mean of the kept epochs that were averaged (their weights are in the state)
+    state = load_file(str(full.run_dir / "state" / "state-0005.safetensors"))
+    kept = _read(full.run_dir / "state" / "state.json")["best"]["kept"]
+    snaps = {
+        e: Snapshot(
+            e, s, {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"best{'' if i == 0 else i}.")}
+        )
+        for i, (e, s) in enumerate(kept)
+    }
+    expect = mean_weights([snaps[e] for e in avg["averaged_epochs"]])
+    written = _weights(full.run_dir)
+    shared = [k for k in written if k.startswith("encoder.") and k in expect]
+    assert shared and all(np.array_equal(written[k].numpy(), expect[k].numpy()) for k in shared)
+    # an interrupted run, resumed, averages the same epochs into the same weights
+    finetune(cfg, tmp_path / "part", stop_after=2, progress=False)
+    resumed = resume(tmp_path / "part", progress=False)
+    assert resumed.metrics["weight_average"] == avg
+    wb = _weights(resumed.run_dir)
+    assert all(np.array_equal(written[k].numpy(), wb[k].numpy()) for k in written)
+    with pytest.raises(ConfigError, match="average_epochs"):
+        tiny_ft(average_epochs=0)
+    assert (
+        "average_epochs" not in tiny_ft().numeric_dict()
+        and tiny_ft(average_epochs=3).numeric_dict()["average_epochs"] == 3
+    )

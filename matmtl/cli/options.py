@@ -230,6 +230,14 @@ PatienceOpt = typer.Option(
     help="Stop after this many epochs without a "
     "better validation score (0 = train all epochs; the best epoch is kept either way).",
 )
+AverageEpochsOpt = typer.Option(
+    TrainConfig.preset("finetune").average_epochs,
+    "--average-epochs",
+    min=1,
+    help="Keep the weights of this many best epochs (validation score) and average them: from the best "
+    "epoch, each next-best joins if the averaged weights score no worse on the validation rows "
+    "(one model, the same size). 1 = the best epoch alone.",
+)
 SizeOpt = typer.Option(
     Size.auto,
     "--size",

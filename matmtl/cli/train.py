@@ -22,6 +22,7 @@ from ..config import (
 from .app import app, console, err_console
 from .options import (
     AuxSource,
+    AverageEpochsOpt,
     Balance,
     BalanceOpt,
     DataDirOpt,
@@ -289,6 +290,7 @@ def finetune_cmd(
     metal_gate: MetalGateSource = MetalGateOpt,
     val_fraction: float = ValFractionOpt,
     patience: int = PatienceOpt,
+    average_epochs: int = AverageEpochsOpt,
     out: Optional[Path] = OutOpt,
     seed: int = SeedOpt,
     threads: int = ThreadsOpt,
@@ -339,6 +341,7 @@ def finetune_cmd(
                 device=pick_device(device.value),
                 val_fraction=val_fraction,
                 patience=patience,
+                average_epochs=average_epochs,
                 dist_timeout=dist_timeout,
                 precision=precision.value,
                 deterministic=deterministic,

@@ -305,7 +305,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.history: list[dict] = []
-        self.best = BestEpoch(select if evaluate is not None else None, cfg.patience)
+        self.best = BestEpoch(select if evaluate is not None else None, cfg.patience, cfg.average_epochs)
         self.stopped_early = False
         self._tensors = [self._to_tensors(s.data) for s in sources]
         # host-side copies of what a step needs to know about its rows (no device reads)

@@ -17,6 +17,7 @@ from ..io import atomic_write_json
 from ..models import MultiTaskModel
 from .engine import Source, Trainer, pick_device
 from .runs import RunDir, claim_run_dir, follow_run_dir
+from .selection import average_kept, load_weights, mean_weights
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Fit:
     trainer: Trainer
     history: list[dict]
     seconds: float
+    averaged: dict | None = None  # the weight average of the kept epochs (TrainConfig.average_epochs > 1)
 
     @property
     def finished(self) -> bool:
@@ -93,6 +95,7 @@ class Fit:
             "epochs": t.epoch,
             "stopped_early": t.stopped_early,
             **t.best.summary(),
+            **({"weight_average": self.averaged} if self.averaged else {}),
             "train_seconds": round(sum(h["seconds"] for h in self.history), 1),
             "this_call_seconds": round(self.seconds, 1),
         }
@@ -146,9 +149,28 @@ def fit(
         history = trainer.fit(stop_after=stop_after)
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir, config.kind, trainer.epoch) from None
+    averaged = None
     if trainer.finished:
         trainer.best.restore(model)
-    return Fit(trainer, history, time.time() - t0)
+        if train.average_epochs > 1 and evaluate is not None and select is not None:
+            averaged = average_epochs(model, trainer, evaluate, select)
+    return Fit(trainer, history, time.time() - t0, averaged)
+
+
+def average_epochs(model: MultiTaskModel, trainer: Trainer, evaluate: Callable, select: str) -> dict:
+    """The greedy weight average of the trainer's kept epochs, scored on the validation
+    rows by rank 0 (:func:`~matmtl.train.selection.average_kept`); every process then loads
+    the same average into ``model``."""
+    kept = trainer.best.kept
+
+    def on_main() -> dict:
+        return average_kept(model, trainer.best, lambda m: evaluate(m)[select])
+
+    averaged = trainer.world.main_does(on_main, "averaging the weights of the kept epochs")
+    members = [s for s in kept if s.epoch in set(averaged.get("averaged_epochs", []))]
+    if members:
+        load_weights(model, mean_weights(members))
+    return averaged
 
 
 def featurizer_settings() -> dict:
