@@ -36,7 +36,7 @@ from .settings import EvalSettings, VariantSpec
 MAIN = "gap_expt"
 RECORD_FORMAT = 2  # 2: validation scores, best epoch, structure_vs_formula in the record
 VALIDATION_KEYS = ("rows", "mae", "rmse", "mean_std", "metal_cut", "metal_accuracy", "calibration")
-RUN_KEYS = ("best_epoch", "stopped_early", "selection", "validation_rows", "best_validation_score")
+RUN_KEYS = ("best_epoch", "stopped_early", "selection", "validation_rows", "best_validation_score", "weight_average")
 
 
 def run_finetune(config, run_dir: Path, *, progress: bool):
