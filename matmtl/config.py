@@ -143,6 +143,9 @@ class TrainConfig:
     # their greedy weight average (each next-best epoch joins if the average scores no worse on the
     # validation rows); 1 = the best epoch alone
     average_epochs: int = 1
+    # the seed of the row split (the validation rows, and a subsample of the training rows);
+    # None: ``seed``. Runs that differ only in ``seed`` then share their validation rows
+    split_seed: int | None = None
     # several processes (torchrun): seconds a process waits for the others in a collective before
     # it fails with an error naming itself (rank 0 alone scores validation rows and saves meanwhile)
     dist_timeout: float = 1800.0
@@ -192,6 +195,17 @@ class TrainConfig:
             self.precision in PRECISIONS, f"{c}.precision", f"must be one of {', '.join(PRECISIONS)}", self.precision
         )
         _check(isinstance(self.deterministic, bool), f"{c}.deterministic", "must be true or false", self.deterministic)
+        _check(
+            self.split_seed is None or _is_int(self.split_seed, 0),
+            f"{c}.split_seed",
+            "must be an integer >= 0 or null (= seed)",
+            self.split_seed,
+        )
+
+    @property
+    def row_seed(self) -> int:
+        """The seed of the row split: ``split_seed``, else ``seed``."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @classmethod
     def preset(cls, name: str = "default", **overrides) -> "TrainConfig":
@@ -206,11 +220,11 @@ class TrainConfig:
     NON_NUMERIC = ("dist_timeout",)
     #: fields added after evaluation cells were first cached: left out of fingerprints at their
     #: default (which is how every earlier run trained), so earlier cells and runs stay valid
-    OMITTED_AT_DEFAULT = {"precision": "fp32", "deterministic": False, "average_epochs": 1}
+    OMITTED_AT_DEFAULT = {"precision": "fp32", "deterministic": False, "average_epochs": 1, "split_seed": None}
 
     def numeric_dict(self) -> dict:
         """:meth:`to_dict` without the fields that cannot change a run's numbers (and
-        without ``precision``/``deterministic``/``average_epochs`` at their defaults: see ``OMITTED_AT_DEFAULT``)."""
+        without the fields of ``OMITTED_AT_DEFAULT`` at their defaults)."""
         return {
             k: v
             for k, v in self.to_dict().items()

@@ -9,10 +9,12 @@ spread, the per-fold paired difference against a reference recipe, and the seed 
         --json results/expt_gap_seeds.json --markdown docs/seeds.md
 
 Each recipe is NAME=FOLDER[,FOLDER...]: the ``--out`` folders of ``matmtl evaluate`` runs
-that differ only in ``--seed`` (and, between recipes, in ``--checkpoint``); each holds
-expt_gap.json and expt_gap_predictions.json. Every folder must cover the same folds with
-the same test rows and the same fine-tuning settings apart from the seed; the script
-refuses anything else.
+that differ only in ``--seed``; each holds expt_gap.json and expt_gap_predictions.json.
+Every folder must cover the same folds with the same test rows, and the folders of one
+recipe the same checkpoint and fine-tuning settings apart from the seed; the script
+refuses anything else. Between recipes the checkpoint and the fine-tuning settings may
+differ (that is what a comparison compares): each recipe's settings that differ from
+the first recipe's are listed with it.
 
 Per recipe and variant (units: eV):
   - the 5-fold MAE of each seed, their mean and their standard deviation (the seed spread);
@@ -152,6 +154,10 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(np.mean(x)), se
 
 
+def _differing(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def load(recipes: dict[str, list[Path]]) -> dict[str, list[Seed]]:
     seeds = {name: [Seed(f) for f in folders] for name, folders in recipes.items()}
     first = next(iter(seeds.values()))[0]
@@ -164,9 +170,9 @@ def load(recipes: dict[str, list[Path]]) -> dict[str, list[Seed]]:
         for r in runs:
             if r.folds != first.folds:
                 raise Refused(f"{r.folder}: folds {r.folds}, but {first.folder} has {first.folds}")
-            if r.train != first.train:
-                diff = sorted(k for k in set(r.train) | set(first.train) if r.train.get(k) != first.train.get(k))
-                raise Refused(f"{r.folder}: fine-tuning settings {diff} differ from {first.folder}'s")
+            if r.train != runs[0].train:
+                diff = _differing(r.train, runs[0].train)
+                raise Refused(f"{r.folder}: fine-tuning settings {diff} differ from {runs[0].folder}'s (one recipe)")
             for k in r.folds:
                 a, b = r.preds["folds"][str(k)], first.preds["folds"][str(k)]
                 if a["ids"] != b["ids"] or a["target"] != b["target"]:
@@ -295,6 +301,7 @@ def compare(seeds: dict[str, list[Seed]], reference: tuple[str, str]) -> dict:
                 "commands": [r.summary.get("command") for r in runs],
                 "variants": rows[name],
                 "data_efficiency": curve(runs),
+                "finetune_train_differs": {k: runs[0].train.get(k) for k in _differing(runs[0].train, first.train)},
             }
             for name, runs in seeds.items()
         },

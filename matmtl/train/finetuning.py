@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoints import load_checkpoint, read_json
-from ..config import FinetuneConfig
+from ..config import FinetuneConfig, TrainConfig
 from ..data import DataWarning
 from ..distributed import World
 from ..errors import MatmtlError
@@ -101,11 +101,8 @@ def run_finetune(
     check_aux(config.aux, config.checkpoint, base)
     check_gap_head(config.gap_head, config.checkpoint, base)
     table = table or load_table(config)
-    tr_pos, te_pos = split_rows(table.ds, config.holdout_fold, config.max_train_rows, train.seed, shrink_test=False)
     with world.node_first("featurizing the rows"):
-        tr = to_taskdata(table.ds, tr_pos, {MAIN_TASK: table.column})
-        te = to_taskdata(table.ds, te_pos, {MAIN_TASK: table.column})
-        tr, va = split_validation(tr, train.val_fraction, train.seed)
+        tr_pos, tr, va, te = split_table(table, config, train)
         lookup = mp_ground_state_symmetry(config.data_dir) if config.symmetry == "mp_ground_state" else None
         sym_rows = None
         if lookup is not None:  # the gap head learns compositions with (and, by dropout, without) their symmetry
@@ -193,7 +190,7 @@ def run_finetune(
 
     def finish() -> dict:
         out = finish_run(run_dir, model, te, va, eval_tasks, done.history, meta, metrics, mtl, progress, extra=extra)
-        rows = tr_pos[validation_positions(len(tr_pos), train.val_fraction, train.seed)[1]]
+        rows = tr_pos[validation_positions(len(tr_pos), train.val_fraction, train.row_seed)[1]]
         if len(rows) == len(va):  # (the rows are featurized one to one)
             write_validation_predictions(run_dir, model, va, rows)
         return out
@@ -203,6 +200,16 @@ def run_finetune(
 
 
 # -- the pieces ----------------------------------------------------------------------
+
+
+def split_table(table: Table, config: FinetuneConfig, train: TrainConfig):
+    """The fine-tuning rows of ``table``: the training rows' dataset positions and the
+    featurized training, validation and held-out rows (seeded by ``train.row_seed``)."""
+    tr_pos, te_pos = split_rows(table.ds, config.holdout_fold, config.max_train_rows, train.row_seed, shrink_test=False)
+    tr = to_taskdata(table.ds, tr_pos, {MAIN_TASK: table.column})
+    te = to_taskdata(table.ds, te_pos, {MAIN_TASK: table.column})
+    tr, va = split_validation(tr, train.val_fraction, train.row_seed)
+    return tr_pos, tr, va, te
 
 
 def find_pretrained(checkpoint: str | Path | None) -> Path:

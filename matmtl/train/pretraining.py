@@ -49,8 +49,9 @@ def run_pretrain(
     train = on_device(config.train)
     set_determinism(train.seed, train.threads, train.device, train.deterministic)
     with world.node_first("featurizing the DFT rows"):
-        tr, te, info = dft_split(list(config.tasks), config.holdout_fold, config.max_rows, train.seed, config.data_dir)
-    tr, va = split_validation(tr, train.val_fraction, train.seed)
+        tasks = list(config.tasks)
+        tr, te, info = dft_split(tasks, config.holdout_fold, config.max_rows, train.row_seed, config.data_dir)
+    tr, va = split_validation(tr, train.val_fraction, train.row_seed)
     tr = tr.with_bootstrap(config.model.members, train.seed)
     set_determinism(train.seed, train.threads, train.device, train.deterministic)
     net = MultiTaskModel(config.model, task_specs(tr, config.tasks))
@@ -119,7 +120,7 @@ def validation_scorer(va: TaskData, tasks, train: TrainConfig):
     validation rows; None when there are none."""
     if not len(va):
         return None
-    sample = va.subset(np.sort(np.random.default_rng([train.seed, 99]).permutation(len(va))[: train.val_rows]))
+    sample = va.subset(np.sort(np.random.default_rng([train.row_seed, 99]).permutation(len(va))[: train.val_rows]))
 
     def evaluate(m) -> dict:
         return {f"val_{k}": v for k, v in evaluate_rows(m, sample, list(tasks)).items()}

@@ -1,0 +1,212 @@
+"""Weight soup of fine-tuning seeds (issue #14, "seed or snapshot ensembles" that ship as
+one model): per matbench expt_gap fold, M fine-tunings of one pretrained checkpoint that
+differ only in their training seed and share their validation rows
+(``TrainConfig.split_seed``), then the uniform average of their weights (one model of
+the same size; its metal cut chosen on the shared validation rows).
+
+    python scripts/seed_soup.py --checkpoint RUN --folds 0,1 --members 3 --group 0 \\
+        --aux-source replay --work DIR --json results/screening/seed_soup_folds01.json
+
+Member i trains with seed ``group + 100 * i`` and split seed ``group``, so member 0 is the
+evaluation's fine-tuning of seed ``group``. Scored per fold, on the shared validation
+rows and on the test fold (predicted once; nothing is fitted on it): each member alone,
+the ensemble of the members' predictions (M models) and the soup (one model). Test-row
+paired differences are mean +- SE over the fold's rows; over folds, mean +- SE of the
+per-fold differences. MAE in eV. Members are run folders under ``--work`` and are reused
+when they exist, so an interrupted screen resumes. Ungated: the DFT metal gate is not
+applied (scripts/metal_gate.py gates evaluation folders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def member_seeds(group: int, members: int) -> list[int]:
+    return [group + 100 * i for i in range(members)]
+
+
+def _config(args, fold: int, seed: int):
+    from matmtl.config import FinetuneConfig, TrainConfig
+
+    preset = "finetune-tiny" if args.tiny else "finetune"
+    train = TrainConfig.preset(preset, seed=seed, split_seed=args.group)
+    return FinetuneConfig(
+        checkpoint=str(args.checkpoint),
+        dataset="expt_gap",
+        aux=("e_form",),
+        aux_source=args.aux_source,
+        holdout_fold=fold,
+        max_train_rows=args.max_train_rows,
+        symmetry="mp_ground_state",
+        metal_gate="none",
+        data_dir=args.data_dir,
+        train=train,
+    )
+
+
+def _member(args, fold: int, seed: int) -> Path:
+    from matmtl.train import finetune
+
+    out = Path(args.work) / f"fold{fold}" / f"seed{seed}"
+    if not (out / "model.safetensors").is_file():
+        if out.exists():  # an interrupted member: trained again from nothing
+            import shutil
+
+            shutil.rmtree(out)
+        finetune(_config(args, fold, seed), out, progress=False)
+    return out
+
+
+def _soup(paths: list[Path]):
+    from matmtl.checkpoints import load_checkpoint
+    from matmtl.train.selection import Snapshot, load_weights, mean_weights
+
+    models = [load_checkpoint(p)[0] for p in paths]
+    soup, _ = load_checkpoint(paths[0])
+    load_weights(soup, mean_weights([Snapshot(0, 0.0, m.state_dict()) for m in models]))
+    return models, soup
+
+
+def _pred(model, d) -> np.ndarray:
+    from matmtl.train.finetuning import MAIN_TASK
+
+    return model.predict_arrays(d.z, d.frac, d.spg, [MAIN_TASK])[MAIN_TASK].mean(1)
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict:
+    d = np.asarray(a, float) - np.asarray(b, float)
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"mean": float(d.mean()), "se": se}
+
+
+def score_fold(args, fold: int) -> dict:
+    from matmtl.train.finetuning import MAIN_TASK, load_table, split_table
+    from matmtl.train.report import choose_metal_cut
+
+    paths = [_member(args, fold, s) for s in member_seeds(args.group, args.members)]
+    config = _config(args, fold, args.group)
+    _, _, va, te = split_table(load_table(config), config, config.train)
+    models, soup = _soup(paths)
+    soup.tasks[MAIN_TASK].metal_cut = choose_metal_cut(soup, va, MAIN_TASK)
+    yv, yt = va.targets[MAIN_TASK], te.targets[MAIN_TASK]
+    val = [_pred(m, va) for m in models]  # each member's metal cut: chosen on these same rows
+    test = [_pred(m, te) for m in models]
+    ens_v, ens_t = np.mean(val, 0), np.mean(test, 0)
+    soup_v, soup_t = _pred(soup, va), _pred(soup, te)
+    err_t = {
+        "member_0": np.abs(test[0] - yt),
+        "ensemble": np.abs(ens_t - yt),
+        "soup": np.abs(soup_t - yt),
+    }
+    return {
+        "fold": fold,
+        "validation_rows": int(len(va)),
+        "test_rows": int(len(te)),
+        "members": [str(p) for p in paths],
+        "seeds": member_seeds(args.group, args.members),
+        "validation_mae": {
+            "members": [float(np.abs(v - yv).mean()) for v in val],
+            "ensemble": float(np.abs(ens_v - yv).mean()),
+            "soup": float(np.abs(soup_v - yv).mean()),
+        },
+        "test_mae": {
+            "members": [float(np.abs(t - yt).mean()) for t in test],
+            "ensemble": float(err_t["ensemble"].mean()),
+            "soup": float(err_t["soup"].mean()),
+        },
+        "soup_metal_cut": float(soup.tasks[MAIN_TASK].metal_cut),
+        "test_paired": {
+            "soup_minus_member_0": _paired(err_t["soup"], err_t["member_0"]),
+            "soup_minus_ensemble": _paired(err_t["soup"], err_t["ensemble"]),
+        },
+    }
+
+
+def summarize(folds: list[dict]) -> dict:
+    def over_folds(key):
+        return {
+            "soup_minus_member_0": _paired([f[key]["soup"] for f in folds], [f[key]["members"][0] for f in folds]),
+            "soup_minus_member_mean": _paired(
+                [f[key]["soup"] for f in folds], [np.mean(f[key]["members"]) for f in folds]
+            ),
+            "soup_minus_ensemble": _paired([f[key]["soup"] for f in folds], [f[key]["ensemble"] for f in folds]),
+        }
+
+    mean = {
+        key: {
+            "member_0": float(np.mean([f[key]["members"][0] for f in folds])),
+            "member_mean": float(np.mean([np.mean(f[key]["members"]) for f in folds])),
+            "ensemble": float(np.mean([f[key]["ensemble"] for f in folds])),
+            "soup": float(np.mean([f[key]["soup"] for f in folds])),
+        }
+        for key in ("validation_mae", "test_mae")
+    }
+    return {"mean_over_folds": mean, "paired_over_folds": {k: over_folds(k) for k in ("validation_mae", "test_mae")}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="the pretraining run to fine-tune")
+    p.add_argument("--folds", default="0,1", help="matbench expt_gap folds, e.g. 0,1")
+    p.add_argument("--members", type=int, default=3, help="fine-tunings per soup (>= 2)")
+    p.add_argument("--group", type=int, default=0, help="the split seed (and member 0's seed)")
+    p.add_argument("--aux-source", choices=("replay", "distill"), default="replay")
+    p.add_argument("--work", required=True, help="folder of the members' run folders (reused)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--max-train-rows", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: the tiny preset
+    args = p.parse_args(argv)
+    if args.members < 2:
+        p.error("--members must be >= 2")
+    try:
+        folds = [int(k) for k in args.folds.split(",")]
+    except ValueError:
+        p.error(f"--folds: expected comma-separated fold numbers, got {args.folds!r}")
+    if not Path(args.checkpoint).is_dir():
+        p.error(f"--checkpoint: no run folder at {args.checkpoint}")
+    from matmtl.errors import MatmtlError
+    from matmtl.io import atomic_write_json
+
+    try:
+        per_fold = [score_fold(args, k) for k in folds]
+    except MatmtlError as exc:
+        print(f"seed_soup: {exc}", file=sys.stderr)
+        return 1
+    out = {
+        "about": __doc__.strip(),
+        "unit": "eV",
+        "checkpoint": str(args.checkpoint),
+        "aux_source": args.aux_source,
+        "members": args.members,
+        "group": args.group,
+        "command": "python scripts/seed_soup.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "folds": per_fold,
+        **summarize(per_fold),
+    }
+    for f in per_fold:
+        t, v = f["test_mae"], f["validation_mae"]
+        print(
+            f"fold {f['fold']}: validation members {', '.join(f'{x:.4f}' for x in v['members'])} "
+            f"ensemble {v['ensemble']:.4f} soup {v['soup']:.4f} | test members "
+            f"{', '.join(f'{x:.4f}' for x in t['members'])} ensemble {t['ensemble']:.4f} soup {t['soup']:.4f}"
+        )
+    m = out["mean_over_folds"]
+    for key in ("validation_mae", "test_mae"):
+        print(f"{key} (mean over folds): " + ", ".join(f"{k} {v:.4f}" for k, v in m[key].items()))
+    if args.json:
+        atomic_write_json(Path(args.json), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
