@@ -4,8 +4,8 @@ differ only in their training seed and share their validation rows
 (``TrainConfig.split_seed``), then the uniform average of their weights (one model of
 the same size; its metal cut chosen on the shared validation rows).
 
-    python scripts/seed_soup.py --checkpoint RUN --folds 0,1 --members 3 --group 0 \\
-        --aux-source replay --work DIR --json results/screening/seed_soup_folds01.json
+    python scripts/seed_soup.py --checkpoint RUN --folds 0,1,2,3,4 --members 3 --group 0 \\
+        --aux-source replay,distill --work DIR --json results/screening/seed_soup.json
 
 Member i trains with seed ``group + 100 * i`` and split seed ``group``, so member 0 is the
 evaluation's fine-tuning of seed ``group``. Scored per fold, on the shared validation
@@ -15,6 +15,11 @@ paired differences are mean +- SE over the fold's rows; over folds, mean +- SE o
 per-fold differences. MAE in eV. Members are run folders under ``--work`` and are reused
 when they exist, so an interrupted screen resumes. Ungated: the DFT metal gate is not
 applied (scripts/metal_gate.py gates evaluation folders).
+
+With two anchor sources (``--aux-source replay,distill``) each is reported, and so is
+the anchored recipe as the evaluation defines it: per fold, the source with the lower
+validation MAE, chosen separately for member 0, the ensemble and the soup (replay on a
+tie). Members of source S are under ``--work``/S.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ def _config(args, fold: int, seed: int):
 def _member(args, fold: int, seed: int) -> Path:
     from matmtl.train import finetune
 
-    out = Path(args.work) / f"fold{fold}" / f"seed{seed}"
+    out = Path(args.work) / args.aux_source / f"fold{fold}" / f"seed{seed}"
     if not (out / "model.safetensors").is_file():
         if out.exists():  # an interrupted member: trained again from nothing
             import shutil
@@ -128,29 +133,62 @@ def score_fold(args, fold: int) -> dict:
             "soup_minus_member_0": _paired(err_t["soup"], err_t["member_0"]),
             "soup_minus_ensemble": _paired(err_t["soup"], err_t["ensemble"]),
         },
+        "_test_errors": {k: v.tolist() for k, v in err_t.items()},  # (for the anchored choice; not written)
     }
+
+
+def anchored(by_source: dict[str, list[dict]]) -> list[dict]:
+    """Per fold, each of member 0, the ensemble and the soup takes the anchor source whose
+    validation MAE is lower (the first source on a tie); its test MAE comes with it."""
+    sources = list(by_source)
+    out = []
+    for i, first in enumerate(by_source[sources[0]]):
+        folds = {s: by_source[s][i] for s in sources}
+        row = {"fold": first["fold"], "chosen": {}, "validation_mae": {}, "test_mae": {}}
+        errors = {}
+        for who in ("member_0", "ensemble", "soup"):
+
+            def val(f, who=who):
+                return f["validation_mae"]["members"][0] if who == "member_0" else f["validation_mae"][who]
+
+            src = min(sources, key=lambda s: (val(folds[s]), sources.index(s)))
+            f = folds[src]
+            row["chosen"][who] = src
+            row["validation_mae"][who] = val(f)
+            row["test_mae"][who] = f["test_mae"]["members"][0] if who == "member_0" else f["test_mae"][who]
+            errors[who] = np.asarray(f["_test_errors"][who])
+        row["test_paired"] = {
+            "soup_minus_member_0": _paired(errors["soup"], errors["member_0"]),
+            "soup_minus_ensemble": _paired(errors["soup"], errors["ensemble"]),
+        }
+        out.append(row)
+    return out
+
+
+def _who(f: dict, key: str) -> dict[str, float]:
+    """member_0 / member_mean (where the fold lists its members) / ensemble / soup."""
+    d = f[key]
+    out = {"member_0": d["members"][0], "member_mean": float(np.mean(d["members"]))} if "members" in d else dict(d)
+    out.update({"ensemble": d["ensemble"], "soup": d["soup"]})
+    return out
 
 
 def summarize(folds: list[dict]) -> dict:
-    def over_folds(key):
-        return {
-            "soup_minus_member_0": _paired([f[key]["soup"] for f in folds], [f[key]["members"][0] for f in folds]),
-            "soup_minus_member_mean": _paired(
-                [f[key]["soup"] for f in folds], [np.mean(f[key]["members"]) for f in folds]
-            ),
-            "soup_minus_ensemble": _paired([f[key]["soup"] for f in folds], [f[key]["ensemble"] for f in folds]),
-        }
-
-    mean = {
-        key: {
-            "member_0": float(np.mean([f[key]["members"][0] for f in folds])),
-            "member_mean": float(np.mean([np.mean(f[key]["members"]) for f in folds])),
-            "ensemble": float(np.mean([f[key]["ensemble"] for f in folds])),
-            "soup": float(np.mean([f[key]["soup"] for f in folds])),
-        }
-        for key in ("validation_mae", "test_mae")
+    """Mean over folds of each model's MAE, and the soup's per-fold paired differences."""
+    keys = ("validation_mae", "test_mae")
+    rows = {key: [_who(f, key) for f in folds] for key in keys}
+    names = list(rows["test_mae"][0])
+    return {
+        "mean_over_folds": {key: {n: float(np.mean([r[n] for r in rows[key]])) for n in names} for key in keys},
+        "paired_over_folds": {
+            key: {
+                f"soup_minus_{n}": _paired([r["soup"] for r in rows[key]], [r[n] for r in rows[key]])
+                for n in names
+                if n != "soup"
+            }
+            for key in keys
+        },
     }
-    return {"mean_over_folds": mean, "paired_over_folds": {k: over_folds(k) for k in ("validation_mae", "test_mae")}}
 
 
 def main(argv=None) -> int:
@@ -159,7 +197,7 @@ def main(argv=None) -> int:
     p.add_argument("--folds", default="0,1", help="matbench expt_gap folds, e.g. 0,1")
     p.add_argument("--members", type=int, default=3, help="fine-tunings per soup (>= 2)")
     p.add_argument("--group", type=int, default=0, help="the split seed (and member 0's seed)")
-    p.add_argument("--aux-source", choices=("replay", "distill"), default="replay")
+    p.add_argument("--aux-source", default="replay", help="replay, distill or replay,distill")
     p.add_argument("--work", required=True, help="folder of the members' run folders (reused)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--data-dir", default=None)
@@ -172,13 +210,18 @@ def main(argv=None) -> int:
         folds = [int(k) for k in args.folds.split(",")]
     except ValueError:
         p.error(f"--folds: expected comma-separated fold numbers, got {args.folds!r}")
+    sources = list(dict.fromkeys(args.aux_source.split(",")))
+    if not sources or any(s not in ("replay", "distill") for s in sources):
+        p.error(f"--aux-source: expected replay, distill or replay,distill, got {args.aux_source!r}")
     if not Path(args.checkpoint).is_dir():
         p.error(f"--checkpoint: no run folder at {args.checkpoint}")
     from matmtl.errors import MatmtlError
     from matmtl.io import atomic_write_json
 
+    by_source = {}
     try:
-        per_fold = [score_fold(args, k) for k in folds]
+        for src in sources:
+            by_source[src] = [score_fold(argparse.Namespace(**{**vars(args), "aux_source": src}), k) for k in folds]
     except MatmtlError as exc:
         print(f"seed_soup: {exc}", file=sys.stderr)
         return 1
@@ -186,26 +229,37 @@ def main(argv=None) -> int:
         "about": __doc__.strip(),
         "unit": "eV",
         "checkpoint": str(args.checkpoint),
-        "aux_source": args.aux_source,
         "members": args.members,
         "group": args.group,
         "command": "python scripts/seed_soup.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "folds": per_fold,
-        **summarize(per_fold),
+        "sources": {},
     }
-    for f in per_fold:
-        t, v = f["test_mae"], f["validation_mae"]
+    blocks = dict(by_source)
+    if len(sources) > 1:
+        blocks["anchored"] = anchored(by_source)
+    for name, per_fold in blocks.items():
+        out["sources"][name] = {
+            "folds": [{k: v for k, v in f.items() if not k.startswith("_")} for f in per_fold],
+            **summarize(per_fold),
+        }
+        for f in per_fold:
+            t, v = _who(f, "test_mae"), _who(f, "validation_mae")
+            print(f"{name} fold {f['fold']}: validation " + _line(v) + " | test " + _line(t))
+        m = out["sources"][name]["mean_over_folds"]
+        for key in ("validation_mae", "test_mae"):
+            print(f"{name} {key} (mean over folds): " + _line(m[key]))
+        d = out["sources"][name]["paired_over_folds"]["test_mae"]
         print(
-            f"fold {f['fold']}: validation members {', '.join(f'{x:.4f}' for x in v['members'])} "
-            f"ensemble {v['ensemble']:.4f} soup {v['soup']:.4f} | test members "
-            f"{', '.join(f'{x:.4f}' for x in t['members'])} ensemble {t['ensemble']:.4f} soup {t['soup']:.4f}"
+            f"{name} test, soup minus: "
+            + ", ".join(f"{k[11:]} {v['mean']:+.4f} +- {v['se']:.4f}" for k, v in d.items())
         )
-    m = out["mean_over_folds"]
-    for key in ("validation_mae", "test_mae"):
-        print(f"{key} (mean over folds): " + ", ".join(f"{k} {v:.4f}" for k, v in m[key].items()))
     if args.json:
         atomic_write_json(Path(args.json), out)
     return 0
+
+
+def _line(d: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in d.items())
 
 
 if __name__ == "__main__":

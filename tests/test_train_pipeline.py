@@ -577,3 +577,27 @@ def test_a_finetune_with_averaged_epochs_keeps_the_average_and_resumes_exactly(p
         "average_epochs" not in tiny_ft().numeric_dict()
         and tiny_ft(average_epochs=3).numeric_dict()["average_epochs"] == 3
     )
+
+
+def test_runs_with_one_split_seed_share_their_validation_rows(pretrained, tmp_path):
+    """split_seed fixes the validation rows (and a training subsample) apart from the
+    training seed; split_seed == seed is the default run, bit for bit."""
+
+    def run(name, **kw):
+        cfg = tiny_finetune(pretrained.run_dir, max_train_rows=150, train=tiny_ft(**kw))
+        res = finetune(cfg, tmp_path / name, progress=False)
+        return res, _read(res.run_dir / "validation_predictions.json")
+
+    base, vb = run("base", seed=1)
+    same, vs = run("same", seed=1, split_seed=1)
+    other, vo = run("other", seed=2, split_seed=1)
+    free, vf = run("free", seed=2)
+    wa, ws = _weights(base.run_dir), _weights(same.run_dir)
+    assert all(np.array_equal(wa[k].numpy(), ws[k].numpy()) for k in wa)
+    assert vb["rows"] == vs["rows"] == vo["rows"] and vf["rows"] != vb["rows"]
+    wo = _weights(other.run_dir)  # another training seed: other weights
+    assert not all(np.array_equal(wa[k].numpy(), wo[k].numpy()) for k in wa)
+    assert base.metrics["train_rows"] == other.metrics["train_rows"]
+    with pytest.raises(ConfigError, match="split_seed"):
+        tiny_ft(split_seed=-1)
+    assert "split_seed" not in tiny_ft().numeric_dict() and tiny_ft(split_seed=4).numeric_dict()["split_seed"] == 4

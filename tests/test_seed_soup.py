@@ -1,0 +1,100 @@
+"""scripts/seed_soup.py on a tiny pretraining: members share their validation rows, the
+soup is the mean of their weights, the report is complete, and members are reused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from _scripts import load_script
+from _tiny import tiny_pretrain
+
+from matmtl.train import pretrain
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("soup-pre")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MATMTL_CACHE_DIR", str(root / "cache"))
+        return pretrain(tiny_pretrain(["e_form", "gap_pbe"], max_rows=400), root / "run", progress=False)
+
+
+def test_a_seed_soup_is_the_mean_of_its_members(pretrained, tmp_path, capsys):
+    from matmtl.checkpoints import load_checkpoint
+
+    script = load_script("seed_soup")
+    args = ["--checkpoint", str(pretrained.run_dir), "--folds", "0", "--members", "2", "--group", "3"]
+    args += ["--tiny", "--max-train-rows", "150", "--work", str(tmp_path / "work"), "--json", str(tmp_path / "s.json")]
+    assert script.main(args) == 0
+    out = json.loads((tmp_path / "s.json").read_text())
+    (fold,) = out["sources"]["replay"]["folds"]
+    assert fold["seeds"] == [3, 103] == script.member_seeds(3, 2)
+    members = [tmp_path / "work" / "replay" / "fold0" / f"seed{s}" for s in fold["seeds"]]
+    rows = [json.loads((m / "validation_predictions.json").read_text())["rows"] for m in members]
+    assert rows[0] == rows[1] and len(rows[0]) == fold["validation_rows"]  # one split seed
+    # the soup's weights are the members' mean (checked on the encoder)
+    a, b = (load_checkpoint(m)[0].state_dict() for m in members)
+    _, soup = script._soup(members)
+    for k, v in soup.state_dict().items():
+        if v.is_floating_point():
+            assert np.allclose(v.numpy(), (a[k].double().numpy() + b[k].double().numpy()) / 2, atol=1e-6), k
+    for key in ("validation_mae", "test_mae"):
+        assert set(fold[key]) == {"members", "ensemble", "soup"} and len(fold[key]["members"]) == 2
+        assert all(np.isfinite(v) for v in fold[key]["members"] + [fold[key]["ensemble"], fold[key]["soup"]])
+    assert set(out["sources"]["replay"]["paired_over_folds"]["test_mae"]) == {
+        "soup_minus_member_0",
+        "soup_minus_member_mean",
+        "soup_minus_ensemble",
+    }
+    assert "soup" in capsys.readouterr().out
+    # a second call reuses the finished members (same numbers, no retraining)
+    stamp = [(m / "model.safetensors").stat().st_mtime_ns for m in members]
+    assert script.main(args) == 0
+    assert [(m / "model.safetensors").stat().st_mtime_ns for m in members] == stamp
+    assert json.loads((tmp_path / "s.json").read_text())["sources"] == out["sources"]
+
+
+def test_bad_arguments_are_named(tmp_path, capsys):
+    script = load_script("seed_soup")
+    for args, flag in (
+        (["--checkpoint", str(tmp_path), "--work", str(tmp_path), "--members", "1"], "--members"),
+        (["--checkpoint", str(tmp_path), "--work", str(tmp_path), "--folds", "a,b"], "--folds"),
+        (["--checkpoint", str(tmp_path / "none"), "--work", str(tmp_path)], "--checkpoint"),
+        (["--checkpoint", str(tmp_path), "--work", str(tmp_path), "--aux-source", "magic"], "--aux-source"),
+    ):
+        with pytest.raises(SystemExit):
+            script.main(args)
+        assert flag in capsys.readouterr().err
+
+
+def test_the_anchored_choice_is_made_per_fold_on_validation_rows():
+    """Each of member 0, the ensemble and the soup takes, per fold, the source with the
+    lower validation MAE, and brings that source's test MAE; the first source on a tie."""
+    script = load_script("seed_soup")
+
+    def fold(k, val, test):  # val/test: (member 0, other member, ensemble, soup)
+        return {
+            "fold": k,
+            "validation_mae": {"members": list(val[:2]), "ensemble": val[2], "soup": val[3]},
+            "test_mae": {"members": list(test[:2]), "ensemble": test[2], "soup": test[3]},
+            "_test_errors": {"member_0": [test[0]] * 2, "ensemble": [test[2]] * 2, "soup": [test[3]] * 2},
+        }
+
+    replay = [
+        fold(0, (0.3, 0.3, 0.2, 0.25), (1.0, 1.0, 1.1, 1.2)),
+        fold(1, (0.5, 0.5, 0.5, 0.5), (2.0, 2.0, 2.1, 2.2)),
+    ]
+    distill = [
+        fold(0, (0.4, 0.3, 0.1, 0.25), (3.0, 3.0, 3.1, 3.2)),
+        fold(1, (0.1, 0.5, 0.5, 0.4), (4.0, 4.0, 4.1, 4.2)),
+    ]
+    rows = script.anchored({"replay": replay, "distill": distill})
+    assert rows[0]["chosen"] == {"member_0": "replay", "ensemble": "distill", "soup": "replay"}  # soup: a tie
+    assert rows[1]["chosen"] == {"member_0": "distill", "ensemble": "replay", "soup": "distill"}
+    assert rows[0]["test_mae"] == {"member_0": 1.0, "ensemble": 3.1, "soup": 1.2}
+    assert rows[1]["test_paired"]["soup_minus_member_0"]["mean"] == pytest.approx(0.2)
+    summary = script.summarize(rows)
+    assert summary["mean_over_folds"]["test_mae"]["soup"] == pytest.approx((1.2 + 4.2) / 2)
+    assert set(summary["paired_over_folds"]["test_mae"]) == {"soup_minus_member_0", "soup_minus_ensemble"}
