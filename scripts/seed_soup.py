@@ -93,31 +93,12 @@ def _paired(a: np.ndarray, b: np.ndarray) -> dict:
     return {"mean": float(d.mean()), "se": se}
 
 
-def score_fold(args, fold: int) -> dict:
-    from matmtl.train.finetuning import MAIN_TASK, load_table, split_table
-    from matmtl.train.report import choose_metal_cut
-
-    paths = [_member(args, fold, s) for s in member_seeds(args.group, args.members)]
-    config = _config(args, fold, args.group)
-    _, _, va, te = split_table(load_table(config), config, config.train)
-    models, soup = _soup(paths)
-    soup.tasks[MAIN_TASK].metal_cut = choose_metal_cut(soup, va, MAIN_TASK)
-    yv, yt = va.targets[MAIN_TASK], te.targets[MAIN_TASK]
-    val = [_pred(m, va) for m in models]  # each member's metal cut: chosen on these same rows
-    test = [_pred(m, te) for m in models]
+def _block(yv, yt, val: list, test: list, soup_v, soup_t) -> dict:
+    """MAEs of the members, their ensemble (mean prediction) and the soup, on the
+    validation and the test rows, and the soup's test-row paired differences."""
     ens_v, ens_t = np.mean(val, 0), np.mean(test, 0)
-    soup_v, soup_t = _pred(soup, va), _pred(soup, te)
-    err_t = {
-        "member_0": np.abs(test[0] - yt),
-        "ensemble": np.abs(ens_t - yt),
-        "soup": np.abs(soup_t - yt),
-    }
+    err_t = {"member_0": np.abs(test[0] - yt), "ensemble": np.abs(ens_t - yt), "soup": np.abs(soup_t - yt)}
     return {
-        "fold": fold,
-        "validation_rows": int(len(va)),
-        "test_rows": int(len(te)),
-        "members": [str(p) for p in paths],
-        "seeds": member_seeds(args.group, args.members),
         "validation_mae": {
             "members": [float(np.abs(v - yv).mean()) for v in val],
             "ensemble": float(np.abs(ens_v - yv).mean()),
@@ -128,7 +109,6 @@ def score_fold(args, fold: int) -> dict:
             "ensemble": float(err_t["ensemble"].mean()),
             "soup": float(err_t["soup"].mean()),
         },
-        "soup_metal_cut": float(soup.tasks[MAIN_TASK].metal_cut),
         "test_paired": {
             "soup_minus_member_0": _paired(err_t["soup"], err_t["member_0"]),
             "soup_minus_ensemble": _paired(err_t["soup"], err_t["ensemble"]),
@@ -137,30 +117,78 @@ def score_fold(args, fold: int) -> dict:
     }
 
 
+def score_fold(args, fold: int) -> dict:
+    """One fold: its members (trained or reused), their soup, and both scored ungated
+    (``plain``) and with the DFT metal gate (``gated``: each model's own gate, its line fitted
+    on the training rows and its mode chosen on the validation rows, as fine-tuning does;
+    the ensemble averages the gated members)."""
+    from matmtl.metal_gate import PbeGaps
+    from matmtl.metal_gate import fit as fit_gate
+    from matmtl.train.finetuning import MAIN_TASK, gate_lookup, load_table, split_table
+    from matmtl.train.report import choose_metal_cut
+
+    paths = [_member(args, fold, s) for s in member_seeds(args.group, args.members)]
+    config = _config(args, fold, args.group)
+    _, tr, va, te = split_table(load_table(config), config, config.train)
+    models, soup = _soup(paths)
+    soup.tasks[MAIN_TASK].metal_cut = choose_metal_cut(soup, va, MAIN_TASK)
+    yv, yt = va.targets[MAIN_TASK], te.targets[MAIN_TASK]
+    val = [_pred(m, va) for m in models]  # each member's metal cut: chosen on these same rows
+    test = [_pred(m, te) for m in models]
+    soup_v, soup_t = _pred(soup, va), _pred(soup, te)
+    pbe = gate_lookup(PbeGaps.from_data(args.data_dir), tr)
+    tr_pbe, va_pbe, te_pbe = pbe(tr, held_out=False), pbe(va), pbe(te)
+    modes = []
+
+    def gated(v, t):
+        gate, _ = fit_gate(tr_pbe, tr.targets[MAIN_TASK], v, yv, va_pbe)
+        modes.append(gate.mode)
+        return gate.apply(v, va_pbe), gate.apply(t, te_pbe)
+
+    g_members = [gated(v, t) for v, t in zip(val, test)]
+    g_soup = gated(soup_v, soup_t)
+    return {
+        "fold": fold,
+        "validation_rows": int(len(va)),
+        "test_rows": int(len(te)),
+        "members": [str(p) for p in paths],
+        "seeds": member_seeds(args.group, args.members),
+        "soup_metal_cut": float(soup.tasks[MAIN_TASK].metal_cut),
+        "gate_modes": {"members": modes[:-1], "soup": modes[-1]},
+        "plain": _block(yv, yt, val, test, soup_v, soup_t),
+        "gated": _block(yv, yt, [g[0] for g in g_members], [g[1] for g in g_members], *g_soup),
+    }
+
+
 def anchored(by_source: dict[str, list[dict]]) -> list[dict]:
     """Per fold, each of member 0, the ensemble and the soup takes the anchor source whose
-    validation MAE is lower (the first source on a tie); its test MAE comes with it."""
+    ungated validation MAE is lower (the first source on a tie; the evaluation's rule,
+    the gate applied after), and brings that source's figures, ungated and gated."""
     sources = list(by_source)
     out = []
     for i, first in enumerate(by_source[sources[0]]):
         folds = {s: by_source[s][i] for s in sources}
-        row = {"fold": first["fold"], "chosen": {}, "validation_mae": {}, "test_mae": {}}
-        errors = {}
+        row = {"fold": first["fold"], "chosen": {}}
         for who in ("member_0", "ensemble", "soup"):
 
             def val(f, who=who):
-                return f["validation_mae"]["members"][0] if who == "member_0" else f["validation_mae"][who]
+                v = f["plain"]["validation_mae"]
+                return v["members"][0] if who == "member_0" else v[who]
 
-            src = min(sources, key=lambda s: (val(folds[s]), sources.index(s)))
-            f = folds[src]
-            row["chosen"][who] = src
-            row["validation_mae"][who] = val(f)
-            row["test_mae"][who] = f["test_mae"]["members"][0] if who == "member_0" else f["test_mae"][who]
-            errors[who] = np.asarray(f["_test_errors"][who])
-        row["test_paired"] = {
-            "soup_minus_member_0": _paired(errors["soup"], errors["member_0"]),
-            "soup_minus_ensemble": _paired(errors["soup"], errors["ensemble"]),
-        }
+            row["chosen"][who] = min(sources, key=lambda s: (val(folds[s]), sources.index(s)))
+        for kind in ("plain", "gated"):
+            block = {"validation_mae": {}, "test_mae": {}, "_test_errors": {}}
+            for who, src in row["chosen"].items():
+                b = folds[src][kind]
+                for key in ("validation_mae", "test_mae"):
+                    block[key][who] = b[key]["members"][0] if who == "member_0" else b[key][who]
+                block["_test_errors"][who] = b["_test_errors"][who]
+            err = {k: np.asarray(v) for k, v in block["_test_errors"].items()}
+            block["test_paired"] = {
+                "soup_minus_member_0": _paired(err["soup"], err["member_0"]),
+                "soup_minus_ensemble": _paired(err["soup"], err["ensemble"]),
+            }
+            row[kind] = block
         out.append(row)
     return out
 
@@ -189,6 +217,27 @@ def summarize(folds: list[dict]) -> dict:
             for key in keys
         },
     }
+
+
+def report(blocks: dict[str, list[dict]]) -> dict:
+    """Per source (and the anchored choice): the folds' records, and for the ungated and the
+    gated figures their means and the soup's paired differences over folds; printed too."""
+    out = {}
+    for name, per_fold in blocks.items():
+        out[name] = {"folds": [_public(f) for f in per_fold]}
+        for kind in ("plain", "gated"):
+            rows = [f[kind] for f in per_fold]
+            out[name][kind] = summarize(rows)
+            for f, r in zip(per_fold, rows):
+                t, v = _who(r, "test_mae"), _who(r, "validation_mae")
+                print(f"{name} {kind} fold {f['fold']}: validation " + _line(v) + " | test " + _line(t))
+            m = out[name][kind]["mean_over_folds"]
+            for key in ("validation_mae", "test_mae"):
+                print(f"{name} {kind} {key} (mean over folds): " + _line(m[key]))
+            d = out[name][kind]["paired_over_folds"]["test_mae"]
+            diffs = ", ".join(f"{k[11:]} {v['mean']:+.4f} +- {v['se']:.4f}" for k, v in d.items())
+            print(f"{name} {kind} test, soup minus: {diffs}")
+    return out
 
 
 def main(argv=None) -> int:
@@ -232,30 +281,19 @@ def main(argv=None) -> int:
         "members": args.members,
         "group": args.group,
         "command": "python scripts/seed_soup.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "sources": {},
     }
     blocks = dict(by_source)
     if len(sources) > 1:
         blocks["anchored"] = anchored(by_source)
-    for name, per_fold in blocks.items():
-        out["sources"][name] = {
-            "folds": [{k: v for k, v in f.items() if not k.startswith("_")} for f in per_fold],
-            **summarize(per_fold),
-        }
-        for f in per_fold:
-            t, v = _who(f, "test_mae"), _who(f, "validation_mae")
-            print(f"{name} fold {f['fold']}: validation " + _line(v) + " | test " + _line(t))
-        m = out["sources"][name]["mean_over_folds"]
-        for key in ("validation_mae", "test_mae"):
-            print(f"{name} {key} (mean over folds): " + _line(m[key]))
-        d = out["sources"][name]["paired_over_folds"]["test_mae"]
-        print(
-            f"{name} test, soup minus: "
-            + ", ".join(f"{k[11:]} {v['mean']:+.4f} +- {v['se']:.4f}" for k, v in d.items())
-        )
+    out["sources"] = report(blocks)
     if args.json:
         atomic_write_json(Path(args.json), out)
     return 0
+
+
+def _public(f: dict) -> dict:
+    """A fold's record without the per-row errors kept for the anchored choice."""
+    return {k: _public(v) if isinstance(v, dict) else v for k, v in f.items() if not k.startswith("_")}
 
 
 def _line(d: dict[str, float]) -> str:

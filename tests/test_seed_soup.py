@@ -30,6 +30,7 @@ def test_a_seed_soup_is_the_mean_of_its_members(pretrained, tmp_path, capsys):
     assert script.main(args) == 0
     out = json.loads((tmp_path / "s.json").read_text())
     (fold,) = out["sources"]["replay"]["folds"]
+    assert fold["gate_modes"]["soup"] in ("off", "metal", "both") and len(fold["gate_modes"]["members"]) == 2
     assert fold["seeds"] == [3, 103] == script.member_seeds(3, 2)
     members = [tmp_path / "work" / "replay" / "fold0" / f"seed{s}" for s in fold["seeds"]]
     rows = [json.loads((m / "validation_predictions.json").read_text())["rows"] for m in members]
@@ -40,10 +41,13 @@ def test_a_seed_soup_is_the_mean_of_its_members(pretrained, tmp_path, capsys):
     for k, v in soup.state_dict().items():
         if v.is_floating_point():
             assert np.allclose(v.numpy(), (a[k].double().numpy() + b[k].double().numpy()) / 2, atol=1e-6), k
-    for key in ("validation_mae", "test_mae"):
-        assert set(fold[key]) == {"members", "ensemble", "soup"} and len(fold[key]["members"]) == 2
-        assert all(np.isfinite(v) for v in fold[key]["members"] + [fold[key]["ensemble"], fold[key]["soup"]])
-    assert set(out["sources"]["replay"]["paired_over_folds"]["test_mae"]) == {
+    for kind in ("plain", "gated"):
+        for key in ("validation_mae", "test_mae"):
+            b = fold[kind][key]
+            assert set(b) == {"members", "ensemble", "soup"} and len(b["members"]) == 2
+            assert all(np.isfinite(v) for v in b["members"] + [b["ensemble"], b["soup"]])
+        assert "_test_errors" not in fold[kind]
+    assert set(out["sources"]["replay"]["gated"]["paired_over_folds"]["test_mae"]) == {
         "soup_minus_member_0",
         "soup_minus_member_mean",
         "soup_minus_ensemble",
@@ -74,27 +78,32 @@ def test_the_anchored_choice_is_made_per_fold_on_validation_rows():
     lower validation MAE, and brings that source's test MAE; the first source on a tie."""
     script = load_script("seed_soup")
 
-    def fold(k, val, test):  # val/test: (member 0, other member, ensemble, soup)
+    def block(val, test):  # val/test: (member 0, other member, ensemble, soup)
         return {
-            "fold": k,
             "validation_mae": {"members": list(val[:2]), "ensemble": val[2], "soup": val[3]},
             "test_mae": {"members": list(test[:2]), "ensemble": test[2], "soup": test[3]},
             "_test_errors": {"member_0": [test[0]] * 2, "ensemble": [test[2]] * 2, "soup": [test[3]] * 2},
         }
+
+    def fold(k, val, test, gated_val=None):  # the gate here lowers every test MAE by 0.5
+        gated = block(gated_val or val, tuple(t - 0.5 for t in test))
+        return {"fold": k, "plain": block(val, test), "gated": gated}
 
     replay = [
         fold(0, (0.3, 0.3, 0.2, 0.25), (1.0, 1.0, 1.1, 1.2)),
         fold(1, (0.5, 0.5, 0.5, 0.5), (2.0, 2.0, 2.1, 2.2)),
     ]
     distill = [
-        fold(0, (0.4, 0.3, 0.1, 0.25), (3.0, 3.0, 3.1, 3.2)),
+        # gated, distill's member 0 would look better on validation: the choice stays the ungated one's
+        fold(0, (0.4, 0.3, 0.1, 0.25), (3.0, 3.0, 3.1, 3.2), gated_val=(0.0, 0.3, 0.1, 0.25)),
         fold(1, (0.1, 0.5, 0.5, 0.4), (4.0, 4.0, 4.1, 4.2)),
     ]
     rows = script.anchored({"replay": replay, "distill": distill})
     assert rows[0]["chosen"] == {"member_0": "replay", "ensemble": "distill", "soup": "replay"}  # soup: a tie
     assert rows[1]["chosen"] == {"member_0": "distill", "ensemble": "replay", "soup": "distill"}
-    assert rows[0]["test_mae"] == {"member_0": 1.0, "ensemble": 3.1, "soup": 1.2}
-    assert rows[1]["test_paired"]["soup_minus_member_0"]["mean"] == pytest.approx(0.2)
-    summary = script.summarize(rows)
+    assert rows[0]["plain"]["test_mae"] == {"member_0": 1.0, "ensemble": 3.1, "soup": 1.2}
+    assert rows[0]["gated"]["test_mae"] == {"member_0": 0.5, "ensemble": 2.6, "soup": 0.7}
+    assert rows[1]["plain"]["test_paired"]["soup_minus_member_0"]["mean"] == pytest.approx(0.2)
+    summary = script.summarize([r["plain"] for r in rows])
     assert summary["mean_over_folds"]["test_mae"]["soup"] == pytest.approx((1.2 + 4.2) / 2)
     assert set(summary["paired_over_folds"]["test_mae"]) == {"soup_minus_member_0", "soup_minus_ensemble"}

@@ -389,7 +389,7 @@ def fit_metal_gate(
     row with a composition of the gap head's training ``domain`` (this run's training rows,
     and a fine-tuned parent's; the record predict reads) is not gated. Without Materials
     Project tables or validation rows the gate is off, and says why."""
-    from ..metal_gate import GATE_FILE, PbeGaps, fit, leave_seen, save, seen_rows, trained_keys
+    from ..metal_gate import GATE_FILE, PbeGaps, fit, save
 
     if not len(va):
         return {"mode": "off", "skipped": "no validation rows to choose the gate on"}
@@ -397,13 +397,7 @@ def fit_metal_gate(
         gaps = PbeGaps.from_data(data_dir)
     except (MatmtlError, OSError) as exc:
         return {"mode": "off", "skipped": f"no Materials Project PBE gaps ({exc})"}
-
-    dom = Domain(domain) if domain else None
-    trained = trained_keys(dom.z, dom.frac) if dom is not None else trained_keys(tr.z, tr.frac)
-
-    def pbe(d: TaskData, held_out: bool = True) -> np.ndarray:
-        g = gaps.lookup(composition_keys(d.z, d.frac), d.spg)
-        return leave_seen(g, seen_rows(d.z, d.frac, trained)) if held_out else g  # a training composition: not gated
+    pbe = gate_lookup(gaps, tr, domain)
 
     def gap(d: TaskData) -> np.ndarray:
         return model.predict_arrays(d.z, d.frac, d.spg, [MAIN_TASK])[MAIN_TASK].mean(1)
@@ -423,6 +417,23 @@ def fit_metal_gate(
         record["holdout_mae"] = float(np.abs(pred - y).mean())
         record["holdout_mae_gated"] = float(np.abs(gate.apply(pred, pbe(te)) - y).mean())
     return record
+
+
+def gate_lookup(gaps, tr: TaskData, domain: dict | None = None):
+    """``pbe(rows, held_out=True)``: Materials Project's PBE gap of each row's composition
+    (its ground state, or the row's polymorph) from ``gaps`` (a :class:`~matmtl.metal_gate.PbeGaps`);
+    held-out rows of a composition the gap head trained on (``domain``, else ``tr``) get
+    NaN, so the gate leaves them alone."""
+    from ..metal_gate import leave_seen, seen_rows, trained_keys
+
+    dom = Domain(domain) if domain else None
+    trained = trained_keys(dom.z, dom.frac) if dom is not None else trained_keys(tr.z, tr.frac)
+
+    def pbe(d: TaskData, held_out: bool = True) -> np.ndarray:
+        g = gaps.lookup(composition_keys(d.z, d.frac), d.spg)
+        return leave_seen(g, seen_rows(d.z, d.frac, trained)) if held_out else g  # a training composition: not gated
+
+    return pbe
 
 
 def drop_stale_heads(model, aux) -> list[str]:
