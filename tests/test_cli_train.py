@@ -95,7 +95,7 @@ def test_regularisation_options_reach_the_config(tmp_path, monkeypatch):
 
     seen = []
 
-    def fake_pretrain(config, out):
+    def fake_pretrain(config, out, progress=True):
         seen.append(config)
         return SimpleNamespace(run_dir=tmp_path / "run")
 
@@ -119,7 +119,7 @@ def test_average_epochs_reaches_the_fine_tuning_config(tmp_path, monkeypatch):
 
     seen = []
 
-    def fake_finetune(config, out):
+    def fake_finetune(config, out, progress=True):
         seen.append(config)
         return SimpleNamespace(run_dir=tmp_path / "run", metrics={})
 
@@ -129,6 +129,34 @@ def test_average_epochs_reaches_the_fine_tuning_config(tmp_path, monkeypatch):
         r = runner.invoke(app, ["finetune", "--device", "cpu", "--checkpoint", str(tmp_path), *extra])
         assert r.exit_code == 0 or seen, r.output
     assert [c.train.average_epochs for c in seen] == [5, TrainConfig.preset("finetune").average_epochs]
+
+
+def test_no_progress_reaches_training_and_resuming(tmp_path, monkeypatch):
+    """--no-progress turns the progress bars off in pretrain, finetune and their --resume;
+    without it they are on."""
+    from types import SimpleNamespace
+
+    import matmtl.train
+
+    seen = []
+
+    def fake(kind):
+        def run(*args, progress=True, **kw):
+            seen.append((kind, progress))
+            return SimpleNamespace(run_dir=tmp_path / "run", metrics={})
+
+        return run
+
+    for name in ("pretrain", "finetune", "resume"):
+        monkeypatch.setattr(matmtl.train, name, fake(name))
+    monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path))
+    ck = ["--checkpoint", str(tmp_path)]
+    for argv in (["pretrain"], ["finetune", *ck], ["pretrain", "--resume"], ["finetune", "--resume", *ck]):
+        for flag in (["--no-progress"], []):
+            r = runner.invoke(app, [*argv, "--device", "cpu", *flag])
+            assert r.exit_code == 0, r.output
+    kinds = ["pretrain", "finetune", "resume", "resume"]
+    assert seen == [(k, p) for k in kinds for p in (False, True)]
 
 
 def _interrupt(monkeypatch, tmp_path, after_save: bool):

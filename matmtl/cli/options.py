@@ -168,6 +168,7 @@ OutOpt = typer.Option(
     "--out",
     help="Run folder to create (must not exist or be empty). Default: <user cache>/runs/<kind>-<timestamp>.",
 )
+NoProgressOpt = typer.Option(False, "--no-progress", help="No per-epoch training progress bars (for logs).")
 ResumeOpt = typer.Option(
     False,
     "--resume",

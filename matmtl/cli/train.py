@@ -34,6 +34,7 @@ from .options import (
     MetalGateOpt,
     MonitorEveryOpt,
     MonitorKOpt,
+    NoProgressOpt,
     OutOpt,
     PatienceOpt,
     PrecisionOpt,
@@ -72,7 +73,7 @@ def _warn_lines(caught) -> None:
             err_console.print(f"[yellow]warning:[/] {w.message}")
 
 
-def _run(kind: str, start, resume: bool, out: Optional[Path]):
+def _run(kind: str, start, resume: bool, out: Optional[Path], progress: bool = True):
     """Start a run (or resume one), reporting data warnings; the run folder at the end."""
     from rich.markup import escape
 
@@ -82,7 +83,7 @@ def _run(kind: str, start, resume: bool, out: Optional[Path]):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            res = resume_run(out, kind=kind) if resume else start()
+            res = resume_run(out, kind=kind, progress=progress) if resume else start()
         except RunInterrupted as exc:  # Ctrl-C: say where the state is and how to continue
             from ..train.runs import interrupted_message
 
@@ -183,6 +184,7 @@ def pretrain_cmd(
     deterministic: bool = DeterministicOpt,
     dist_timeout: float = DistTimeoutOpt,
     resume: bool = ResumeOpt,
+    no_progress: bool = NoProgressOpt,
     balance: Balance = PretrainBalanceOpt,
     surgery: SurgeryChoice = SurgeryOpt,
     monitor_every: int = MonitorEveryOpt,
@@ -222,14 +224,14 @@ def pretrain_cmd(
             ),
             mtl=_mtl_config(balance, surgery, 0.0, monitor_every, monitor_k),
         )
-        return pretrain(config, out)
+        return pretrain(config, out, progress=not no_progress)
 
     if dataset not in ("mp", "mp_e_form", "matbench_mp_e_form"):
         raise typer.BadParameter(
             "only 'mp' (matbench mp_e_form; mp_gap joins through --tasks) is supported", param_hint="--dataset"
         )
     dataset = "mp"
-    _run("pretrain", start, resume, out)
+    _run("pretrain", start, resume, out, progress=not no_progress)
 
 
 @app.command("finetune")
@@ -299,6 +301,7 @@ def finetune_cmd(
     deterministic: bool = DeterministicOpt,
     dist_timeout: float = DistTimeoutOpt,
     resume: bool = ResumeOpt,
+    no_progress: bool = NoProgressOpt,
     balance: Balance = BalanceOpt,
     surgery: SurgeryChoice = SurgeryOpt,
     soft_share: float = typer.Option(
@@ -348,6 +351,6 @@ def finetune_cmd(
             ),
             mtl=_mtl_config(balance, surgery, soft_share, monitor_every, monitor_k),
         )
-        return finetune(config, out)
+        return finetune(config, out, progress=not no_progress)
 
-    _run("finetune", start, resume, out)
+    _run("finetune", start, resume, out, progress=not no_progress)

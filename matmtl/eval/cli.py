@@ -20,6 +20,7 @@ from typing import Optional
 
 import typer
 
+from ..cli.options import NoProgressOpt
 from ..config import GAP_HEAD_HELP, Device, GapHead, SymmetrySource, TrainConfig, default_of
 from .claims import ClaimSettings
 from .settings import (
@@ -340,7 +341,7 @@ def evaluate_cmd(
         None, "--data-dir", file_okay=False, help="Dataset folder (default: $MATMTL_DATA_DIR, else the offline mirror)."
     ),
     keep_runs: bool = typer.Option(_D.keep_runs, "--keep-runs", help="Keep the fine-tuning run folders (~20 MB each)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No per-epoch training progress bars."),
+    no_progress: bool = NoProgressOpt,
     claim_lease: float = typer.Option(
         ClaimSettings.lease,
         "--claim-lease",
