@@ -72,12 +72,14 @@ def _member(args, fold: int, seed: int) -> Path:
 
 
 def _soup(paths: list[Path]):
+    import copy
+
     from matmtl.checkpoints import load_checkpoint
-    from matmtl.train.selection import Snapshot, load_weights, mean_weights
+    from matmtl.train.selection import load_weights, mean_weights
 
     models = [load_checkpoint(p)[0] for p in paths]
-    soup, _ = load_checkpoint(paths[0])
-    load_weights(soup, mean_weights([Snapshot(0, 0.0, m.state_dict()) for m in models]))
+    soup = copy.deepcopy(models[0])
+    load_weights(soup, mean_weights([m.state_dict() for m in models]))
     return models, soup
 
 

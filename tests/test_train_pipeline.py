@@ -537,7 +537,7 @@ def test_the_greedy_weight_average_adds_an_epoch_only_when_validation_improves()
 def test_a_finetune_with_averaged_epochs_keeps_the_average_and_resumes_exactly(pretrained, tmp_path):
     from safetensors.torch import load_file
 
-    from matmtl.train.selection import Snapshot, mean_weights
+    from matmtl.train.selection import mean_weights
 
     cfg = tiny_finetune(
         pretrained.run_dir,
@@ -556,10 +556,8 @@ def test_a_finetune_with_averaged_epochs_keeps_the_average_and_resumes_exactly(p
     state = load_file(str(full.run_dir / "state" / "state-0005.safetensors"))
     kept = _read(full.run_dir / "state" / "state.json")["best"]["kept"]
     snaps = {
-        e: Snapshot(
-            e, s, {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"best{'' if i == 0 else i}.")}
-        )
-        for i, (e, s) in enumerate(kept)
+        e: {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"best{'' if i == 0 else i}.")}
+        for i, (e, _) in enumerate(kept)
     }
     expect = mean_weights([snaps[e] for e in avg["averaged_epochs"]])
     written = _weights(full.run_dir)

@@ -169,7 +169,7 @@ def average_epochs(model: MultiTaskModel, trainer: Trainer, evaluate: Callable, 
     averaged = trainer.world.main_does(on_main, "averaging the weights of the kept epochs")
     members = [s for s in kept if s.epoch in set(averaged.get("averaged_epochs", []))]
     if members:
-        load_weights(model, mean_weights(members))
+        load_weights(model, mean_weights([s.weights for s in members]))
     return averaged
 
 

@@ -118,14 +118,13 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> No
     )
 
 
-def mean_weights(snapshots: list[Snapshot]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of the snapshots' floating-point tensors (other tensors, such
-    as integer buffers, are the first snapshot's)."""
-    first = snapshots[0].weights
+def mean_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the state dicts' floating-point tensors (other tensors, such
+    as integer buffers, are the first one's); the sum is taken in float64."""
     out = {}
-    for k, v in first.items():
+    for k, v in states[0].items():
         if v.is_floating_point():
-            out[k] = torch.stack([s.weights[k].to(torch.float64) for s in snapshots]).mean(0).to(v.dtype)
+            out[k] = torch.stack([s[k].to(torch.float64) for s in states]).mean(0).to(v.dtype)
         else:
             out[k] = v
     return out
@@ -141,13 +140,13 @@ def average_kept(model: torch.nn.Module, best: BestEpoch, score: Callable[[torch
     members, current = [best.kept[0]], best.kept[0].score
     tried = []
     for s in best.kept[1:]:
-        load_weights(model, mean_weights(members + [s]))
+        load_weights(model, mean_weights([m.weights for m in members + [s]]))
         trial = float(score(model))
         tried.append([s.epoch, trial])
         if math.isfinite(trial) and trial <= current:
             members.append(s)
             current = trial
-    load_weights(model, mean_weights(members))
+    load_weights(model, mean_weights([m.weights for m in members]))
     return {
         "candidates": [s.epoch for s in best.kept],
         "averaged_epochs": [s.epoch for s in members],
