@@ -20,6 +20,13 @@ With two anchor sources (``--aux-source replay,distill``) each is reported, and 
 the anchored recipe as the evaluation defines it: per fold, the source with the lower
 validation MAE, chosen separately for member 0, the ensemble and the soup (replay on a
 tie). Members of source S are under ``--work``/S.
+
+Several groups (split seeds) are brought together from their JSON files, per source and
+for the ungated and the gated figures: each group's mean over folds, their mean and
+standard deviation over groups, and the soup's paired differences over all (group, fold)
+cells, mean +- SE:
+
+    python scripts/seed_soup.py --combine G0.json G1.json G2.json --json OUT.json
 """
 
 from __future__ import annotations
@@ -242,7 +249,87 @@ def report(blocks: dict[str, list[dict]]) -> dict:
     return out
 
 
+def combine(runs: list[dict]) -> dict:
+    """Groups' results (``main``'s JSON, one per group) brought together per source and
+    kind; a source is combined over the groups that have it. The groups must share the
+    checkpoint, the members per soup and the folds, and differ in their group."""
+    first = runs[0]
+    for r in runs[1:]:
+        for key in ("checkpoint", "members"):
+            if r[key] != first[key]:
+                raise ValueError(f"groups {first['group']} and {r['group']} differ in {key}: {first[key]} vs {r[key]}")
+    groups = [r["group"] for r in runs]
+    if len(set(groups)) != len(groups):
+        raise ValueError(f"a group is given twice: {groups}")
+    out = {}
+    for src in dict.fromkeys(s for r in runs for s in r["sources"]):
+        have = [r for r in runs if src in r["sources"]]
+        folds = [[f["fold"] for f in r["sources"][src]["folds"]] for r in have]
+        if any(f != folds[0] for f in folds):
+            raise ValueError(f"{src}: the groups have different folds: {folds}")
+        out[src] = {"groups": [r["group"] for r in have], "folds": folds[0]}
+        for kind in ("plain", "gated"):
+            per_group = [r["sources"][src][kind]["mean_over_folds"]["test_mae"] for r in have]
+            cells = [_who(f[kind], "test_mae") for r in have for f in r["sources"][src]["folds"]]
+            names = list(per_group[0])
+            out[src][kind] = {
+                "test_mae_per_group": per_group,
+                "test_mae_mean_over_groups": {n: float(np.mean([g[n] for g in per_group])) for n in names},
+                "test_mae_std_over_groups": {
+                    n: float(np.std([g[n] for g in per_group], ddof=1)) if len(have) > 1 else None for n in names
+                },
+                "paired_over_cells": {
+                    f"soup_minus_{n}": _paired([c["soup"] for c in cells], [c[n] for c in cells])
+                    for n in names
+                    if n != "soup"
+                },
+                "cells": len(cells),
+            }
+            m, sd = out[src][kind]["test_mae_mean_over_groups"], out[src][kind]["test_mae_std_over_groups"]
+            line = ", ".join(f"{n} {m[n]:.4f}" + ("" if sd[n] is None else f" (sd {sd[n]:.4f})") for n in names)
+            d = out[src][kind]["paired_over_cells"]
+            diffs = ", ".join(f"{k[11:]} {v['mean']:+.4f} +- {v['se']:.4f}" for k, v in d.items())
+            print(f"{src} {kind} test, groups {out[src]['groups']}: {line}")
+            print(f"{src} {kind} test, soup minus ({len(cells)} cells): {diffs}")
+    return out
+
+
+def _combine_main(paths: list[str], json_out: str | None) -> int:
+    import json
+
+    from matmtl.io import atomic_write_json
+
+    try:
+        runs = [json.loads(Path(p).read_text()) for p in paths]
+        combined = combine(runs)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"seed_soup --combine: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if json_out:
+        atomic_write_json(
+            Path(json_out),
+            {
+                "about": "seed_soup.py --combine: " + combine.__doc__.split(";")[0].strip(),
+                "unit": "eV",
+                "inputs": list(paths),
+                "command": "python scripts/seed_soup.py --combine " + " ".join(paths) + f" --json {json_out}",
+                "sources": combined,
+            },
+        )
+    return 0
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--combine" in argv:
+        c = argparse.ArgumentParser(description="Bring seed_soup groups together.")
+        c.add_argument("--combine", nargs="+", required=True, metavar="JSON", help="the groups' JSON files")
+        c.add_argument("--json", help="write the combined results here")
+        a = c.parse_args(argv)
+        if len(a.combine) < 2:
+            c.error("--combine: give at least two groups' JSON files")
+        return _combine_main(a.combine, a.json)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="the pretraining run to fine-tune")
     p.add_argument("--folds", default="0,1", help="matbench expt_gap folds, e.g. 0,1")
@@ -282,7 +369,7 @@ def main(argv=None) -> int:
         "checkpoint": str(args.checkpoint),
         "members": args.members,
         "group": args.group,
-        "command": "python scripts/seed_soup.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python scripts/seed_soup.py " + " ".join(argv),
     }
     blocks = dict(by_source)
     if len(sources) > 1:

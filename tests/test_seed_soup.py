@@ -107,3 +107,68 @@ def test_the_anchored_choice_is_made_per_fold_on_validation_rows():
     summary = script.summarize([r["plain"] for r in rows])
     assert summary["mean_over_folds"]["test_mae"]["soup"] == pytest.approx((1.2 + 4.2) / 2)
     assert set(summary["paired_over_folds"]["test_mae"]) == {"soup_minus_member_0", "soup_minus_ensemble"}
+
+
+def _group(script, group: int, tests: list[tuple], checkpoint="run", sources=("replay",)) -> dict:
+    """A group's JSON as main() writes it, from per-fold test MAEs (member 0, member 1,
+    ensemble, soup); validation MAEs are those minus 0.1, and gating lowers all by 0.05."""
+
+    def block(t, shift):
+        t = [x - shift for x in t]
+        return {
+            "validation_mae": {"members": [t[0] - 0.1, t[1] - 0.1], "ensemble": t[2] - 0.1, "soup": t[3] - 0.1},
+            "test_mae": {"members": t[:2], "ensemble": t[2], "soup": t[3]},
+        }
+
+    folds = [{"fold": k, "plain": block(t, 0.0), "gated": block(t, 0.05)} for k, t in enumerate(tests)]
+    per_source = {"folds": folds, **{kind: script.summarize([f[kind] for f in folds]) for kind in ("plain", "gated")}}
+    return {"checkpoint": checkpoint, "members": 2, "group": group, "sources": {s: per_source for s in sources}}
+
+
+def test_groups_are_combined_per_source_with_their_spread_and_paired_cells(tmp_path, capsys):
+    script = load_script("seed_soup")
+    g0 = _group(script, 0, [(1.0, 2.0, 1.2, 1.1), (2.0, 2.0, 2.0, 1.5)], sources=("replay", "distill"))
+    g1 = _group(script, 1, [(3.0, 1.0, 1.5, 1.0), (1.0, 1.0, 1.0, 1.0)])
+    out = script.combine([g0, g1])
+    rep, dis = out["replay"]["plain"], out["distill"]["plain"]
+    assert out["replay"]["groups"] == [0, 1] and out["distill"]["groups"] == [0]
+    # group means over folds: soup 1.3 and 1.0; member means 1.75 and 1.5
+    assert rep["test_mae_mean_over_groups"]["soup"] == pytest.approx(1.15)
+    assert rep["test_mae_std_over_groups"]["soup"] == pytest.approx(np.std([1.3, 1.0], ddof=1))
+    assert rep["test_mae_mean_over_groups"]["member_mean"] == pytest.approx(1.625)
+    # paired over the 4 (group, fold) cells: soup - member_0 = 0.1, -0.5, -2.0, 0.0
+    d = np.array([0.1, -0.5, -2.0, 0.0])
+    assert rep["cells"] == 4
+    assert rep["paired_over_cells"]["soup_minus_member_0"]["mean"] == pytest.approx(d.mean())
+    assert rep["paired_over_cells"]["soup_minus_member_0"]["se"] == pytest.approx(d.std(ddof=1) / 2)
+    assert out["replay"]["gated"]["test_mae_mean_over_groups"]["soup"] == pytest.approx(1.1)
+    # a source one group has: its figures, no spread
+    assert dis["test_mae_mean_over_groups"]["soup"] == pytest.approx(1.3) and dis["cells"] == 2
+    assert dis["test_mae_std_over_groups"]["soup"] is None
+    # through the command line: a JSON file with no NaN, the figures printed
+    paths = []
+    for g in (g0, g1):
+        paths.append(tmp_path / f"g{g['group']}.json")
+        paths[-1].write_text(json.dumps(g))
+    assert script.main(["--combine", *map(str, paths), "--json", str(tmp_path / "all.json")]) == 0
+    text = (tmp_path / "all.json").read_text()
+    assert "NaN" not in text and json.loads(text)["sources"]["replay"]["plain"]["cells"] == 4
+    assert "soup minus (4 cells)" in capsys.readouterr().out
+
+
+def test_groups_that_do_not_match_are_refused_by_name(tmp_path, capsys):
+    script = load_script("seed_soup")
+    g0 = _group(script, 0, [(1.0, 1.0, 1.0, 1.0)])
+    for other, word in (
+        (_group(script, 1, [(1.0, 1.0, 1.0, 1.0)], checkpoint="another"), "checkpoint"),
+        (_group(script, 0, [(1.0, 1.0, 1.0, 1.0)]), "given twice"),
+        (_group(script, 1, [(1.0, 1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 1.0)]), "different folds"),
+    ):
+        with pytest.raises(ValueError, match=word):
+            script.combine([g0, other])
+    (tmp_path / "g0.json").write_text(json.dumps(g0))
+    assert script.main(["--combine", str(tmp_path / "g0.json"), str(tmp_path / "missing.json")]) == 1
+    assert "missing.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--combine", str(tmp_path / "g0.json")])
+    assert "at least two" in capsys.readouterr().err
