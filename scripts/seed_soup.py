@@ -249,30 +249,40 @@ def report(blocks: dict[str, list[dict]]) -> dict:
     return out
 
 
-def combine(runs: list[dict]) -> dict:
+def combine(runs: list[dict], folds: list[int] | None = None) -> dict:
     """Groups' results (``main``'s JSON, one per group) brought together per source and
     kind; a source is combined over the groups that have it. The groups must share the
-    checkpoint, the members per soup and the folds, and differ in their group."""
+    members per soup and the folds, and differ in their group. Each group's checkpoint is
+    recorded (its path, and its weights' sha256 where the group has it): the soup is paired
+    with its own members, so groups may come from re-runs of one pretraining recipe, and
+    ``checkpoints`` shows whether they did. ``folds``: only these folds (each group must
+    have them); the means are taken over the kept folds' records."""
     first = runs[0]
     for r in runs[1:]:
-        for key in ("checkpoint", "members"):
-            if r[key] != first[key]:
-                raise ValueError(f"groups {first['group']} and {r['group']} differ in {key}: {first[key]} vs {r[key]}")
+        if r["members"] != first["members"]:
+            raise ValueError(
+                f"groups {first['group']} and {r['group']} differ in members: {first['members']} vs {r['members']}"
+            )
     groups = [r["group"] for r in runs]
     if len(set(groups)) != len(groups):
         raise ValueError(f"a group is given twice: {groups}")
-    out = {}
+    out = {
+        "checkpoints": {str(r["group"]): {"path": r["checkpoint"], "sha256": r.get("checkpoint_sha256")} for r in runs},
+        "sources": {},
+    }
     for src in dict.fromkeys(s for r in runs for s in r["sources"]):
         have = [r for r in runs if src in r["sources"]]
-        folds = [[f["fold"] for f in r["sources"][src]["folds"]] for r in have]
-        if any(f != folds[0] for f in folds):
-            raise ValueError(f"{src}: the groups have different folds: {folds}")
-        out[src] = {"groups": [r["group"] for r in have], "folds": folds[0]}
+        records = [_kept_folds(r, src, folds) for r in have]
+        given = [[f["fold"] for f in rec] for rec in records]
+        if any(f != given[0] for f in given):
+            raise ValueError(f"{src}: the groups have different folds: {given} (choose common ones with --folds)")
+        out["sources"][src] = res = {"groups": [r["group"] for r in have], "folds": given[0]}
         for kind in ("plain", "gated"):
-            per_group = [r["sources"][src][kind]["mean_over_folds"]["test_mae"] for r in have]
-            cells = [_who(f[kind], "test_mae") for r in have for f in r["sources"][src]["folds"]]
-            names = list(per_group[0])
-            out[src][kind] = {
+            by_group = [[_who(f[kind], "test_mae") for f in rec] for rec in records]
+            names = list(by_group[0][0])
+            per_group = [{n: float(np.mean([c[n] for c in g])) for n in names} for g in by_group]
+            cells = [c for g in by_group for c in g]
+            res[kind] = {
                 "test_mae_per_group": per_group,
                 "test_mae_mean_over_groups": {n: float(np.mean([g[n] for g in per_group])) for n in names},
                 "test_mae_std_over_groups": {
@@ -285,23 +295,34 @@ def combine(runs: list[dict]) -> dict:
                 },
                 "cells": len(cells),
             }
-            m, sd = out[src][kind]["test_mae_mean_over_groups"], out[src][kind]["test_mae_std_over_groups"]
+            m, sd = res[kind]["test_mae_mean_over_groups"], res[kind]["test_mae_std_over_groups"]
             line = ", ".join(f"{n} {m[n]:.4f}" + ("" if sd[n] is None else f" (sd {sd[n]:.4f})") for n in names)
-            d = out[src][kind]["paired_over_cells"]
+            d = res[kind]["paired_over_cells"]
             diffs = ", ".join(f"{k[11:]} {v['mean']:+.4f} +- {v['se']:.4f}" for k, v in d.items())
-            print(f"{src} {kind} test, groups {out[src]['groups']}: {line}")
+            print(f"{src} {kind} test, groups {res['groups']}: {line}")
             print(f"{src} {kind} test, soup minus ({len(cells)} cells): {diffs}")
     return out
 
 
-def _combine_main(paths: list[str], json_out: str | None) -> int:
+def _kept_folds(run: dict, src: str, folds: list[int] | None) -> list[dict]:
+    records = run["sources"][src]["folds"]
+    if folds is None:
+        return records
+    have = {f["fold"]: f for f in records}
+    missing = [k for k in folds if k not in have]
+    if missing:
+        raise ValueError(f"group {run['group']}, {src}: no fold {missing} (it has {sorted(have)})")
+    return [have[k] for k in folds]
+
+
+def _combine_main(paths: list[str], json_out: str | None, folds: list[int] | None = None) -> int:
     import json
 
     from matmtl.io import atomic_write_json
 
     try:
         runs = [json.loads(Path(p).read_text()) for p in paths]
-        combined = combine(runs)
+        combined = combine(runs, folds)
     except (OSError, ValueError, KeyError) as exc:
         print(f"seed_soup --combine: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -312,24 +333,37 @@ def _combine_main(paths: list[str], json_out: str | None) -> int:
                 "about": "seed_soup.py --combine: " + combine.__doc__.split(";")[0].strip(),
                 "unit": "eV",
                 "inputs": list(paths),
-                "command": "python scripts/seed_soup.py --combine " + " ".join(paths) + f" --json {json_out}",
-                "sources": combined,
+                "command": "python scripts/seed_soup.py --combine "
+                + " ".join(paths)
+                + ("" if folds is None else " --folds " + ",".join(map(str, folds)))
+                + f" --json {json_out}",
+                **combined,
             },
         )
     return 0
+
+
+def _combine_cli(argv: list[str]) -> int:
+    """``--combine JSON ... [--folds K,...] [--json OUT]``: bring groups together."""
+    c = argparse.ArgumentParser(description="Bring seed_soup groups together.")
+    c.add_argument("--combine", nargs="+", required=True, metavar="JSON", help="the groups' JSON files")
+    c.add_argument("--json", help="write the combined results here")
+    c.add_argument("--folds", help="only these folds, e.g. 0,1,2 (default: all, the same in every group)")
+    a = c.parse_args(argv)
+    if len(a.combine) < 2:
+        c.error("--combine: give at least two groups' JSON files")
+    try:
+        folds = None if a.folds is None else [int(k) for k in a.folds.split(",")]
+    except ValueError:
+        c.error(f"--folds: expected comma-separated fold numbers, got {a.folds!r}")
+    return _combine_main(a.combine, a.json, folds)
 
 
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if "--combine" in argv:
-        c = argparse.ArgumentParser(description="Bring seed_soup groups together.")
-        c.add_argument("--combine", nargs="+", required=True, metavar="JSON", help="the groups' JSON files")
-        c.add_argument("--json", help="write the combined results here")
-        a = c.parse_args(argv)
-        if len(a.combine) < 2:
-            c.error("--combine: give at least two groups' JSON files")
-        return _combine_main(a.combine, a.json)
+        return _combine_cli(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="the pretraining run to fine-tune")
     p.add_argument("--folds", default="0,1", help="matbench expt_gap folds, e.g. 0,1")
@@ -354,7 +388,7 @@ def main(argv=None) -> int:
     if not Path(args.checkpoint).is_dir():
         p.error(f"--checkpoint: no run folder at {args.checkpoint}")
     from matmtl.errors import MatmtlError
-    from matmtl.io import atomic_write_json
+    from matmtl.io import atomic_write_json, sha256_file
 
     by_source = {}
     try:
@@ -367,6 +401,8 @@ def main(argv=None) -> int:
         "about": __doc__.strip(),
         "unit": "eV",
         "checkpoint": str(args.checkpoint),
+        # the weights themselves: a folder re-made at the same path is another checkpoint
+        "checkpoint_sha256": sha256_file(Path(args.checkpoint) / "model.safetensors"),
         "members": args.members,
         "group": args.group,
         "command": "python scripts/seed_soup.py " + " ".join(argv),

@@ -23,6 +23,7 @@ def pretrained(tmp_path_factory):
 
 def test_a_seed_soup_is_the_mean_of_its_members(pretrained, tmp_path, capsys):
     from matmtl.checkpoints import load_checkpoint
+    from matmtl.io import sha256_file
 
     script = load_script("seed_soup")
     args = ["--checkpoint", str(pretrained.run_dir), "--folds", "0", "--members", "2", "--group", "3"]
@@ -32,6 +33,7 @@ def test_a_seed_soup_is_the_mean_of_its_members(pretrained, tmp_path, capsys):
     (fold,) = out["sources"]["replay"]["folds"]
     assert fold["gate_modes"]["soup"] in ("off", "metal", "both") and len(fold["gate_modes"]["members"]) == 2
     assert fold["seeds"] == [3, 103] == script.member_seeds(3, 2)
+    assert out["checkpoint_sha256"] == sha256_file(pretrained.run_dir / "model.safetensors")
     members = [tmp_path / "work" / "replay" / "fold0" / f"seed{s}" for s in fold["seeds"]]
     rows = [json.loads((m / "validation_predictions.json").read_text())["rows"] for m in members]
     assert rows[0] == rows[1] and len(rows[0]) == fold["validation_rows"]  # one split seed
@@ -109,7 +111,7 @@ def test_the_anchored_choice_is_made_per_fold_on_validation_rows():
     assert set(summary["paired_over_folds"]["test_mae"]) == {"soup_minus_member_0", "soup_minus_ensemble"}
 
 
-def _group(script, group: int, tests: list[tuple], checkpoint="run", sources=("replay",)) -> dict:
+def _group(script, group: int, tests: list[tuple], members=2, sources=("replay",)) -> dict:
     """A group's JSON as main() writes it, from per-fold test MAEs (member 0, member 1,
     ensemble, soup); validation MAEs are those minus 0.1, and gating lowers all by 0.05."""
 
@@ -122,14 +124,17 @@ def _group(script, group: int, tests: list[tuple], checkpoint="run", sources=("r
 
     folds = [{"fold": k, "plain": block(t, 0.0), "gated": block(t, 0.05)} for k, t in enumerate(tests)]
     per_source = {"folds": folds, **{kind: script.summarize([f[kind] for f in folds]) for kind in ("plain", "gated")}}
-    return {"checkpoint": checkpoint, "members": 2, "group": group, "sources": {s: per_source for s in sources}}
+    return {"checkpoint": "run", "members": members, "group": group, "sources": {s: per_source for s in sources}}
 
 
 def test_groups_are_combined_per_source_with_their_spread_and_paired_cells(tmp_path, capsys):
     script = load_script("seed_soup")
     g0 = _group(script, 0, [(1.0, 2.0, 1.2, 1.1), (2.0, 2.0, 2.0, 1.5)], sources=("replay", "distill"))
     g1 = _group(script, 1, [(3.0, 1.0, 1.5, 1.0), (1.0, 1.0, 1.0, 1.0)])
+    g1["checkpoint_sha256"] = "abc"
     out = script.combine([g0, g1])
+    assert out["checkpoints"] == {"0": {"path": "run", "sha256": None}, "1": {"path": "run", "sha256": "abc"}}
+    out = out["sources"]
     rep, dis = out["replay"]["plain"], out["distill"]["plain"]
     assert out["replay"]["groups"] == [0, 1] and out["distill"]["groups"] == [0]
     # group means over folds: soup 1.3 and 1.0; member means 1.75 and 1.5
@@ -142,6 +147,10 @@ def test_groups_are_combined_per_source_with_their_spread_and_paired_cells(tmp_p
     assert rep["paired_over_cells"]["soup_minus_member_0"]["mean"] == pytest.approx(d.mean())
     assert rep["paired_over_cells"]["soup_minus_member_0"]["se"] == pytest.approx(d.std(ddof=1) / 2)
     assert out["replay"]["gated"]["test_mae_mean_over_groups"]["soup"] == pytest.approx(1.1)
+    # only chosen folds: fold 1 of each group (soup 1.5 and 1.0; member 0 2.0 and 1.0)
+    one = script.combine([g0, g1], folds=[1])["sources"]["replay"]["plain"]
+    assert one["cells"] == 2 and one["test_mae_mean_over_groups"]["soup"] == pytest.approx(1.25)
+    assert one["paired_over_cells"]["soup_minus_member_0"]["mean"] == pytest.approx(-0.25)
     # a source one group has: its figures, no spread
     assert dis["test_mae_mean_over_groups"]["soup"] == pytest.approx(1.3) and dis["cells"] == 2
     assert dis["test_mae_std_over_groups"]["soup"] is None
@@ -153,6 +162,7 @@ def test_groups_are_combined_per_source_with_their_spread_and_paired_cells(tmp_p
     assert script.main(["--combine", *map(str, paths), "--json", str(tmp_path / "all.json")]) == 0
     text = (tmp_path / "all.json").read_text()
     assert "NaN" not in text and json.loads(text)["sources"]["replay"]["plain"]["cells"] == 4
+    assert json.loads(text)["checkpoints"]["1"]["sha256"] == "abc"
     assert "soup minus (4 cells)" in capsys.readouterr().out
 
 
@@ -160,12 +170,14 @@ def test_groups_that_do_not_match_are_refused_by_name(tmp_path, capsys):
     script = load_script("seed_soup")
     g0 = _group(script, 0, [(1.0, 1.0, 1.0, 1.0)])
     for other, word in (
-        (_group(script, 1, [(1.0, 1.0, 1.0, 1.0)], checkpoint="another"), "checkpoint"),
+        (_group(script, 1, [(1.0, 1.0, 1.0, 1.0)], members=3), "members"),
         (_group(script, 0, [(1.0, 1.0, 1.0, 1.0)]), "given twice"),
         (_group(script, 1, [(1.0, 1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 1.0)]), "different folds"),
     ):
         with pytest.raises(ValueError, match=word):
             script.combine([g0, other])
+    with pytest.raises(ValueError, match=r"no fold \[3\]"):
+        script.combine([g0, _group(script, 1, [(1.0, 1.0, 1.0, 1.0)])], folds=[0, 3])
     (tmp_path / "g0.json").write_text(json.dumps(g0))
     assert script.main(["--combine", str(tmp_path / "g0.json"), str(tmp_path / "missing.json")]) == 1
     assert "missing.json" in capsys.readouterr().err
