@@ -55,6 +55,21 @@ def versions() -> dict[str, str]:
     return out
 
 
+def machine() -> dict:
+    """What a seeded run's float results depend on besides the packages: the CPU model, the
+    SIMD kernels torch picked on it (AVX2, AVX512, ...: another set rounds differently, so
+    the same command trains a slightly different model on another CPU) and torch's threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
     from safetensors.torch import save_file
 
@@ -290,6 +305,7 @@ def save_checkpoint(folder: str | Path, model, meta: dict[str, Any]) -> Path:
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": versions(),
+        "machine": machine(),
         "model_config": model.cfg.to_dict(),
         "tasks": [t.to_dict() for t in model.tasks.values()],
         **{k: v for k, v in meta.items() if k != HASH_KEY},

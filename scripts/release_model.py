@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from matmtl.cli.options import Balance, parse_fold
 from matmtl.config import PRETRAIN_BALANCER
 from matmtl.eval.cli import Anchor
+from matmtl.options import Balance, parse_fold
 from matmtl.zoo import DEFAULT_MODEL, PRETRAINED_DIR
 
 

@@ -97,9 +97,18 @@ def _pred(model, d) -> np.ndarray:
 
 
 def _paired(a: np.ndarray, b: np.ndarray) -> dict:
+    """Mean of the paired differences a - b and its SE (None from a single pair: no spread)."""
     d = np.asarray(a, float) - np.asarray(b, float)
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None
     return {"mean": float(d.mean()), "se": se}
+
+
+def _diffs(d: dict[str, dict]) -> str:
+    """``name +m +- se`` for each ``soup_minus_name`` entry (``se n/a`` from a single pair)."""
+    return ", ".join(
+        f"{k.removeprefix('soup_minus_')} {v['mean']:+.4f} +- " + ("n/a" if v["se"] is None else f"{v['se']:.4f}")
+        for k, v in d.items()
+    )
 
 
 def _block(yv, yt, val: list, test: list, soup_v, soup_t) -> dict:
@@ -244,8 +253,7 @@ def report(blocks: dict[str, list[dict]]) -> dict:
             for key in ("validation_mae", "test_mae"):
                 print(f"{name} {kind} {key} (mean over folds): " + _line(m[key]))
             d = out[name][kind]["paired_over_folds"]["test_mae"]
-            diffs = ", ".join(f"{k[11:]} {v['mean']:+.4f} +- {v['se']:.4f}" for k, v in d.items())
-            print(f"{name} {kind} test, soup minus: {diffs}")
+            print(f"{name} {kind} test, soup minus: {_diffs(d)}")
     return out
 
 
@@ -298,9 +306,8 @@ def combine(runs: list[dict], folds: list[int] | None = None) -> dict:
             m, sd = res[kind]["test_mae_mean_over_groups"], res[kind]["test_mae_std_over_groups"]
             line = ", ".join(f"{n} {m[n]:.4f}" + ("" if sd[n] is None else f" (sd {sd[n]:.4f})") for n in names)
             d = res[kind]["paired_over_cells"]
-            diffs = ", ".join(f"{k[11:]} {v['mean']:+.4f} +- {v['se']:.4f}" for k, v in d.items())
             print(f"{src} {kind} test, groups {res['groups']}: {line}")
-            print(f"{src} {kind} test, soup minus ({len(cells)} cells): {diffs}")
+            print(f"{src} {kind} test, soup minus ({len(cells)} cells): {_diffs(d)}")
     return out
 
 
@@ -343,20 +350,29 @@ def _combine_main(paths: list[str], json_out: str | None, folds: list[int] | Non
     return 0
 
 
+def _fold_list(text: str) -> list[int]:
+    """``--folds``: comma-separated matbench fold numbers (0-4), each once."""
+    try:
+        folds = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fold numbers, got {text!r}") from None
+    if not folds or any(not 0 <= k <= 4 for k in folds) or len(set(folds)) != len(folds):
+        raise argparse.ArgumentTypeError(f"expected distinct fold numbers in 0-4, got {text!r}")
+    return folds
+
+
 def _combine_cli(argv: list[str]) -> int:
     """``--combine JSON ... [--folds K,...] [--json OUT]``: bring groups together."""
     c = argparse.ArgumentParser(description="Bring seed_soup groups together.")
     c.add_argument("--combine", nargs="+", required=True, metavar="JSON", help="the groups' JSON files")
     c.add_argument("--json", help="write the combined results here")
-    c.add_argument("--folds", help="only these folds, e.g. 0,1,2 (default: all, the same in every group)")
+    c.add_argument(
+        "--folds", type=_fold_list, help="only these folds, e.g. 0,1,2 (default: all, the same in every group)"
+    )
     a = c.parse_args(argv)
     if len(a.combine) < 2:
         c.error("--combine: give at least two groups' JSON files")
-    try:
-        folds = None if a.folds is None else [int(k) for k in a.folds.split(",")]
-    except ValueError:
-        c.error(f"--folds: expected comma-separated fold numbers, got {a.folds!r}")
-    return _combine_main(a.combine, a.json, folds)
+    return _combine_main(a.combine, a.json, a.folds)
 
 
 def main(argv=None) -> int:
@@ -366,7 +382,7 @@ def main(argv=None) -> int:
         return _combine_cli(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="the pretraining run to fine-tune")
-    p.add_argument("--folds", default="0,1", help="matbench expt_gap folds, e.g. 0,1")
+    p.add_argument("--folds", type=_fold_list, default="0,1", help="matbench expt_gap folds, e.g. 0,1")
     p.add_argument("--members", type=int, default=3, help="fine-tunings per soup (>= 2)")
     p.add_argument("--group", type=int, default=0, help="the split seed (and member 0's seed)")
     p.add_argument("--aux-source", default="replay", help="replay, distill or replay,distill")
@@ -378,10 +394,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.members < 2:
         p.error("--members must be >= 2")
-    try:
-        folds = [int(k) for k in args.folds.split(",")]
-    except ValueError:
-        p.error(f"--folds: expected comma-separated fold numbers, got {args.folds!r}")
+    folds = args.folds
     sources = list(dict.fromkeys(args.aux_source.split(",")))
     if not sources or any(s not in ("replay", "distill") for s in sources):
         p.error(f"--aux-source: expected replay, distill or replay,distill, got {args.aux_source!r}")

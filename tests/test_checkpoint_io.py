@@ -37,6 +37,9 @@ def test_round_trip_same_predictions(tmp_path):
         np.testing.assert_array_equal(a[k], b[k])
     assert meta["kind"] == "test" and meta["tasks"][0]["std"] == pytest.approx(1.1)
     assert {"torch", "pymatgen", "matmtl"} <= set(meta["versions"])
+    # what the floats depend on besides the packages: the CPU's kernels and torch's threads
+    assert meta["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert meta["machine"]["threads"] == torch.get_num_threads() and meta["machine"]["cpu"]
     # loading by file name works too
     load_checkpoint(tmp_path / "ck" / "model.safetensors")
 

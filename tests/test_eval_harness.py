@@ -367,6 +367,37 @@ def test_the_gap_head_is_a_setting_with_the_default_cells_unchanged(tmp_path):
         EvalSettings(gap_head="delta")
 
 
+def test_l2_sp_is_a_setting_of_the_pretrained_variants_only(tmp_path):
+    """``--soft-share`` reaches the fine-tuning config of the variants that start from the
+    pretrained model and their cells' fingerprints; scratch (no pretrained encoder to keep)
+    and the default (0) are unchanged, so cells cached before the setting stay valid."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from matmtl.cli import app
+    from matmtl.errors import MatmtlError
+    from matmtl.eval.finetune_cells import FinetuneCells
+
+    names = ("scratch", "finetune", "finetune_anchor_replay", "finetune_anchor_distill")
+
+    def cells_of(**kw):
+        s = EvalSettings(**kw)
+        return s, FinetuneCells(s, "cpu", tmp_path, None, SimpleNamespace(identity={"sha256": "x"}))
+
+    (s0, c0), (s1, c1) = cells_of(), cells_of(soft_share=0.01)
+    assert {v: c0.fp(s0.spec(v)) for v in names} == {v: cells_of(soft_share=0.0)[1].fp(s0.spec(v)) for v in names}
+    for v in names:
+        pretrained = s1.spec(v).init == "pretrained"
+        assert (c1.fp(s1.spec(v)) != c0.fp(s0.spec(v))) == pretrained
+        assert c1.config(s1.spec(v), tmp_path, 0, None).mtl.soft_share == (0.01 if pretrained else 0.0)
+        assert c0.config(s0.spec(v), tmp_path, 0, None).mtl.soft_share == 0.0
+    with pytest.raises(MatmtlError, match=r"EvalSettings\.soft_share must be >= 0"):
+        EvalSettings(soft_share=-1)
+    res = CliRunner().invoke(app, ["evaluate", "--soft-share", "-0.5"])
+    assert res.exit_code == 2 and "--soft-share" in res.output
+
+
 def test_evaluate_with_both_dft_anchors_and_correction_learning(tmp_path):
     """``--aux dft_energy,dft_gap --gap-head correction``: the anchored cells train both
     DFT heads, and the gap head learns a correction to the frozen DFT gap head (a quick run).

@@ -69,7 +69,7 @@ def test_command_line_options_reach_the_config(command, monkeypatch, tmp_path):
 
     seen = []
 
-    def capture(config, out):
+    def capture(config, out, progress=True):
         seen.append(config)
         raise _Stop
 

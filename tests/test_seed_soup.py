@@ -67,12 +67,25 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     for args, flag in (
         (["--checkpoint", str(tmp_path), "--work", str(tmp_path), "--members", "1"], "--members"),
         (["--checkpoint", str(tmp_path), "--work", str(tmp_path), "--folds", "a,b"], "--folds"),
+        (["--checkpoint", str(tmp_path), "--work", str(tmp_path), "--folds", "0,7"], "--folds"),
+        (["--checkpoint", str(tmp_path), "--work", str(tmp_path), "--folds", "1,1"], "--folds"),
+        (["--combine", "a.json", "b.json", "--folds", "x"], "--folds"),
         (["--checkpoint", str(tmp_path / "none"), "--work", str(tmp_path)], "--checkpoint"),
         (["--checkpoint", str(tmp_path), "--work", str(tmp_path), "--aux-source", "magic"], "--aux-source"),
     ):
         with pytest.raises(SystemExit):
             script.main(args)
         assert flag in capsys.readouterr().err
+
+
+def test_a_single_pair_has_no_standard_error():
+    """One cell has no spread: its SE is None (null in JSON, 'n/a' printed), never NaN."""
+    script = load_script("seed_soup")
+    one = script._paired([0.30], [0.28])
+    assert one["mean"] == pytest.approx(0.02) and one["se"] is None
+    two = script._paired([0.30, 0.26], [0.28, 0.25])
+    assert two["se"] == pytest.approx(abs(0.02 - 0.01) / 2)  # sd (ddof 1) of [0.02, 0.01] / sqrt(2)
+    assert script._diffs({"soup_minus_ensemble": one}) == "ensemble +0.0200 +- n/a"
 
 
 def test_the_anchored_choice_is_made_per_fold_on_validation_rows():

@@ -1,5 +1,6 @@
 """The ``matmtl`` command line: one typer app; each command group is a small module that
-turns strings into the library's typed objects (options and their checks in options.py)."""
+turns strings into the library's typed objects (options and their checks in matmtl/options.py,
+shared with the evaluate command in matmtl/eval/cli.py)."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..options import DataDirOpt
 from .app import console, err_console
-from .options import DataDirOpt
 
 data_app = typer.Typer(help="Datasets: list them, show one, write the manifest.", no_args_is_help=True)
 

@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from ..errors import MatmtlError
+from ..options import OnBad
 from .app import app, console, err_console
-from .options import OnBad
 
 
 @app.command("predict")

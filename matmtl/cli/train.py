@@ -19,8 +19,7 @@ from ..config import (
     TrainConfig,
     default_of,
 )
-from .app import app, console, err_console
-from .options import (
+from ..options import (
     AuxSource,
     AverageEpochsOpt,
     Balance,
@@ -54,6 +53,7 @@ from .options import (
     positive,
     train_help,
 )
+from .app import app, console, err_console
 
 FT = default_of(FinetuneConfig, "train")  # the fine-tuning defaults the options show (no torch import)
 

@@ -202,15 +202,11 @@ def load_average() -> list[float] | None:
 
 
 def hardware_string(device: str) -> str:
-    """CPU model, cores available, memory, GPU (when used), torch and OS."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """CPU model and its torch kernels, cores available, memory, GPU (when used), torch and OS."""
+    from ..checkpoints import machine
+
+    m = machine()
+    cpu = f"{m['cpu']} ({m['cpu_capability']} kernels)"
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux

@@ -20,8 +20,8 @@ from typing import Optional
 
 import typer
 
-from ..cli.options import NoProgressOpt
 from ..config import GAP_HEAD_HELP, Device, GapHead, SymmetrySource, TrainConfig, default_of
+from ..options import NoProgressOpt
 from .claims import ClaimSettings
 from .settings import (
     ALL_VARIANTS,
@@ -119,7 +119,7 @@ def parse_efficiency_variants(value: str) -> tuple[str, ...]:
 
 
 def parse_pretrain_tasks(value: str) -> tuple[str, ...]:
-    from ..cli.options import parse_tasks
+    from ..options import parse_tasks
 
     return parse_tasks(value)
 
@@ -282,6 +282,12 @@ def evaluate_cmd(
         "checkpoint needs that head), or both.",
     ),
     aux_weight: float = typer.Option(_D.aux_weight, "--aux-weight", min=0.0, help="Weight of the DFT anchor loss."),
+    soft_share: float = typer.Option(
+        _D.soft_share,
+        "--soft-share",
+        min=0.0,
+        help="L2-SP towards the pretrained encoder (lambda) in every variant that starts from it; 0 = off.",
+    ),
     monitor_every: int = typer.Option(
         _D.monitor_every,
         "--monitor-every",
@@ -400,6 +406,7 @@ def evaluate_cmd(
             submission_variant=submission_variant.value,
             aux=aux,
             aux_weight=aux_weight,
+            soft_share=soft_share,
             monitor_every=monitor_every,
             monitor_k=monitor_k,
             forgetting_rows=forgetting_rows,

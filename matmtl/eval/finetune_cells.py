@@ -141,6 +141,8 @@ class FinetuneCells:
             surgery=PCGrad() if spec.pcgrad else Sum(),
             monitor_every=self.s.monitor_every if spec.anchored else 0,
             monitor_k=self.s.monitor_k,
+            # towards the pretrained encoder; a scratch run has no pretrained encoder to keep
+            soft_share=self.s.soft_share if spec.init == "pretrained" else 0.0,
         )
         return FinetuneConfig(
             checkpoint=str(checkpoint),
@@ -173,6 +175,7 @@ class FinetuneCells:
                 **({"gap_head": s.gap_head} if s.gap_head != "warm_start" else {}),
                 "ckpt": ident if spec.init == "pretrained" else {"init_of": ident, "seed": s.seed},
                 "aux_weight": s.aux_weight if spec.anchored else None,
+                **({"soft_share": s.soft_share} if s.soft_share and spec.init == "pretrained" else {}),
                 "monitor": [s.monitor_every, s.monitor_k] if spec.anchored else None,
                 "cap": s.cap,
                 "replay_max_rows": s.replay_max_rows,

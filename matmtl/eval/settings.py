@@ -157,6 +157,9 @@ class EvalSettings:
     submission_variant: str = SUBMISSION_VARIANT
     aux: tuple[str, ...] = DEFAULT_AUX  # the anchored variants' DFT task(s): dft_energy, dft_gap
     aux_weight: float = 0.5
+    # L2-SP: (lambda/2)·||theta - theta_pretrained||^2 on the shared encoder of every variant that
+    # starts from the pretrained model (FinetuneConfig.mtl.soft_share); 0 = off
+    soft_share: float = 0.0
     monitor_every: int = 50
     monitor_k: int = 4
     forgetting_rows: int = 5000
@@ -179,6 +182,7 @@ class EvalSettings:
         self._check_protocol()
         for name, low in (
             ("aux_weight", 0),
+            ("soft_share", 0),
             ("monitor_every", 0),
             ("monitor_k", 2),
             ("forgetting_rows", 1),

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ..config import (
+from .config import (
     AUX_ALIASES,
     DFT_TASKS,
     GAP_HEAD_HELP,
