@@ -1,0 +1,243 @@
+"""Screen fine-tuning recipes on chosen matbench_expt_gap cells, without the full evaluation
+(issue #14: screen ideas on a subset of folds, with paired differences, at a training share).
+
+    python scripts/screen_cells.py --checkpoint RUN --folds 0,1,2,3,4 --fraction 0.05 --seeds 0,1 \\
+        --recipe plain=finetune --recipe replay=finetune_anchor_replay \\
+        --recipe replay_l2sp=finetune_anchor_replay:soft_share=0.01 \\
+        --reference replay --work-dir DIR --json OUT
+
+A recipe is NAME=VARIANT[:KEY=VALUE,...]: one of the evaluation's fine-tuning variants and
+settings of ``matmtl evaluate`` (EvalSettings fields, values read as JSON: soft_share,
+aux_weight, aux, patience, val_fraction, gap_head, symmetry, ...). Each (recipe, seed, fold)
+is one cell of the evaluation harness, run at ``--fraction`` of the training fold (the
+seeded draw of ``matmtl evaluate --fractions``), cached in ``--work-dir`` and shared with
+``matmtl evaluate`` runs of the same settings there: a re-run reuses finished cells. Nothing
+else runs (no 100% cells, no baseline, no mp tasks).
+
+Reported per recipe (MAE in eV, ungated model predictions): the mean over seeds of the
+folds' mean test MAE and its seed spread (sd over seeds), the same for the validation MAE
+(each run's own validation rows, which chose its epoch), and against the reference the
+per-fold paired difference (each fold averaged over the seeds; mean +- SE over folds; within
+1 SE a tie), for test and validation. The rule fixed before any result is read: a recipe is
+preferred to the reference only where its validation difference is lower by more than 1 SE;
+the test figures are reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_recipe(text: str) -> tuple[str, str, dict]:
+    """``NAME=VARIANT[:KEY=VALUE,...]`` -> (name, variant, overrides)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise argparse.ArgumentTypeError(f"expected NAME=VARIANT[:KEY=VALUE,...], got {text!r}")
+    variant, _, opts = rest.partition(":")
+    overrides = {}
+    for item in filter(None, opts.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{name}: expected KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a plain string (gap_head=correction)
+    return name, variant, overrides
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        out = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(out)) != len(out) or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"expected distinct integers >= 0, got {text!r}")
+    return out
+
+
+def _fraction(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        f = math.nan
+    if not 0 < f <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share of the training fold in (0, 1], got {text!r}")
+    return f
+
+
+def settings_of(args, variant: str, overrides: dict, seed: int):
+    """The EvalSettings of one recipe and seed (checked by EvalSettings itself)."""
+    from matmtl.eval.settings import EvalSettings
+
+    base = dict(
+        variants=(variant,),
+        folds=tuple(args.folds),
+        fractions=(args.fraction,),
+        checkpoint=args.checkpoint,
+        anchor="replay",  # (no 100% replay/distill cells to choose from: the variant names its source)
+        skip_baseline=True,
+        skip_mp=True,
+        work_dir=args.work_dir,
+        out=str(Path(args.work_dir) / "screen-unused"),  # (Evaluation checks it; nothing is written there)
+        seed=seed,
+        data_dir=args.data_dir,
+        quick=args.quick,
+        progress=False,
+        command="scripts/screen_cells.py",
+    )
+    return EvalSettings(**{**base, **overrides})
+
+
+def run_cells(args, recipes: list[tuple[str, str, dict]]) -> dict:
+    """Each recipe's cell records: {name: {seed: {fold: record}}} (computed or cached)."""
+    from matmtl.eval.runner import Evaluation
+
+    out: dict = {}
+    for name, variant, overrides in recipes:
+        for seed in args.seeds:
+            s = settings_of(args, variant, overrides, seed)
+            ev = Evaluation(s)
+            try:
+                for fold in args.folds:
+                    print(f"{name} seed {seed} fold {fold} ...", flush=True)
+                    rec = ev.finetunes.cell(s.spec(variant), fold, args.fraction)
+                    out.setdefault(name, {}).setdefault(seed, {})[fold] = rec
+            finally:
+                ev.claims.close()
+    return out
+
+
+def _mean_se(x) -> dict:
+    x = np.asarray(x, float)
+    se = float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
+    return {"mean": float(np.mean(x)), "se": se}
+
+
+def _verdict(d: dict) -> str:
+    if d["se"] is None or abs(d["mean"]) <= d["se"]:
+        return "tie"
+    side = "lower" if d["mean"] < 0 else "higher"
+    return f"{side} by {abs(d['mean']) / d['se']:.1f} SE" if d["se"] > 0 else f"{side} on every fold (no spread)"
+
+
+def summarize(cells: dict, reference: str, seeds: list[int], folds: list[int]) -> dict:
+    """Per recipe: test and validation MAE (mean over seeds of the folds' mean, seed sd) and
+    the per-fold paired differences against the reference; the choice by the rule above."""
+
+    def grid(name: str, key: str) -> np.ndarray:  # seeds x folds
+        def mae(rec: dict) -> float:
+            return rec["metrics"]["mae"] if key == "test" else rec["validation"]["mae"]
+
+        return np.array([[mae(cells[name][s][k]) for k in folds] for s in seeds])
+
+    out: dict = {"reference": reference, "recipes": {}}
+    for name in cells:
+        res = out["recipes"][name] = {}
+        for key in ("test", "validation"):
+            g = grid(name, key)
+            per_seed = g.mean(1)
+            res[key] = {
+                "mae_mean": float(per_seed.mean()),
+                "seed_sd": float(per_seed.std(ddof=1)) if len(seeds) > 1 else None,
+                "per_seed": per_seed.tolist(),
+                "per_fold": g.mean(0).tolist(),
+            }
+            if name != reference:
+                d = _mean_se(g.mean(0) - grid(reference, key).mean(0))
+                res[key]["minus_reference"] = {**d, "verdict": _verdict(d)}
+        res["best_epoch_mean"] = float(np.mean([cells[name][s][k]["best_epoch"] for s in seeds for k in folds]))
+        res["train_seconds"] = float(sum(cells[name][s][k]["train_seconds"] or 0 for s in seeds for k in folds))
+    better = [
+        n
+        for n, r in out["recipes"].items()
+        if n != reference and r["validation"]["minus_reference"]["verdict"].startswith("lower")
+    ]
+    best = min(better, key=lambda n: out["recipes"][n]["validation"]["mae_mean"]) if better else reference
+    out["choice"] = {
+        "rule": "lowest validation MAE among the recipes lower than the reference by more than 1 SE "
+        "(per-fold paired, validation rows); else the reference",
+        "chosen": best,
+    }
+    return out
+
+
+def _fmt(d: dict | None) -> str:
+    if d is None:
+        return ""
+    se = "n/a" if d["se"] is None else f"{d['se']:.4f}"
+    return f"{d['mean']:+.4f} +- {se} ({d['verdict']})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="the pretraining run to fine-tune")
+    p.add_argument("--folds", type=_ints, default=[0, 1, 2, 3, 4], help="matbench expt_gap folds, e.g. 0,1")
+    p.add_argument("--seeds", type=_ints, default=[0], help="fine-tuning seeds, e.g. 0,1,2")
+    p.add_argument("--fraction", type=_fraction, default=1.0, help="share of each training fold (default 1)")
+    p.add_argument("--recipe", type=parse_recipe, action="append", required=True, help="NAME=VARIANT[:K=V,...]")
+    p.add_argument("--reference", help="the recipe the others are paired against (default: the first)")
+    p.add_argument("--work-dir", required=True, help="the cells' cache (shared with matmtl evaluate --work-dir)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # tests: the harness's quick settings
+    args = p.parse_args(argv)
+    names = [r[0] for r in args.recipe]
+    if len(set(names)) != len(names):
+        p.error(f"--recipe: each name once, got {names}")
+    reference = args.reference or names[0]
+    if reference not in names:
+        p.error(f"--reference: {reference!r} is not a recipe ({', '.join(names)})")
+    if not Path(args.checkpoint).is_dir():
+        p.error(f"--checkpoint: no run folder at {args.checkpoint}")
+    from matmtl.errors import MatmtlError
+    from matmtl.eval.settings import NEURAL_VARIANTS
+    from matmtl.io import atomic_write_json
+
+    for name, variant, overrides in args.recipe:
+        if variant not in NEURAL_VARIANTS or variant == "finetune_anchor_pcgrad":
+            p.error(f"--recipe {name}: unknown fine-tuning variant {variant!r}")
+        try:
+            settings_of(args, variant, overrides, args.seeds[0])
+        except (MatmtlError, TypeError) as exc:
+            p.error(f"--recipe {name}: {exc}")
+    try:
+        cells = run_cells(args, args.recipe)
+    except MatmtlError as exc:
+        print(f"screen_cells: {exc}", file=sys.stderr)
+        return 1
+    res = summarize(cells, reference, args.seeds, args.folds)
+    res.update(
+        task="matbench_expt_gap",
+        unit="eV",
+        fraction=args.fraction,
+        folds=args.folds,
+        seeds=args.seeds,
+        checkpoint=str(args.checkpoint),
+        recipes_given={n: {"variant": v, "settings": o} for n, v, o in args.recipe},
+        command="python scripts/screen_cells.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        about=__doc__,
+    )
+    for name, r in res["recipes"].items():
+        t, v = r["test"], r["validation"]
+        print(
+            f"{name}: test {t['mae_mean']:.4f} (seed sd {t['seed_sd'] or 0:.4f}) {_fmt(t.get('minus_reference'))}"
+            f" | validation {v['mae_mean']:.4f} {_fmt(v.get('minus_reference'))}"
+        )
+    print(f"chosen on validation rows: {res['choice']['chosen']}")
+    if args.json:
+        atomic_write_json(Path(args.json), res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""scripts/screen_cells.py: recipes as evaluation cells at a training share, their paired
+differences against a reference, the choice on validation rows, cached cells reused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from _scripts import load_script
+from _tiny import tiny_pretrain
+
+from matmtl.train import pretrain
+
+
+def _rec(test: float, val: float) -> dict:
+    return {"metrics": {"mae": test}, "validation": {"mae": val}, "best_epoch": 3, "train_seconds": 1.0}
+
+
+def test_paired_differences_and_the_choice_by_hand():
+    script = load_script("screen_cells")
+    seeds, folds = [0, 1], [0, 1, 2]
+    ref_t = {0: [0.30, 0.32, 0.28], 1: [0.31, 0.33, 0.29]}
+    ref_v = {0: [0.25, 0.26, 0.27], 1: [0.25, 0.26, 0.27]}
+
+    # b: test lower on every fold; validation lower by 0.01, 0.02, 0.03 (mean 0.02, SE 0.00577)
+    def recipe(dt, dv):  # offsets from the reference per fold index
+        return {s: {k: _rec(ref_t[s][i] + dt(i), ref_v[s][i] + dv(i)) for i, k in enumerate(folds)} for s in seeds}
+
+    cells = {
+        "ref": recipe(lambda i: 0, lambda i: 0),
+        "b": recipe(lambda i: -0.01, lambda i: -0.01 * (i + 1)),
+        "c": recipe(lambda i: 0, lambda i: 0.01 if i else -0.01),
+    }
+    out = script.summarize(cells, "ref", seeds, folds)
+    r = out["recipes"]
+    assert r["ref"]["test"]["mae_mean"] == pytest.approx(np.mean([0.30, 0.32, 0.28, 0.31, 0.33, 0.29]))
+    assert r["ref"]["test"]["seed_sd"] == pytest.approx(np.std([0.30, 0.31], ddof=1))
+    assert r["b"]["test"]["minus_reference"]["mean"] == pytest.approx(-0.01)
+    assert r["b"]["test"]["minus_reference"]["se"] == pytest.approx(0.0, abs=1e-12)
+    d = r["b"]["validation"]["minus_reference"]
+    assert d["mean"] == pytest.approx(-0.02) and d["se"] == pytest.approx(0.01 / np.sqrt(3))
+    assert d["verdict"] == "lower by 3.5 SE"
+    assert r["c"]["validation"]["minus_reference"]["verdict"] == "tie"  # +0.0033 +- 0.0067
+    assert "minus_reference" not in r["ref"]["test"]
+    assert out["choice"]["chosen"] == "b"
+    # a recipe that is not lower on validation rows is never chosen, whatever its test MAE
+    del cells["b"]
+    assert script.summarize(cells, "ref", seeds, folds)["choice"]["chosen"] == "ref"
+
+
+def test_recipes_and_bad_arguments_are_named(tmp_path, capsys):
+    script = load_script("screen_cells")
+    assert script.parse_recipe("l2=finetune_anchor_replay:soft_share=0.01,gap_head=correction") == (
+        "l2",
+        "finetune_anchor_replay",
+        {"soft_share": 0.01, "gap_head": "correction"},
+    )
+    ck = str(tmp_path)
+    base = ["--checkpoint", ck, "--work-dir", str(tmp_path / "w")]
+    for args, flag in (
+        (base + ["--recipe", "nothing"], "--recipe"),
+        (base + ["--recipe", "a=finetune:soft_share"], "--recipe"),
+        (base + ["--recipe", "a=magic"], "magic"),
+        (base + ["--recipe", "a=finetune:soft_share=-1"], "soft_share"),
+        (base + ["--recipe", "a=finetune:no_such=1"], "no_such"),
+        (base + ["--recipe", "a=finetune", "--recipe", "a=finetune"], "each name once"),
+        (base + ["--recipe", "a=finetune", "--reference", "b"], "--reference"),
+        (base + ["--recipe", "a=finetune", "--fraction", "0"], "--fraction"),
+        (base + ["--recipe", "a=finetune", "--folds", "0,0"], "--folds"),
+        (["--checkpoint", str(tmp_path / "none"), "--work-dir", ck, "--recipe", "a=finetune"], "--checkpoint"),
+    ):
+        with pytest.raises(SystemExit):
+            script.main(args)
+        assert flag in capsys.readouterr().err, args
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("screen-pre")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MATMTL_CACHE_DIR", str(root / "cache"))
+        return pretrain(tiny_pretrain(["e_form", "gap_pbe"], max_rows=400), root / "run", progress=False)
+
+
+def test_cells_at_a_share_are_run_once_and_compared(pretrained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MATMTL_CACHE_DIR", str(tmp_path / "cache"))
+    script = load_script("screen_cells")
+    work = tmp_path / "work"
+    args = ["--checkpoint", str(pretrained.run_dir), "--folds", "0", "--seeds", "0,1", "--fraction", "0.1"]
+    args += ["--recipe", "replay=finetune_anchor_replay", "--recipe", "l2sp=finetune_anchor_replay:soft_share=0.1"]
+    args += ["--work-dir", str(work), "--json", str(tmp_path / "s.json"), "--quick"]
+    assert script.main(args) == 0
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert out["reference"] == "replay" and out["choice"]["chosen"] in ("replay", "l2sp")
+    assert out["recipes_given"]["l2sp"] == {"variant": "finetune_anchor_replay", "settings": {"soft_share": 0.1}}
+    for name in ("replay", "l2sp"):
+        t = out["recipes"][name]["test"]
+        assert len(t["per_seed"]) == 2 and all(np.isfinite(t["per_seed"])) and t["seed_sd"] is not None
+    assert "NaN" not in (tmp_path / "s.json").read_text()
+    # the cells are the harness's own (one per recipe, seed and fold, at the share); L2-SP makes its own
+    cells = sorted((work / "cells" / "expt_gap" / "finetune_anchor_replay").glob("*/fold0-frac0.1.json"))
+    assert len(cells) == 4  # 2 recipes x 2 seeds: 4 fingerprints
+    stamp = [c.stat().st_mtime_ns for c in cells]
+    capsys.readouterr()
+    assert script.main(args) == 0  # a re-run reads the cached cells
+    assert [c.stat().st_mtime_ns for c in cells] == stamp
+    assert json.loads((tmp_path / "s.json").read_text())["recipes"] == out["recipes"]
+    assert not (work / "screen-unused").exists()  # no results files are written
