@@ -8,9 +8,6 @@ import json
 import numpy as np
 import pytest
 from _scripts import load_script
-from _tiny import tiny_pretrain
-
-from matmtl.train import pretrain
 
 
 def _rec(test: float, val: float) -> dict:
@@ -73,14 +70,6 @@ def test_recipes_and_bad_arguments_are_named(tmp_path, capsys):
         with pytest.raises(SystemExit):
             script.main(args)
         assert flag in capsys.readouterr().err, args
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("screen-pre")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MATMTL_CACHE_DIR", str(root / "cache"))
-        return pretrain(tiny_pretrain(["e_form", "gap_pbe"], max_rows=400), root / "run", progress=False)
 
 
 def test_cells_at_a_share_are_run_once_and_compared(pretrained, tmp_path, monkeypatch, capsys):

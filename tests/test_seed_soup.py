@@ -8,17 +8,6 @@ import json
 import numpy as np
 import pytest
 from _scripts import load_script
-from _tiny import tiny_pretrain
-
-from matmtl.train import pretrain
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("soup-pre")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MATMTL_CACHE_DIR", str(root / "cache"))
-        return pretrain(tiny_pretrain(["e_form", "gap_pbe"], max_rows=400), root / "run", progress=False)
 
 
 def test_a_seed_soup_is_the_mean_of_its_members(pretrained, tmp_path, capsys):

@@ -14,16 +14,6 @@ from matmtl.mtl import GradNorm, HalfSpace, PCGrad, Uncertainty
 from matmtl.train import finetune, pretrain, resume
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """One tiny pretrain (e_form + gap_pbe) shared by the module's tests."""
-    root = tmp_path_factory.mktemp("pre")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MATMTL_CACHE_DIR", str(root / "cache"))
-        res = pretrain(tiny_pretrain(["e_form", "gap_pbe"], max_rows=400), root / "run", progress=False)
-    return res
-
-
 def _weights(run_dir, name="model.safetensors"):
     return load_file(str(run_dir / name))
 
