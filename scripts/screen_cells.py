@@ -4,7 +4,7 @@
     python scripts/screen_cells.py --checkpoint RUN --folds 0,1,2,3,4 --fraction 0.05 --seeds 0,1 \\
         --recipe plain=finetune --recipe replay=finetune_anchor_replay \\
         --recipe replay_l2sp=finetune_anchor_replay:soft_share=0.01 \\
-        --reference replay --work-dir DIR --json OUT
+        --pick anchored=replay,distill --reference replay --work-dir DIR --json OUT
 
 A recipe is NAME=VARIANT[:KEY=VALUE,...]: one of the evaluation's fine-tuning variants and
 settings of ``matmtl evaluate`` (EvalSettings fields, values read as JSON: soft_share,
@@ -21,6 +21,12 @@ per-fold paired difference (each fold averaged over the seeds; mean +- SE over f
 1 SE a tie), for test and validation. The rule fixed before any result is read: a recipe is
 preferred to the reference only where its validation difference is lower by more than 1 SE;
 the test figures are reported, never used to choose.
+
+``--pick NAME=A,B,...`` adds a recipe made of the given ones: per seed and fold, the cell of
+A, B, ... with the lowest validation MAE (their runs share the seed's validation rows), as
+``matmtl evaluate --anchor validation`` picks the anchor source. Its validation MAE is the
+minimum over its candidates, which flatters it, so a picked recipe is reported (with how
+often each candidate was taken) and never chosen by the rule.
 """
 
 from __future__ import annotations
@@ -121,6 +127,29 @@ def run_cells(args, recipes: list[tuple[str, str, dict]]) -> dict:
     return out
 
 
+def parse_pick(text: str) -> tuple[str, list[str]]:
+    """``NAME=A,B,...`` -> (name, [A, B, ...])."""
+    name, sep, rest = text.partition("=")
+    members = [m for m in rest.split(",") if m]
+    if not sep or not name or len(members) < 2 or len(set(members)) != len(members):
+        raise argparse.ArgumentTypeError(f"expected NAME=RECIPE,RECIPE[,...] (distinct recipes), got {text!r}")
+    return name, members
+
+
+def add_picks(cells: dict, picks: list[tuple[str, list[str]]]) -> dict:
+    """Each pick as a recipe: per seed and fold, its candidates' cell with the lowest validation
+    MAE (the first on a tie). Returns {name: {candidate: cells taken}}."""
+    taken: dict = {}
+    for name, members in picks:
+        cells[name], taken[name] = {}, dict.fromkeys(members, 0)
+        for seed, by_fold in cells[members[0]].items():
+            for fold in by_fold:
+                best = min(members, key=lambda m: cells[m][seed][fold]["validation"]["mae"])
+                cells[name].setdefault(seed, {})[fold] = cells[best][seed][fold]
+                taken[name][best] += 1
+    return taken
+
+
 def _mean_se(x) -> dict:
     x = np.asarray(x, float)
     se = float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
@@ -134,9 +163,11 @@ def _verdict(d: dict) -> str:
     return f"{side} by {abs(d['mean']) / d['se']:.1f} SE" if d["se"] > 0 else f"{side} on every fold (no spread)"
 
 
-def summarize(cells: dict, reference: str, seeds: list[int], folds: list[int]) -> dict:
-    """Per recipe: test and validation MAE (mean over seeds of the folds' mean, seed sd) and
-    the per-fold paired differences against the reference; the choice by the rule above."""
+def summarize(cells: dict, reference: str, seeds: list[int], folds: list[int], picked: dict | None = None) -> dict:
+    """Per recipe: test and validation MAE (mean over seeds of the folds' mean, seed sd; and
+    per seed and fold) and the per-fold paired differences against the reference; the choice
+    by the rule above, among the recipes that are not ``picked`` ({name: candidates taken})."""
+    picked = picked or {}
 
     def grid(name: str, key: str) -> np.ndarray:  # seeds x folds
         def mae(rec: dict) -> float:
@@ -155,21 +186,25 @@ def summarize(cells: dict, reference: str, seeds: list[int], folds: list[int]) -
                 "seed_sd": float(per_seed.std(ddof=1)) if len(seeds) > 1 else None,
                 "per_seed": per_seed.tolist(),
                 "per_fold": g.mean(0).tolist(),
+                "per_seed_and_fold": g.tolist(),
             }
             if name != reference:
                 d = _mean_se(g.mean(0) - grid(reference, key).mean(0))
                 res[key]["minus_reference"] = {**d, "verdict": _verdict(d)}
         res["best_epoch_mean"] = float(np.mean([cells[name][s][k]["best_epoch"] for s in seeds for k in folds]))
         res["train_seconds"] = float(sum(cells[name][s][k]["train_seconds"] or 0 for s in seeds for k in folds))
+        if name in picked:
+            res["picked"] = picked[name]
+            res["train_seconds"] = None  # (its candidates' time)
     better = [
         n
         for n, r in out["recipes"].items()
-        if n != reference and r["validation"]["minus_reference"]["verdict"].startswith("lower")
+        if n != reference and n not in picked and r["validation"]["minus_reference"]["verdict"].startswith("lower")
     ]
     best = min(better, key=lambda n: out["recipes"][n]["validation"]["mae_mean"]) if better else reference
     out["choice"] = {
         "rule": "lowest validation MAE among the recipes lower than the reference by more than 1 SE "
-        "(per-fold paired, validation rows); else the reference",
+        "(per-fold paired, validation rows; a picked recipe is never chosen); else the reference",
         "chosen": best,
     }
     return out
@@ -182,6 +217,23 @@ def _fmt(d: dict | None) -> str:
     return f"{d['mean']:+.4f} +- {se} ({d['verdict']})"
 
 
+def _reference(p: argparse.ArgumentParser, args) -> str:
+    """The reference recipe's name, once the recipe and pick names are checked."""
+    names = [r[0] for r in args.recipe]
+    if len(set(names)) != len(names):
+        p.error(f"--recipe: each name once, got {names}")
+    for name, members in args.pick:
+        if name in names:
+            p.error(f"--pick {name}: the name is taken ({', '.join(names)})")
+        if unknown := [m for m in members if m not in names[: len(args.recipe)]]:
+            p.error(f"--pick {name}: not a --recipe: {', '.join(unknown)}")
+        names.append(name)
+    reference = args.reference or names[0]
+    if reference not in names:
+        p.error(f"--reference: {reference!r} is not a recipe ({', '.join(names)})")
+    return reference
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="the pretraining run to fine-tune")
@@ -189,18 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=_ints, default=[0], help="fine-tuning seeds, e.g. 0,1,2")
     p.add_argument("--fraction", type=_fraction, default=1.0, help="share of each training fold (default 1)")
     p.add_argument("--recipe", type=parse_recipe, action="append", required=True, help="NAME=VARIANT[:K=V,...]")
+    p.add_argument(
+        "--pick",
+        type=parse_pick,
+        action="append",
+        default=[],
+        help="NAME=A,B: per seed and fold, the recipe with the lower validation MAE",
+    )
     p.add_argument("--reference", help="the recipe the others are paired against (default: the first)")
     p.add_argument("--work-dir", required=True, help="the cells' cache (shared with matmtl evaluate --work-dir)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # tests: the harness's quick settings
     args = p.parse_args(argv)
-    names = [r[0] for r in args.recipe]
-    if len(set(names)) != len(names):
-        p.error(f"--recipe: each name once, got {names}")
-    reference = args.reference or names[0]
-    if reference not in names:
-        p.error(f"--reference: {reference!r} is not a recipe ({', '.join(names)})")
+    reference = _reference(p, args)
     if not Path(args.checkpoint).is_dir():
         p.error(f"--checkpoint: no run folder at {args.checkpoint}")
     from matmtl.errors import MatmtlError
@@ -219,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     except MatmtlError as exc:
         print(f"screen_cells: {exc}", file=sys.stderr)
         return 1
-    res = summarize(cells, reference, args.seeds, args.folds)
+    picked = add_picks(cells, args.pick)
+    res = summarize(cells, reference, args.seeds, args.folds, picked)
     res.update(
         task="matbench_expt_gap",
         unit="eV",
@@ -228,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=args.seeds,
         checkpoint=str(args.checkpoint),
         recipes_given={n: {"variant": v, "settings": o} for n, v, o in args.recipe},
+        picks_given={n: m for n, m in args.pick},
         command="python scripts/screen_cells.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         about=__doc__,
     )
@@ -236,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name}: test {t['mae_mean']:.4f} (seed sd {t['seed_sd'] or 0:.4f}) {_fmt(t.get('minus_reference'))}"
             f" | validation {v['mae_mean']:.4f} {_fmt(v.get('minus_reference'))}"
+            + (f" | picked {r['picked']}" if "picked" in r else "")
         )
     print(f"chosen on validation rows: {res['choice']['chosen']}")
     if args.json:

@@ -46,6 +46,28 @@ def test_paired_differences_and_the_choice_by_hand():
     assert script.summarize(cells, "ref", seeds, folds)["choice"]["chosen"] == "ref"
 
 
+def test_a_pick_takes_the_lower_validation_cell_and_is_never_chosen():
+    script = load_script("screen_cells")
+    seeds, folds = [0, 1], [0, 1]
+    cells = {  # per seed: fold 0, fold 1 as (test, validation)
+        "ref": {0: {0: _rec(0.30, 0.20), 1: _rec(0.30, 0.20)}, 1: {0: _rec(0.30, 0.20), 1: _rec(0.30, 0.20)}},
+        "a": {0: {0: _rec(0.28, 0.10), 1: _rec(0.40, 0.30)}, 1: {0: _rec(0.29, 0.25), 1: _rec(0.35, 0.19)}},
+        "b": {0: {0: _rec(0.50, 0.15), 1: _rec(0.25, 0.12)}, 1: {0: _rec(0.31, 0.24), 1: _rec(0.33, 0.19)}},
+    }
+    picked = script.add_picks(cells, [("ab", ["a", "b"])])
+    assert picked == {"ab": {"a": 2, "b": 2}}  # a tie (seed 1, fold 1) goes to the first
+    out = script.summarize(cells, "ref", seeds, folds, picked)
+    ab = out["recipes"]["ab"]
+    assert ab["test"]["per_seed_and_fold"] == [[0.28, 0.25], [0.31, 0.35]]
+    assert ab["validation"]["per_seed_and_fold"] == [[0.10, 0.12], [0.24, 0.19]]
+    assert ab["picked"] == {"a": 2, "b": 2} and ab["validation"]["minus_reference"]["verdict"].startswith("lower")
+    # the pick has the lowest validation MAE (a minimum over a and b, so it flatters itself) and is
+    # never the choice: b is, lower than the reference by more than 1 SE (-0.025 +- 0.020)
+    assert ab["validation"]["mae_mean"] < out["recipes"]["b"]["validation"]["mae_mean"]
+    assert out["choice"]["chosen"] == "b"
+    assert script.parse_pick("x=a,b,c") == ("x", ["a", "b", "c"])
+
+
 def test_recipes_and_bad_arguments_are_named(tmp_path, capsys):
     script = load_script("screen_cells")
     assert script.parse_recipe("l2=finetune_anchor_replay:soft_share=0.01,gap_head=correction") == (
@@ -65,6 +87,9 @@ def test_recipes_and_bad_arguments_are_named(tmp_path, capsys):
         (base + ["--recipe", "a=finetune", "--reference", "b"], "--reference"),
         (base + ["--recipe", "a=finetune", "--fraction", "0"], "--fraction"),
         (base + ["--recipe", "a=finetune", "--folds", "0,0"], "--folds"),
+        (base + ["--recipe", "a=finetune", "--pick", "p=a"], "--pick"),
+        (base + ["--recipe", "a=finetune", "--recipe", "b=finetune", "--pick", "p=a,c"], "not a --recipe: c"),
+        (base + ["--recipe", "a=finetune", "--recipe", "b=finetune", "--pick", "a=a,b"], "the name is taken"),
         (["--checkpoint", str(tmp_path / "none"), "--work-dir", ck, "--recipe", "a=finetune"], "--checkpoint"),
     ):
         with pytest.raises(SystemExit):
@@ -78,6 +103,7 @@ def test_cells_at_a_share_are_run_once_and_compared(pretrained, tmp_path, monkey
     work = tmp_path / "work"
     args = ["--checkpoint", str(pretrained.run_dir), "--folds", "0", "--seeds", "0,1", "--fraction", "0.1"]
     args += ["--recipe", "replay=finetune_anchor_replay", "--recipe", "l2sp=finetune_anchor_replay:soft_share=0.1"]
+    args += ["--pick", "either=replay,l2sp"]
     args += ["--work-dir", str(work), "--json", str(tmp_path / "s.json"), "--quick"]
     assert script.main(args) == 0
     out = json.loads((tmp_path / "s.json").read_text())
@@ -86,6 +112,8 @@ def test_cells_at_a_share_are_run_once_and_compared(pretrained, tmp_path, monkey
     for name in ("replay", "l2sp"):
         t = out["recipes"][name]["test"]
         assert len(t["per_seed"]) == 2 and all(np.isfinite(t["per_seed"])) and t["seed_sd"] is not None
+    assert sum(out["recipes"]["either"]["picked"].values()) == 2  # 2 seeds x 1 fold
+    assert out["picks_given"] == {"either": ["replay", "l2sp"]}
     assert "NaN" not in (tmp_path / "s.json").read_text()
     # the cells are the harness's own (one per recipe, seed and fold, at the share); L2-SP makes its own
     cells = sorted((work / "cells" / "expt_gap" / "finetune_anchor_replay").glob("*/fold0-frac0.1.json"))
