@@ -4,7 +4,8 @@
     python scripts/screen_cells.py --checkpoint RUN --folds 0,1,2,3,4 --fraction 0.05 --seeds 0,1 \\
         --recipe plain=finetune --recipe replay=finetune_anchor_replay \\
         --recipe replay_l2sp=finetune_anchor_replay:soft_share=0.01 \\
-        --pick anchored=replay,distill --reference replay --work-dir DIR --json OUT
+        --recipe distill=finetune_anchor_distill --pick anchored=replay,distill \\
+        --reference replay --work-dir DIR --json OUT
 
 A recipe is NAME=VARIANT[:KEY=VALUE,...]: one of the evaluation's fine-tuning variants and
 settings of ``matmtl evaluate`` (EvalSettings fields, values read as JSON: soft_share,
