@@ -266,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         if variant not in NEURAL_VARIANTS or variant == "finetune_anchor_pcgrad":
             p.error(f"--recipe {name}: unknown fine-tuning variant {variant!r}")
         try:
-            settings_of(args, variant, overrides, args.seeds[0])
+            s = settings_of(args, variant, overrides, args.seeds[0])
         except (MatmtlError, TypeError) as exc:
             p.error(f"--recipe {name}: {exc}")
+        if not s.val_fraction > 0:  # the screen compares and chooses on validation rows
+            p.error(f"--recipe {name}: val_fraction must be > 0 (a screen chooses on validation rows), got 0")
     try:
         cells = run_cells(args, args.recipe)
     except MatmtlError as exc:

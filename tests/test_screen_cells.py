@@ -83,6 +83,7 @@ def test_recipes_and_bad_arguments_are_named(tmp_path, capsys):
         (base + ["--recipe", "a=magic"], "magic"),
         (base + ["--recipe", "a=finetune:soft_share=-1"], "soft_share"),
         (base + ["--recipe", "a=finetune:no_such=1"], "no_such"),
+        (base + ["--recipe", "a=finetune:val_fraction=0"], "val_fraction must be > 0"),
         (base + ["--recipe", "a=finetune", "--recipe", "a=finetune"], "each name once"),
         (base + ["--recipe", "a=finetune", "--reference", "b"], "--reference"),
         (base + ["--recipe", "a=finetune", "--fraction", "0"], "--fraction"),
