@@ -16,6 +16,11 @@ multi-task run that trains the same task, the multi-task run's minus the single-
 held-out MAE on that task's rows, ± SE (paired, same rows); within 1 SE is a tie, and a
 multi-task model with a higher MAE beyond that shows negative transfer on that task.
 
+Each run's command is rebuilt from its config.json (every setting that differs from the
+defaults, surgery and monitor included). A run made with ``--monitor-every`` also gets a
+table of its task gradients: per task pair the cosine of the mean gradients on the shared
+encoder and the principal angles between the gradient subspaces (matmtl.eval.relatedness).
+
 The rule that picks the default balancer is fixed before any result is read and uses the
 validation rows only: among the runs with the reference's tasks, a balancer replaces the
 reference only if it has a lower validation MAE on every task; among several such, the
@@ -40,6 +45,9 @@ UNITS = {"e_form": "eV/atom", "gap_pbe": "eV", "gap_oqmd": "eV"}
 
 
 def describe(run: Path) -> dict:
+    from matmtl.eval.relatedness import summarize_records
+    from matmtl.eval.scoring import monitor_records
+
     cfg = json.loads((run / "config.json").read_text())
     met = json.loads((run / "metrics.json").read_text())
     mtl = cfg.get("mtl") or {}
@@ -60,6 +68,7 @@ def describe(run: Path) -> dict:
         "validation_mae": {t: v["mae"] for t, v in (met.get("validation") or {}).items()},
         "validation_rows": {t: v["rows"] for t, v in (met.get("validation") or {}).items()},
         "holdout_mae": {t: v["mae"] for t, v in (met.get("holdout") or {}).items()},
+        "gradient_geometry": summarize_records(monitor_records(run, met)),
     }
 
 
@@ -148,6 +157,10 @@ def _diff(paired: dict, t: str) -> str:
     return f"{d['diff']:+.4f} ± {d['se']:.4f}{tie}"
 
 
+def _strategy(r: dict) -> str:
+    return r["balancer"] + (f" + {r['surgery']}" if r.get("surgery", "none") != "none" else "")
+
+
 def markdown(res: dict) -> str:
     ref = res["reference"]
     lines = [
@@ -161,14 +174,14 @@ def markdown(res: dict) -> str:
         f"(`{ref}`) held-out MAE on the same rows, ± its standard error; |difference| < SE is a tie. "
         "`train s`: the run's training wall time, which depends on what else the machine ran.",
         "",
-        "| run | tasks | balancer | validation MAE e_form | validation MAE gap_pbe | held-out e_form | "
+        "| run | tasks | balancer (+ surgery) | validation MAE e_form | validation MAE gap_pbe | held-out e_form | "
         "vs reference | held-out gap_pbe | vs reference | best epoch | train s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res["runs"].items():
         v, h, p = r["validation_mae"], r["holdout_mae"], r.get("paired", {})
         lines.append(
-            f"| `{name}` | {', '.join(r['tasks'])} | {r['balancer']} | {_num(v, 'e_form')} | {_num(v, 'gap_pbe')} | "
+            f"| `{name}` | {', '.join(r['tasks'])} | {_strategy(r)} | {_num(v, 'e_form')} | {_num(v, 'gap_pbe')} | "
             f"{_num(h, 'e_form')} | {_diff(p, 'e_form')} | {_num(h, 'gap_pbe')} | {_diff(p, 'gap_pbe')} | "
             f"{r['best_epoch']}/{r['epochs']} | {r['train_seconds']} |"
         )
@@ -192,6 +205,25 @@ def markdown(res: dict) -> str:
                 + ("same" if x["same_epochs"] else f"**{m['epochs']} vs {s['epochs']}: not the same budget**")
                 + " |"
             )
+    geometry = [(name, pair, g) for name, r in res["runs"].items() for pair, g in r["gradient_geometry"].items()]
+    if geometry:
+        lines += [
+            "",
+            "Task gradients during pretraining (runs with `--monitor-every`): the cosine between the tasks' "
+            "mean gradients on the shared encoder (over k micro-batches) and the principal angles between "
+            "their gradient subspaces, averaged over the records; a negative cosine is a conflict.",
+            "",
+            "| run | task pair | records (steps) | mean cosine | first → last third | share cos < 0 "
+            "| principal angles (deg, mean) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, pair, g in geometry:
+            angles = ", ".join(f"{a:.1f}" for a in g.get("principal_angles_deg_mean", [])) or "–"
+            lines.append(
+                f"| `{name}` | {pair.replace('|', ' vs ')} | {g['records']} ({g['first_step']}–{g['last_step']}) | "
+                f"{g['cosine_mean']:.3f} | {g['cosine_first_third']:.3f} → {g['cosine_last_third']:.3f} | "
+                f"{g['conflict_share']:.2f} | {angles} |"
+            )
     from matmtl.config import PRETRAIN_BALANCER
 
     c = res["choice"]
@@ -212,13 +244,71 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_command(r: dict) -> str:
-    from matmtl.config import TrainConfig
+# (config section, field) -> the `matmtl pretrain` flag that sets it
+_FLAGS = {
+    ("model", "dim"): "--dim",
+    ("model", "layers"): "--layers",
+    ("model", "members"): "--members",
+    ("model", "dropout"): "--dropout",
+    ("train", "epochs"): "--epochs",
+    ("train", "batch_size"): "--batch-size",
+    ("train", "lr"): "--lr",
+    ("train", "weight_decay"): "--weight-decay",
+    ("train", "sym_dropout"): "--sym-dropout",
+    ("train", "val_fraction"): "--val-fraction",
+    ("train", "patience"): "--patience",
+    ("train", "seed"): "--seed",
+    ("train", "threads"): "--threads",
+    ("train", "precision"): "--precision",
+    ("mtl", "monitor_every"): "--monitor-every",
+    ("mtl", "monitor_k"): "--monitor-k",
+}
 
-    cmd = f"matmtl pretrain --tasks {','.join(r['tasks'])} --holdout-fold {r['holdout_fold']}"
-    if r["epochs"] != TrainConfig.epochs:
-        cmd += f" --epochs {r['epochs']}"
-    return cmd + f" --balance {r['balancer']}"  # explicit: the default may change
+
+def run_command(run: Path) -> str:
+    """The ``matmtl pretrain`` command of a run, rebuilt from its config.json: every setting
+    that differs from the CPU defaults is named (the balancer always: the default may change).
+    Settings that no flag sets (a run made from Python) are listed after the command."""
+    from dataclasses import fields
+
+    from matmtl.config import ModelConfig, MTLConfig, TrainConfig
+
+    cfg = json.loads((run / "config.json").read_text())
+    mtl = cfg.get("mtl") or {}
+
+    def differing(size: str) -> list[tuple[str, str, object]]:
+        defaults = {
+            "model": {f.name: f.default for f in fields(ModelConfig)} | ModelConfig.PRESETS[size],
+            # (--threads has its own CLI default, whatever the --size)
+            "train": {f.name: f.default for f in fields(TrainConfig)}
+            | {k: v for k, v in TrainConfig.PRESETS[size].items() if k != "threads"},
+            "mtl": {"soft_share": MTLConfig.soft_share, "monitor_every": 0, "monitor_k": MTLConfig.monitor_k},
+        }
+        return [
+            (section, field, value)
+            for section, default in defaults.items()
+            for field, value in (cfg.get(section) or {}).items()
+            if field in default and value != default[field]
+        ]
+
+    size = min(("default", "tiny", "large"), key=lambda name: len(differing(name)))  # --size: the nearest preset
+    cmd = f"matmtl pretrain --tasks {','.join(cfg['tasks'])} --holdout-fold {cfg.get('holdout_fold')}"
+    if size != "default":
+        cmd += f" --size {size}"
+    extra = []
+    for section, field, value in differing(size):
+        flag = _FLAGS.get((section, field))
+        if flag:
+            cmd += f" {flag} {value}"
+        else:
+            extra.append(f"{section}.{field}={value}")
+    if cfg.get("max_rows") is not None:
+        cmd += f" --max-rows {cfg['max_rows']}"
+    cmd += f" --balance {(mtl.get('balancer') or {}).get('name', 'static')}"
+    surgery = (mtl.get("surgery") or {}).get("name", "none")
+    if surgery != "none":
+        cmd += f" --surgery {surgery}"
+    return cmd + (f" (settings without a flag: {', '.join(extra)})" if extra else "")
 
 
 def main(argv=None) -> int:
@@ -236,7 +326,7 @@ def main(argv=None) -> int:
             ap.error(f"expected NAME=RUN, got {item!r}")
         paths[name] = Path(path)
         runs[name] = describe(Path(path))
-        runs[name]["command"] = run_command(runs[name])
+        runs[name]["command"] = run_command(Path(path))
     ref = next(iter(runs))
     held = {(r["holdout_fold"], r["rows"]["max_rows"], r["rows"]["seed"]) for r in runs.values()}
     if len(held) != 1 or None in {h[0] for h in held}:

@@ -8,9 +8,9 @@ import json
 
 import pytest
 from _scripts import load_script
-from _tiny import tiny_pretrain, tiny_train
+from _tiny import tiny_model, tiny_pretrain, tiny_train
 
-from matmtl.config import MTLConfig
+from matmtl.config import MTLConfig, PretrainConfig
 from matmtl.mtl import Uncertainty
 from matmtl.train import pretrain
 
@@ -65,7 +65,8 @@ def test_paired_holdout_rows_are_the_runs_own(runs, tmp_path):
     assert "negative transfer" in page and "| e_form (eV/atom) | `uncertainty` | `single` |" in page
     assert "Balancer chosen by this page's validation-only rule" in page and "pretraining default" in page
     assert "--balance static" in page  # the run commands name their balancer
-    assert "--holdout-fold 0 --epochs 1 --balance" in page  # ... and their epochs, where not the default
+    # ... and every setting that is not the default (here: the tiny preset, with its epochs overridden)
+    assert "--holdout-fold 0 --size tiny --epochs 1 --threads 1 --max-rows 400 --balance" in page
 
 
 def test_runs_holding_out_other_rows_are_refused(runs, tmp_path, capsys):
@@ -87,3 +88,41 @@ def test_a_task_without_held_out_rows_is_compared_on_validation_rows_only(runs, 
     r = json.loads(out_json.read_text())["runs"]["oqmd"]
     assert set(r["paired"]) == {"e_form", "gap_pbe"} and set(r["holdout_mae_recomputed"]) == {"e_form", "gap_pbe"}
     assert "gap_oqmd" not in r["holdout_mae"] and r["validation_mae"]["gap_oqmd"] >= 0
+
+
+def test_the_run_command_remakes_the_run(tmp_path):
+    """The command listed for a run, given to the CLI, makes a run with the same settings:
+    surgery, monitor, dropout and every other non-default flag included; and the monitor's
+    records are summarised per task pair."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from matmtl.cli.app import app
+    from matmtl.mtl import PCGrad
+
+    mtl = MTLConfig(balancer=Uncertainty(), surgery=PCGrad(), monitor_every=2)
+    cfg = PretrainConfig(
+        tasks=("e_form", "gap_pbe"),
+        model=tiny_model(dropout=0.2),
+        train=tiny_train(epochs=1, lr=3e-3, seed=4),
+        mtl=mtl,
+        holdout_fold=0,
+        max_rows=300,
+    )
+    made = pretrain(cfg, tmp_path / "made", progress=False).run_dir
+    cmd = _script().run_command(made)
+    assert cmd.startswith("matmtl pretrain --tasks e_form,gap_pbe --holdout-fold 0 --size tiny")
+    for flag in ("--dropout 0.2", "--epochs 1", "--lr 0.003", "--seed 4", "--max-rows 300", "--monitor-every 2"):
+        assert flag in cmd, (flag, cmd)
+    assert cmd.endswith("--balance uncertainty --surgery pcgrad") and "without a flag" not in cmd
+    argv = shlex.split(cmd)[1:] + ["--out", str(tmp_path / "remade"), "--no-progress", "--device", "cpu"]
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 0, r.output
+    a, b = (json.loads((d / "config.json").read_text()) for d in (made, tmp_path / "remade"))
+    for key in ("created", "data_dir"):
+        a.pop(key, None), b.pop(key, None)
+    assert a == b
+    geometry = _script().describe(made)["gradient_geometry"]
+    assert set(geometry) == {"e_form|gap_pbe"} and geometry["e_form|gap_pbe"]["records"] >= 1
+    assert -1 <= geometry["e_form|gap_pbe"]["cosine_mean"] <= 1
