@@ -230,7 +230,8 @@ def markdown(res: dict) -> str:
     lines += [
         "",
         f"Balancer chosen by this page's validation-only rule on the pretraining tasks ({c['rule']}): "
-        f"**{c['balancer']}** (`{c['chosen']}`).",
+        f"**{_strategy(res['runs'][c['chosen']])}** (`{c['chosen']}`). It reads validation MAEs without their "
+        "spread: a run chosen by a difference smaller than the held-out SE is not a better run.",
         "",
         f"matmtl's pretraining default (`PRETRAIN_BALANCER`) is **{PRETRAIN_BALANCER}**: it is chosen by transfer, "
         "the fine-tuned models' validation MAE on experimental gaps over 3 seeds ([seeds.md](seeds.md)).",
