@@ -273,6 +273,8 @@ def run_command(run: Path) -> str:
     from dataclasses import fields
 
     from matmtl.config import ModelConfig, MTLConfig, TrainConfig
+    from matmtl.mtl.balance import balancer_from
+    from matmtl.mtl.surgery import surgery_from
 
     cfg = json.loads((run / "config.json").read_text())
     mtl = cfg.get("mtl") or {}
@@ -283,7 +285,7 @@ def run_command(run: Path) -> str:
             # (--threads has its own CLI default, whatever the --size)
             "train": {f.name: f.default for f in fields(TrainConfig)}
             | {k: v for k, v in TrainConfig.PRESETS[size].items() if k != "threads"},
-            "mtl": {"soft_share": MTLConfig.soft_share, "monitor_every": 0, "monitor_k": MTLConfig.monitor_k},
+            "mtl": {f: getattr(MTLConfig, f) for f in ("soft_share", "monitor_every", "monitor_k")},
         }
         return [
             (section, field, value)
@@ -305,10 +307,12 @@ def run_command(run: Path) -> str:
             extra.append(f"{section}.{field}={value}")
     if cfg.get("max_rows") is not None:
         cmd += f" --max-rows {cfg['max_rows']}"
-    cmd += f" --balance {(mtl.get('balancer') or {}).get('name', 'static')}"
-    surgery = (mtl.get("surgery") or {}).get("name", "none")
-    if surgery != "none":
-        cmd += f" --surgery {surgery}"
+    for kind, make, default in (("balancer", balancer_from, "static"), ("surgery", surgery_from, "none")):
+        stored = mtl.get(kind) or {"name": default}
+        if kind == "balancer" or stored["name"] != default:  # the balancer always: the default may change
+            cmd += f" --{'balance' if kind == 'balancer' else kind} {stored['name']}"
+        if stored != make(stored["name"]).to_dict():  # settings of the strategy that its flag does not set
+            extra.append(f"mtl.{kind}={json.dumps(stored)}")
     return cmd + (f" (settings without a flag: {', '.join(extra)})" if extra else "")
 
 

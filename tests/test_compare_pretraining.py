@@ -123,6 +123,13 @@ def test_the_run_command_remakes_the_run(tmp_path):
     for key in ("created", "data_dir"):
         a.pop(key, None), b.pop(key, None)
     assert a == b
+    # a strategy setting no flag sets is named after the command, not dropped
+    from matmtl.mtl import HalfSpace
+
+    cfg.mtl = MTLConfig(balancer=Uncertainty(), surgery=HalfSpace(main="gap_pbe"))
+    other = pretrain(cfg, tmp_path / "halfspace", progress=False).run_dir
+    named = '(settings without a flag: mtl.surgery={"name": "halfspace", "main": "gap_pbe"})'
+    assert _script().run_command(other).endswith(f"--surgery halfspace {named}")
     geometry = _script().describe(made)["gradient_geometry"]
     assert set(geometry) == {"e_form|gap_pbe"} and geometry["e_form|gap_pbe"]["records"] >= 1
     assert -1 <= geometry["e_form|gap_pbe"]["cosine_mean"] <= 1
