@@ -245,25 +245,25 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# (config section, field) -> the `matmtl pretrain` flag that sets it
-_FLAGS = {
-    ("model", "dim"): "--dim",
-    ("model", "layers"): "--layers",
-    ("model", "members"): "--members",
-    ("model", "dropout"): "--dropout",
-    ("train", "epochs"): "--epochs",
-    ("train", "batch_size"): "--batch-size",
-    ("train", "lr"): "--lr",
-    ("train", "weight_decay"): "--weight-decay",
-    ("train", "sym_dropout"): "--sym-dropout",
-    ("train", "val_fraction"): "--val-fraction",
-    ("train", "patience"): "--patience",
-    ("train", "seed"): "--seed",
-    ("train", "threads"): "--threads",
-    ("train", "precision"): "--precision",
-    ("mtl", "monitor_every"): "--monitor-every",
-    ("mtl", "monitor_k"): "--monitor-k",
-}
+def _pretrain_options() -> dict:
+    """The options of ``matmtl pretrain``, read from the CLI itself, by parameter name. A config
+    field with an option of the same name is set by that option (--dim sets model.dim)."""
+    import typer
+
+    from matmtl.cli.app import app
+
+    command = typer.main.get_command(app).commands["pretrain"]
+    return {p.name: p for p in command.params if p.param_type_name == "option"}
+
+
+def _flag(option, value) -> str | None:
+    """``option`` set to ``value`` on a command line; None if it cannot say it (an off switch
+    that has no --no- form)."""
+    if not option.is_flag:
+        return f"{option.opts[0]} {value}"
+    if value:
+        return option.opts[0]
+    return option.secondary_opts[0] if option.secondary_opts else None
 
 
 def run_command(run: Path) -> str:
@@ -298,11 +298,11 @@ def run_command(run: Path) -> str:
     cmd = f"matmtl pretrain --tasks {','.join(cfg['tasks'])} --holdout-fold {cfg.get('holdout_fold')}"
     if size != "default":
         cmd += f" --size {size}"
-    extra = []
+    options, extra = _pretrain_options(), []
     for section, field, value in differing(size):
-        flag = _FLAGS.get((section, field))
+        flag = _flag(options[field], value) if field in options else None
         if flag:
-            cmd += f" {flag} {value}"
+            cmd += " " + flag
         else:
             extra.append(f"{section}.{field}={value}")
     if cfg.get("max_rows") is not None:

@@ -92,8 +92,8 @@ def test_a_task_without_held_out_rows_is_compared_on_validation_rows_only(runs, 
 
 def test_the_run_command_remakes_the_run(tmp_path):
     """The command listed for a run, given to the CLI, makes a run with the same settings:
-    surgery, monitor, dropout and every other non-default flag included; and the monitor's
-    records are summarised per task pair."""
+    surgery, monitor, dropout, on/off switches and every other non-default flag included (the
+    flags are read from the CLI itself); and the monitor's records are summarised per task pair."""
     import shlex
 
     from typer.testing import CliRunner
@@ -105,7 +105,7 @@ def test_the_run_command_remakes_the_run(tmp_path):
     cfg = PretrainConfig(
         tasks=("e_form", "gap_pbe"),
         model=tiny_model(dropout=0.2),
-        train=tiny_train(epochs=1, lr=3e-3, seed=4),
+        train=tiny_train(epochs=1, lr=3e-3, seed=4, deterministic=True, dist_timeout=60.0),
         mtl=mtl,
         holdout_fold=0,
         max_rows=300,
@@ -113,7 +113,16 @@ def test_the_run_command_remakes_the_run(tmp_path):
     made = pretrain(cfg, tmp_path / "made", progress=False).run_dir
     cmd = _script().run_command(made)
     assert cmd.startswith("matmtl pretrain --tasks e_form,gap_pbe --holdout-fold 0 --size tiny")
-    for flag in ("--dropout 0.2", "--epochs 1", "--lr 0.003", "--seed 4", "--max-rows 300", "--monitor-every 2"):
+    for flag in (
+        "--dropout 0.2",
+        "--epochs 1",
+        "--lr 0.003",
+        "--seed 4",
+        "--max-rows 300",
+        "--monitor-every 2",
+        "--deterministic",
+        "--dist-timeout 60.0",
+    ):
         assert flag in cmd, (flag, cmd)
     assert cmd.endswith("--balance uncertainty --surgery pcgrad") and "without a flag" not in cmd
     argv = shlex.split(cmd)[1:] + ["--out", str(tmp_path / "remade"), "--no-progress", "--device", "cpu"]
