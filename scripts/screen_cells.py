@@ -28,6 +28,12 @@ A, B, ... with the lowest validation MAE (their runs share the seed's validation
 ``matmtl evaluate --anchor validation`` picks the anchor source. Its validation MAE is the
 minimum over its candidates, which flatters it, so a picked recipe is reported (with how
 often each candidate was taken) and never chosen by the rule.
+
+``--against OTHER.json`` pairs each recipe with the same recipe (same name, variant and
+settings) in another screen's results, made from another checkpoint at the same share: per
+fold, the mean over the seeds of this cell minus that cell (same seed, so the same training
+and validation rows), mean +- SE over the folds; written as ``vs_other_checkpoint``. It asks
+whether a pretraining change transfers; that screen's folds and seeds must cover these.
 """
 
 from __future__ import annotations
@@ -211,6 +217,56 @@ def summarize(cells: dict, reference: str, seeds: list[int], folds: list[int], p
     return out
 
 
+def read_against(path: str, args) -> dict:
+    """Another screen's results (``--against``), checked to cover this screen's cells."""
+    try:
+        other = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if not isinstance(other, dict) or not {"recipes", "fraction", "folds", "seeds"} <= set(other):
+        raise ValueError(f"{path} is not a screen_cells result (no recipes, fraction, folds, seeds)")
+    if other["fraction"] != args.fraction:
+        raise ValueError(f"{path} is a screen at fraction {other['fraction']}, this one at {args.fraction}")
+    for key in ("folds", "seeds"):
+        if missing := sorted(set(getattr(args, key)) - set(other[key])):
+            raise ValueError(f"{path} has no cells for {key} {missing} (it has {other[key]})")
+    return other
+
+
+def vs_other(res: dict, other: dict, source: str, seeds: list[int], folds: list[int]) -> dict:
+    """Each recipe minus the same recipe in ``other`` (another checkpoint's screen), per fold
+    averaged over the seeds, mean +- SE over the folds; recipes it lacks, or has with other
+    settings, are listed as not paired."""
+
+    def settings(r: dict, name: str):  # a recipe's variant and settings, or a pick's candidates
+        return (r.get("recipes_given") or {}).get(name) or (r.get("picks_given") or {}).get(name)
+
+    si = [other["seeds"].index(s) for s in seeds]
+    fi = [other["folds"].index(k) for k in folds]
+    out: dict = {
+        "other": source,
+        "other_checkpoint": other.get("checkpoint"),
+        "how": "per fold, the mean over seeds of (this cell - the other screen's cell of the same recipe, "
+        "seed and fold); mean and SE over the folds; MAE in eV",
+        "recipes": {},
+        "not_paired": {},
+    }
+    for name, r in res["recipes"].items():
+        if name not in other["recipes"]:
+            out["not_paired"][name] = "not in the other screen"
+            continue
+        if settings(res, name) != settings(other, name):
+            out["not_paired"][name] = f"other settings there: {settings(other, name)} vs {settings(res, name)}"
+            continue
+        row = out["recipes"][name] = {}
+        for key in ("test", "validation"):
+            a = np.asarray(r[key]["per_seed_and_fold"])
+            b = np.asarray(other["recipes"][name][key]["per_seed_and_fold"])[np.ix_(si, fi)]
+            d = _mean_se((a - b).mean(0))
+            row[key] = {"this": float(a.mean()), "other": float(b.mean()), **d, "verdict": _verdict(d)}
+    return out
+
+
 def _fmt(d: dict | None) -> str:
     if d is None:
         return ""
@@ -235,6 +291,22 @@ def _reference(p: argparse.ArgumentParser, args) -> str:
     return reference
 
 
+def report(res: dict, against: str | None) -> None:
+    """The results, a line per recipe (and per pairing with --against)."""
+    for name, r in res["recipes"].items():
+        t, v = r["test"], r["validation"]
+        print(
+            f"{name}: test {t['mae_mean']:.4f} (seed sd {t['seed_sd'] or 0:.4f}) {_fmt(t.get('minus_reference'))}"
+            f" | validation {v['mae_mean']:.4f} {_fmt(v.get('minus_reference'))}"
+            + (f" | picked {r['picked']}" if "picked" in r else "")
+        )
+    print(f"chosen on validation rows: {res['choice']['chosen']}")
+    for name, r in (res.get("vs_other_checkpoint") or {}).get("recipes", {}).items():
+        print(f"{name} vs {against}: test {_fmt(r['test'])} | validation {_fmt(r['validation'])}")
+    for name, why in (res.get("vs_other_checkpoint") or {}).get("not_paired", {}).items():
+        print(f"{name}: not paired with {against} ({why})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="the pretraining run to fine-tune")
@@ -252,12 +324,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", help="the recipe the others are paired against (default: the first)")
     p.add_argument("--work-dir", required=True, help="the cells' cache (shared with matmtl evaluate --work-dir)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument(
+        "--against", help="another screen's --json (another checkpoint, same share): pair each recipe with it"
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # tests: the harness's quick settings
     args = p.parse_args(argv)
     reference = _reference(p, args)
     if not Path(args.checkpoint).is_dir():
         p.error(f"--checkpoint: no run folder at {args.checkpoint}")
+    try:  # checked before any cell runs
+        other = read_against(args.against, args) if args.against else None
+    except ValueError as exc:
+        p.error(f"--against: {exc}")
     from matmtl.errors import MatmtlError
     from matmtl.eval.settings import NEURAL_VARIANTS
     from matmtl.io import atomic_write_json
@@ -290,14 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         command="python scripts/screen_cells.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         about=__doc__,
     )
-    for name, r in res["recipes"].items():
-        t, v = r["test"], r["validation"]
-        print(
-            f"{name}: test {t['mae_mean']:.4f} (seed sd {t['seed_sd'] or 0:.4f}) {_fmt(t.get('minus_reference'))}"
-            f" | validation {v['mae_mean']:.4f} {_fmt(v.get('minus_reference'))}"
-            + (f" | picked {r['picked']}" if "picked" in r else "")
-        )
-    print(f"chosen on validation rows: {res['choice']['chosen']}")
+    if other is not None:
+        res["vs_other_checkpoint"] = vs_other(res, other, args.against, args.seeds, args.folds)
+    report(res, args.against)
     if args.json:
         atomic_write_json(Path(args.json), res)
     return 0

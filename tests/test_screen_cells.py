@@ -68,6 +68,38 @@ def test_a_pick_takes_the_lower_validation_cell_and_is_never_chosen():
     assert script.parse_pick("x=a,b,c") == ("x", ["a", "b", "c"])
 
 
+def test_against_another_checkpoint_pairs_the_same_recipe_seed_and_fold():
+    """--against: each recipe minus the same recipe's cells in another screen (another
+    checkpoint), per fold averaged over the seeds, by hand; the other screen may hold more
+    seeds and folds; a recipe it lacks or holds with other settings is not paired."""
+    script = load_script("screen_cells")
+    seeds, folds = [0, 1], [0, 2]
+    this = {  # seeds x folds
+        "plain": {s: {k: _rec(0.40 + 0.01 * s + 0.001 * k, 0.30 + 0.002 * k) for k in folds} for s in seeds},
+        "replay": {s: {k: _rec(0.39, 0.29) for k in folds} for s in seeds},
+        "new": {s: {k: _rec(0.38, 0.28) for k in folds} for s in seeds},
+    }
+    res = script.summarize(this, "plain", seeds, folds)
+    res["recipes_given"] = {n: {"variant": "finetune", "settings": {}} for n in this}
+    other_cells = {
+        "plain": {s: {k: _rec(0.41 + 0.003 * k, 0.30 - 0.01 * s) for k in (0, 1, 2)} for s in (0, 1, 2)},
+        "replay": {s: {k: _rec(0.39, 0.29) for k in (0, 1, 2)} for s in (0, 1, 2)},
+    }
+    other = script.summarize(other_cells, "plain", [0, 1, 2], [0, 1, 2])
+    other.update(seeds=[0, 1, 2], folds=[0, 1, 2], checkpoint="elsewhere")
+    other["recipes_given"] = {"plain": {"variant": "finetune", "settings": {}}, "replay": {"variant": "x"}}
+    v = script.vs_other(res, other, "other.json", seeds, folds)
+    # plain, test, fold k: mean over seeds 0, 1 of (0.40 + 0.01 s + 0.001 k) - (0.41 + 0.003 k)
+    per_fold = [0.405 + 0.001 * k - 0.41 - 0.003 * k for k in folds]
+    t = v["recipes"]["plain"]["test"]
+    assert t["mean"] == pytest.approx(np.mean(per_fold))
+    assert t["se"] == pytest.approx(np.std(per_fold, ddof=1) / np.sqrt(2))
+    assert t["other"] == pytest.approx(np.mean([0.41, 0.416])) and v["other_checkpoint"] == "elsewhere"
+    val = v["recipes"]["plain"]["validation"]  # (0.30 + 0.002 k) - (0.30 - 0.01 s), over s = 0, 1
+    assert val["mean"] == pytest.approx(np.mean([0.005 + 0.002 * k for k in folds]))
+    assert set(v["not_paired"]) == {"replay", "new"} and "other settings" in v["not_paired"]["replay"]
+
+
 def test_recipes_and_bad_arguments_are_named(tmp_path, capsys):
     script = load_script("screen_cells")
     assert script.parse_recipe("l2=finetune_anchor_replay:soft_share=0.01,gap_head=correction") == (
@@ -77,6 +109,9 @@ def test_recipes_and_bad_arguments_are_named(tmp_path, capsys):
     )
     ck = str(tmp_path)
     base = ["--checkpoint", ck, "--work-dir", str(tmp_path / "w")]
+    bad, other = tmp_path / "bad.json", tmp_path / "other.json"  # --against: checked before any cell runs
+    bad.write_text("[1, 2]")
+    other.write_text(json.dumps({"recipes": {}, "fraction": 0.05, "folds": [0, 1, 2, 3, 4], "seeds": [0, 1]}))
     for args, flag in (
         (base + ["--recipe", "nothing"], "--recipe"),
         (base + ["--recipe", "a=finetune:soft_share"], "--recipe"),
@@ -92,6 +127,10 @@ def test_recipes_and_bad_arguments_are_named(tmp_path, capsys):
         (base + ["--recipe", "a=finetune", "--recipe", "b=finetune", "--pick", "p=a,c"], "not a --recipe: c"),
         (base + ["--recipe", "a=finetune", "--recipe", "b=finetune", "--pick", "a=a,b"], "the name is taken"),
         (["--checkpoint", str(tmp_path / "none"), "--work-dir", ck, "--recipe", "a=finetune"], "--checkpoint"),
+        (base + ["--recipe", "a=finetune", "--against", str(tmp_path / "no.json")], "--against: cannot read"),
+        (base + ["--recipe", "a=finetune", "--against", str(bad)], "not a screen_cells result"),
+        (base + ["--recipe", "a=finetune", "--against", str(other), "--fraction", "0.1"], "at fraction 0.05"),
+        (base + ["--recipe", "a=finetune", "--against", str(other), "--fraction", "0.05", "--seeds", "0,3"], "[3]"),
     ):
         with pytest.raises(SystemExit):
             script.main(args)
@@ -121,7 +160,13 @@ def test_cells_at_a_share_are_run_once_and_compared(pretrained, tmp_path, monkey
     assert len(cells) == 4  # 2 recipes x 2 seeds: 4 fingerprints
     stamp = [c.stat().st_mtime_ns for c in cells]
     capsys.readouterr()
-    assert script.main(args) == 0  # a re-run reads the cached cells
+    (tmp_path / "s.json").rename(tmp_path / "first.json")
+    assert script.main(args + ["--against", str(tmp_path / "first.json")]) == 0  # a re-run reads the cached cells
     assert [c.stat().st_mtime_ns for c in cells] == stamp
-    assert json.loads((tmp_path / "s.json").read_text())["recipes"] == out["recipes"]
+    again = json.loads((tmp_path / "s.json").read_text())
+    assert again["recipes"] == out["recipes"]
+    vs = again["vs_other_checkpoint"]  # the same cells against themselves: no difference
+    assert set(vs["recipes"]) == {"replay", "l2sp", "either"} and not vs["not_paired"]
+    assert all(vs["recipes"][n][k]["mean"] == 0 for n in vs["recipes"] for k in ("test", "validation"))
+    assert "replay vs " in capsys.readouterr().out
     assert not (work / "screen-unused").exists()  # no results files are written
